@@ -1,0 +1,51 @@
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, StatusCode};
+
+use ferry_storage::{Digest, RepoName};
+
+use super::{ApiError, Params, build, content_headers};
+use crate::proxy::{ByteRange, Proxy};
+
+/// `GET`/`HEAD /v2/<name>/blobs/<digest>`, with single `Range` requests.
+pub async fn get(
+    proxy: &Arc<Proxy>,
+    name: &RepoName,
+    digest: &Digest,
+    params: &Params,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let target = proxy.route(name, params.ns.as_deref())?;
+    let range = headers
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ByteRange::parse);
+    let blob = proxy.blob(&target, digest, range, !head).await?;
+    let (status, length) = match blob.range {
+        Some((start, end)) => (StatusCode::PARTIAL_CONTENT, end + 1 - start),
+        None => (StatusCode::OK, blob.size),
+    };
+    let mut b = content_headers(
+        Response::builder().status(status),
+        &blob.digest,
+        length,
+        blob.cache,
+        None,
+    )
+    .header(http::header::CONTENT_TYPE, "application/octet-stream")
+    .header(http::header::ACCEPT_RANGES, "bytes");
+    if let Some((start, end)) = blob.range {
+        b = b.header(
+            http::header::CONTENT_RANGE,
+            format!("bytes {start}-{end}/{}", blob.size),
+        );
+    }
+    let body = match blob.body {
+        Some(stream) if !head => Body::from_stream(stream),
+        _ => Body::empty(),
+    };
+    Ok(build(b, body))
+}

@@ -1,0 +1,173 @@
+//! The HTTP API: the pull half of the OCI distribution spec, on axum.
+//!
+//! Handlers parse the request at the edge (names, digests, tags, ranges, `Accept`),
+//! call the [`proxy`](crate::proxy) and turn its answer into headers and a body.
+//! Push, delete and upload endpoints answer `405 UNSUPPORTED`: Ferry is a read-only
+//! cache. Errors become OCI error JSON in [`error`] only.
+
+mod blobs;
+mod error;
+mod manifests;
+mod path;
+mod referrers;
+mod tags;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+
+pub use error::ApiError;
+use error::Failure;
+use path::Endpoint;
+
+use crate::proxy::{CacheStatus, Proxy};
+
+/// The application: every route, with the logging and common-header layer.
+pub fn router(proxy: Arc<Proxy>) -> Router {
+    Router::new()
+        .route("/v2/", get(version_check).head(version_check))
+        .route("/v2", get(version_check).head(version_check))
+        .route("/v2/{*rest}", any(dispatch))
+        .fallback(|| async { ApiError::UnknownEndpoint })
+        .layer(middleware::from_fn(log_and_stamp))
+        .with_state(proxy)
+}
+
+/// `GET /v2/`: "this is a registry". Clients (nodes) need no credentials.
+async fn version_check() -> Response {
+    ([(http::header::CONTENT_TYPE, "application/json")], "{}").into_response()
+}
+
+/// Query parameters Ferry reads.
+#[derive(Debug, Default)]
+struct Params {
+    /// containerd's mirror parameter: the registry host the client meant.
+    ns: Option<String>,
+    n: Option<String>,
+    last: Option<String>,
+    artifact_type: Option<String>,
+}
+
+impl Params {
+    fn parse(query: Option<&str>) -> Params {
+        let mut p = Params::default();
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let v = Some(v.into_owned());
+            match &*k {
+                "ns" => p.ns = v,
+                "n" => p.n = v,
+                "last" => p.last = v,
+                "artifactType" => p.artifact_type = v,
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+async fn dispatch(
+    State(proxy): State<Arc<Proxy>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let rest = uri.path().strip_prefix("/v2/").unwrap_or_default();
+    let endpoint = path::parse(rest)?;
+    let params = Params::parse(uri.query());
+    let head = method == Method::HEAD;
+    let read = head || method == Method::GET;
+    let mut resp = match endpoint {
+        Endpoint::Upload => return Err(ApiError::Unsupported("blob upload")),
+        Endpoint::Manifest(..) if method == Method::DELETE => {
+            return Err(ApiError::Unsupported("manifest deletion"));
+        }
+        Endpoint::Manifest(..) if method == Method::PUT => {
+            return Err(ApiError::Unsupported("manifest push"));
+        }
+        Endpoint::Blob(..) if method == Method::DELETE => {
+            return Err(ApiError::Unsupported("blob deletion"));
+        }
+        _ if !read => return Err(ApiError::Unsupported("this method")),
+        Endpoint::Manifest(name, reference) => {
+            manifests::get(&proxy, &name, &reference, &params, &headers, head).await?
+        }
+        Endpoint::Blob(name, digest) => {
+            blobs::get(&proxy, &name, &digest, &params, &headers, head).await?
+        }
+        Endpoint::Tags(name) => tags::list(&proxy, &name, &params).await?,
+        Endpoint::Referrers(name, subject) => {
+            referrers::list(&proxy, &name, &subject, &params).await?
+        }
+    };
+    if let Some(ns) = params
+        .ns
+        .as_deref()
+        .and_then(|ns| HeaderValue::from_str(ns).ok())
+    {
+        resp.headers_mut().insert("oci-namespace", ns);
+    }
+    Ok(resp)
+}
+
+/// Stamps the API version header on every response and logs each failure once,
+/// with the request it belongs to.
+async fn log_and_stamp(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    let status = resp.status().as_u16();
+    match resp.extensions().get::<Failure>() {
+        Some(Failure(msg)) if status >= 500 => {
+            tracing::warn!(%method, %path, status, error = %msg, "request failed")
+        }
+        Some(Failure(msg)) => {
+            tracing::info!(%method, %path, status, error = %msg, "request refused")
+        }
+        None => {
+            let cache = resp
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::debug!(%method, %path, status, cache, "request served");
+        }
+    }
+    resp
+}
+
+/// Headers every manifest and blob response carries.
+fn content_headers(
+    builder: http::response::Builder,
+    digest: &ferry_storage::Digest,
+    content_length: u64,
+    cache: CacheStatus,
+    warning: Option<&str>,
+) -> http::response::Builder {
+    let mut b = builder
+        .header(http::header::CONTENT_LENGTH, content_length)
+        .header("docker-content-digest", digest.as_str())
+        .header(http::header::ETAG, format!("\"{digest}\""))
+        .header("x-cache", cache.as_str());
+    if let Some(w) = warning {
+        b = b.header(
+            http::header::WARNING,
+            format!("299 - \"{}\"", w.replace('"', "'")),
+        );
+    }
+    b
+}
+
+fn build(b: http::response::Builder, body: Body) -> Response {
+    b.body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

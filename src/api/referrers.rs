@@ -1,0 +1,34 @@
+use axum::body::Body;
+use axum::response::Response;
+use http::StatusCode;
+
+use ferry_storage::{Digest, RepoName};
+
+use super::{ApiError, Params, build};
+use crate::oci;
+use crate::proxy::Proxy;
+
+/// `GET /v2/<name>/referrers/<digest>[?artifactType=<type>]`
+pub async fn list(
+    proxy: &Proxy,
+    name: &RepoName,
+    subject: &Digest,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let target = proxy.route(name, params.ns.as_deref())?;
+    let r = proxy
+        .referrers(&target, subject, params.artifact_type.as_deref())
+        .await?;
+    let mut b = Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, oci::OCI_INDEX)
+        .header(http::header::CONTENT_LENGTH, r.index.len())
+        .header("x-cache", r.cache.as_str());
+    if r.filtered {
+        b = b.header("oci-filters-applied", "artifactType");
+    }
+    if let Some(w) = &r.warning {
+        b = b.header(http::header::WARNING, format!("299 - \"{w}\""));
+    }
+    Ok(build(b, Body::from(r.index)))
+}

@@ -1,0 +1,697 @@
+//! Configuration: read once (TOML file or the built-in default, then `FERRY_*`
+//! environment overrides), validated once into an immutable [`Config`].
+//!
+//! Every error names the key and, when it came from a file, the line, so that an
+//! operator can fix it without reading Ferry's source.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+/// The configuration `ferry serve` runs on when given no `--config`.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+const DEFAULT_TAG_TTL: Duration = Duration::from_secs(60);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A validated configuration. Nothing in it needs checking again.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub storage_root: PathBuf,
+    pub upstreams: Vec<Upstream>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Short name: the store's key for this upstream and a path prefix clients may use.
+    pub name: String,
+    /// The registry host clients name (containerd's `ns`), lowercase, maybe with a port.
+    pub registry: String,
+    /// Base URL Ferry fetches from.
+    pub url: Url,
+    /// Requests naming no registry go here.
+    pub default: bool,
+    pub tag_ttl: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub auth: Auth,
+}
+
+impl Upstream {
+    /// Docker Hub stores single-component names under `library/`.
+    pub fn implicit_library(&self) -> bool {
+        self.registry == "docker.io"
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// No credentials; the registry's anonymous bearer-token flow still applies.
+    Anonymous,
+    /// Username and password, sent as Basic auth or to the registry's token realm.
+    Basic { username: String, password: Secret },
+    /// A static bearer token sent with every request.
+    Bearer { token: Secret },
+}
+
+impl Auth {
+    fn describe(&self) -> String {
+        match self {
+            Auth::Anonymous => "anonymous".into(),
+            Auth::Basic { username, .. } => {
+                format!("basic (username {username}, password from file)")
+            }
+            Auth::Bearer { .. } => "bearer (token from file)".into(),
+        }
+    }
+}
+
+/// A credential. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}{location}: {message}")]
+pub struct ConfigError {
+    origin: String,
+    location: String,
+    message: String,
+}
+
+// ---- the raw shape, as written in TOML ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    root: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: Spanned<String>,
+    registry: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    #[serde(default)]
+    default: Option<Spanned<bool>>,
+    tag_ttl: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    read_timeout: Option<Spanned<String>>,
+    auth: Option<Spanned<RawAuth>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    kind: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+}
+
+/// Where the text being validated came from, to turn byte spans into `file:line:col`.
+struct Source<'a> {
+    origin: String,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let location = match span {
+            // A span of 0..0 marks a value that came from the environment.
+            Some(r) if r.end > 0 => {
+                let before = &self.text[..r.start.min(self.text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(":{line}:{col}")
+            }
+            _ => String::new(),
+        };
+        ConfigError {
+            origin: self.origin.clone(),
+            location,
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (or the built-in default), applies `FERRY_*` overrides from `env`,
+    /// and validates the result.
+    pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let (origin, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    origin: p.display().to_string(),
+                    location: String::new(),
+                    message: format!("cannot read the config file: {e}"),
+                })?;
+                (p.display().to_string(), text)
+            }
+            None => ("built-in config".to_string(), DEFAULT_CONFIG.to_string()),
+        };
+        Self::parse(&origin, &text, env)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(
+        origin: &str,
+        text: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let src = Source {
+            origin: origin.to_string(),
+            text,
+        };
+        let mut raw: RawConfig = toml::from_str(text)
+            .map_err(|e| src.error(e.span(), e.message().trim().to_string()))?;
+        apply_env(&mut raw, env)?;
+        validate(raw, &src)
+    }
+
+    /// A human summary of what was understood, for `ferry config check`.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "listen: {}\nstorage root: {}\nupstreams:\n",
+            self.listen,
+            self.storage_root.display()
+        );
+        for u in &self.upstreams {
+            out += &format!(
+                "  - {name}: registry {registry} -> {url}{default}\n      auth: {auth}; tag_ttl {ttl}; connect_timeout {ct}; read_timeout {rt}{lib}\n",
+                name = u.name,
+                registry = u.registry,
+                url = u.url,
+                default = if u.default { " (default)" } else { "" },
+                auth = u.auth.describe(),
+                ttl = humantime::format_duration(u.tag_ttl),
+                ct = humantime::format_duration(u.connect_timeout),
+                rt = humantime::format_duration(u.read_timeout),
+                lib = if u.implicit_library() {
+                    "; single-component names get library/"
+                } else {
+                    ""
+                },
+            );
+        }
+        out
+    }
+}
+
+/// `FERRY_SERVER_LISTEN`, `FERRY_STORAGE_ROOT`, and per upstream (name upper-cased,
+/// `-` and `.` as `_`) `FERRY_UPSTREAM_<NAME>_<KEY>` for every key, `AUTH_<KEY>` for
+/// the auth table. An override for an upstream that the file does not define is an
+/// error rather than silently ignored.
+fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), ConfigError> {
+    // Values from the environment carry the empty span 0..0: they have no line.
+    let set = |slot: &mut Option<Spanned<String>>, v: &str| {
+        *slot = Some(Spanned::new(0..0, v.to_string()))
+    };
+    let env_err = |key: &str, message: String| ConfigError {
+        origin: format!("environment variable {key}"),
+        location: String::new(),
+        message,
+    };
+    for (key, value) in env {
+        let Some(rest) = key.strip_prefix("FERRY_") else {
+            continue;
+        };
+        match rest {
+            "SERVER_LISTEN" => set(&mut raw.server.listen, value),
+            "STORAGE_ROOT" => set(&mut raw.storage.root, value),
+            // Read by the CLI itself, not config keys.
+            "CONFIG" | "LOG_FORMAT" | "LOG" => {}
+            _ => {
+                let Some(up) = rest.strip_prefix("UPSTREAM_") else {
+                    return Err(env_err(key, "not a Ferry setting".into()));
+                };
+                let target = raw.upstream.iter_mut().find(|u| {
+                    let prefix = env_name(u.name.get_ref()) + "_";
+                    up.starts_with(&prefix)
+                });
+                let Some(u) = target else {
+                    return Err(env_err(key, "names no configured upstream".into()));
+                };
+                let field = &up[env_name(u.name.get_ref()).len() + 1..];
+                match field {
+                    "REGISTRY" => set(&mut u.registry, value),
+                    "URL" => set(&mut u.url, value),
+                    "TAG_TTL" => set(&mut u.tag_ttl, value),
+                    "CONNECT_TIMEOUT" => set(&mut u.connect_timeout, value),
+                    "READ_TIMEOUT" => set(&mut u.read_timeout, value),
+                    "DEFAULT" => {
+                        let b = value
+                            .parse::<bool>()
+                            .map_err(|_| env_err(key, format!("`{value}` is not true or false")))?;
+                        u.default = Some(Spanned::new(0..0, b));
+                    }
+                    f if f.starts_with("AUTH_") => {
+                        let a = u
+                            .auth
+                            .get_or_insert_with(|| Spanned::new(0..0, RawAuth::default()));
+                        let a = a.get_mut();
+                        match &f[5..] {
+                            "KIND" => set(&mut a.kind, value),
+                            "USERNAME" => set(&mut a.username, value),
+                            "PASSWORD_FILE" => set(&mut a.password_file, value),
+                            "TOKEN_FILE" => set(&mut a.token_file, value),
+                            _ => return Err(env_err(key, "not an auth setting".into())),
+                        }
+                    }
+                    _ => return Err(env_err(key, "not an upstream setting".into())),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn env_name(upstream: &str) -> String {
+    upstream.to_ascii_uppercase().replace(['-', '.'], "_")
+}
+
+fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
+    let listen = match raw.server.listen {
+        None => "127.0.0.1:5000".parse().expect("default listen address"),
+        Some(s) => s.get_ref().parse::<SocketAddr>().map_err(|e| {
+            src.error(
+                Some(s.span()),
+                format!(
+                    "server.listen: `{}` is not an address like 127.0.0.1:5000 ({e})",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
+    let storage_root = match raw.storage.root {
+        None => PathBuf::from("./ferry-data"),
+        Some(s) if s.get_ref().is_empty() => {
+            return Err(src.error(Some(s.span()), "storage.root is empty"));
+        }
+        Some(s) => PathBuf::from(s.into_inner()),
+    };
+    let mut upstreams = Vec::new();
+    let mut names = HashSet::new();
+    let mut registries = HashSet::new();
+    for u in raw.upstream {
+        let name = u.name.get_ref().clone();
+        let here = |field: &str| format!("upstream `{name}`: {field}");
+        let valid_name = !name.is_empty()
+            && name.split(['.', '_', '-']).all(|c| {
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
+        if !valid_name {
+            return Err(src.error(Some(u.name.span()), format!("upstream name `{name}` must be lowercase letters, digits, and . _ - between them")));
+        }
+        if !names.insert(name.clone()) {
+            return Err(src.error(
+                Some(u.name.span()),
+                format!("upstream name `{name}` is defined twice"),
+            ));
+        }
+        let url_s = u
+            .url
+            .ok_or_else(|| src.error(Some(u.name.span()), here("`url` is missing")))?;
+        let url = Url::parse(url_s.get_ref()).map_err(|e| {
+            src.error(
+                Some(url_s.span()),
+                format!("{}: `{}` is not a URL ({e})", here("url"), url_s.get_ref()),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(src.error(
+                Some(url_s.span()),
+                format!(
+                    "{}: `{url}` must be an http:// or https:// URL with a host",
+                    here("url")
+                ),
+            ));
+        }
+        if url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(src.error(
+                Some(url_s.span()),
+                format!(
+                    "{}: must not carry credentials, a query or a fragment (use `auth`)",
+                    here("url")
+                ),
+            ));
+        }
+        let registry = match u.registry {
+            Some(r) => {
+                let reg = r.get_ref().to_ascii_lowercase();
+                let ok = !reg.is_empty()
+                    && reg.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                    });
+                if !ok {
+                    return Err(src.error(
+                        Some(r.span()),
+                        format!(
+                            "{}: `{}` is not a registry host[:port]",
+                            here("registry"),
+                            r.get_ref()
+                        ),
+                    ));
+                }
+                if !registries.insert(reg.clone()) {
+                    return Err(src.error(
+                        Some(r.span()),
+                        format!(
+                            "{}: registry `{reg}` is already served by another upstream",
+                            here("registry")
+                        ),
+                    ));
+                }
+                reg
+            }
+            None => {
+                let reg = match url.port() {
+                    Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+                    None => url.host_str().unwrap_or_default().to_string(),
+                };
+                if !registries.insert(reg.clone()) {
+                    return Err(src.error(
+                        Some(u.name.span()),
+                        format!(
+                            "{}: registry `{reg}` (from url) is already served by another upstream",
+                            here("registry")
+                        ),
+                    ));
+                }
+                reg
+            }
+        };
+        let duration = |v: Option<Spanned<String>>,
+                        field: &str,
+                        default: Duration|
+         -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
+                    src.error(
+                        Some(s.span()),
+                        format!(
+                            "{}: `{}` is not a duration like 60s or 5m ({e})",
+                            here(field),
+                            s.get_ref()
+                        ),
+                    )
+                }),
+            }
+        };
+        let tag_ttl = duration(u.tag_ttl, "tag_ttl", DEFAULT_TAG_TTL)?;
+        let connect_timeout = duration(
+            u.connect_timeout,
+            "connect_timeout",
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
+        let read_timeout = duration(u.read_timeout, "read_timeout", DEFAULT_READ_TIMEOUT)?;
+        for (d, f) in [
+            (connect_timeout, "connect_timeout"),
+            (read_timeout, "read_timeout"),
+        ] {
+            if d.is_zero() {
+                return Err(src.error(
+                    Some(u.name.span()),
+                    format!("{} must be more than zero", here(f)),
+                ));
+            }
+        }
+        let auth = match u.auth {
+            None => Auth::Anonymous,
+            Some(a) => validate_auth(a, src, &name)?,
+        };
+        upstreams.push(Upstream {
+            name,
+            registry,
+            url,
+            default: u.default.map(|d| d.into_inner()).unwrap_or(false),
+            tag_ttl,
+            connect_timeout,
+            read_timeout,
+            auth,
+        });
+    }
+    if upstreams.iter().filter(|u| u.default).count() > 1 {
+        let which: Vec<_> = upstreams
+            .iter()
+            .filter(|u| u.default)
+            .map(|u| u.name.as_str())
+            .collect();
+        return Err(src.error(
+            None,
+            format!(
+                "only one upstream may be `default = true`, found: {}",
+                which.join(", ")
+            ),
+        ));
+    }
+    Ok(Config {
+        listen,
+        storage_root,
+        upstreams,
+    })
+}
+
+fn validate_auth(a: Spanned<RawAuth>, src: &Source, upstream: &str) -> Result<Auth, ConfigError> {
+    let span = a.span();
+    let a = a.into_inner();
+    let kind_span = a.kind.as_ref().map(|k| k.span());
+    let kind = a
+        .kind
+        .as_ref()
+        .map(|k| k.get_ref().clone())
+        .unwrap_or_else(|| "anonymous".to_string());
+    let kind = kind.as_str();
+    let here = |field: &str| format!("upstream `{upstream}`: auth.{field}");
+    let read_secret = |f: &Option<Spanned<String>>, field: &str| -> Result<Secret, ConfigError> {
+        let f = f.as_ref().ok_or_else(|| {
+            src.error(
+                Some(span.clone()),
+                format!("{} is required for kind = \"{kind}\"", here(field)),
+            )
+        })?;
+        let text = std::fs::read_to_string(f.get_ref()).map_err(|e| {
+            src.error(
+                Some(f.span()),
+                format!("{}: cannot read `{}`: {e}", here(field), f.get_ref()),
+            )
+        })?;
+        let secret = text.trim_end_matches(['\r', '\n']).to_string();
+        if secret.is_empty() {
+            return Err(src.error(
+                Some(f.span()),
+                format!("{}: `{}` is empty", here(field), f.get_ref()),
+            ));
+        }
+        Ok(Secret(secret))
+    };
+    let unexpected = |present: bool, field: &str| -> Result<(), ConfigError> {
+        if present {
+            Err(src.error(
+                Some(span.clone()),
+                format!("{} does not apply to kind = \"{kind}\"", here(field)),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match kind {
+        "anonymous" => {
+            unexpected(a.username.is_some(), "username")?;
+            unexpected(a.password_file.is_some(), "password_file")?;
+            unexpected(a.token_file.is_some(), "token_file")?;
+            Ok(Auth::Anonymous)
+        }
+        "basic" => {
+            unexpected(a.token_file.is_some(), "token_file")?;
+            let username = a
+                .username
+                .as_ref()
+                .map(|u| u.get_ref().clone())
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    src.error(
+                        Some(span.clone()),
+                        format!("{} is required for kind = \"basic\"", here("username")),
+                    )
+                })?;
+            let password = read_secret(&a.password_file, "password_file")?;
+            Ok(Auth::Basic { username, password })
+        }
+        "bearer" => {
+            unexpected(a.username.is_some(), "username")?;
+            unexpected(a.password_file.is_some(), "password_file")?;
+            Ok(Auth::Bearer {
+                token: read_secret(&a.token_file, "token_file")?,
+            })
+        }
+        other => Err(src.error(
+            kind_span,
+            format!(
+                "{}: unknown kind `{other}` (anonymous, basic, bearer)",
+                here("kind")
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse("test.toml", text, &[])
+    }
+
+    #[test]
+    fn builtin_default_is_valid() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.storage_root, PathBuf::from("./ferry-data"));
+        let regs: Vec<_> = c.upstreams.iter().map(|u| u.registry.as_str()).collect();
+        assert_eq!(
+            regs,
+            [
+                "docker.io",
+                "mcr.microsoft.com",
+                "ghcr.io",
+                "quay.io",
+                "registry.k8s.io"
+            ]
+        );
+        let docker = &c.upstreams[0];
+        assert!(docker.default && docker.implicit_library());
+        assert_eq!(docker.url.as_str(), "https://registry-1.docker.io/");
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = parse("[server]\nlisten = \"127.0.0.1:5000\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:3") && e.contains("bogus"), "{e}");
+        let e = parse("[[upstream]]\nname = \"a\"\nurl = \"not a url\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:3:7") && e.contains("url"), "{e}");
+        let e = parse("[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[[upstream]]\nname = \"b\"\nurl = \"http://y\"\nregistry = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:7") && e.contains("already served"),
+            "{e}"
+        );
+        let e = parse("[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nauth = { kind = \"basic\", username = \"u\", password_file = \"/nonexistent/p\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:4")
+                && e.contains("password_file")
+                && e.contains("/nonexistent/p"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let env = vec![
+            (
+                "FERRY_SERVER_LISTEN".to_string(),
+                "127.0.0.1:6000".to_string(),
+            ),
+            (
+                "FERRY_UPSTREAM_MY_REG_URL".to_string(),
+                "http://127.0.0.1:9".to_string(),
+            ),
+            (
+                "FERRY_UPSTREAM_MY_REG_TAG_TTL".to_string(),
+                "5m".to_string(),
+            ),
+        ];
+        let c = Config::parse(
+            "t",
+            "[[upstream]]\nname = \"my-reg\"\nurl = \"http://x\"\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(c.upstreams[0].url.as_str(), "http://127.0.0.1:9/");
+        assert_eq!(c.upstreams[0].tag_ttl, Duration::from_secs(300));
+        let bad = vec![(
+            "FERRY_UPSTREAM_NOPE_URL".to_string(),
+            "http://x".to_string(),
+        )];
+        let e = Config::parse("t", "", &bad).unwrap_err().to_string();
+        assert!(e.contains("FERRY_UPSTREAM_NOPE_URL"), "{e}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p");
+        std::fs::write(&p, "hunter2\n").unwrap();
+        let text = format!(
+            "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nauth = {{ kind = \"basic\", username = \"u\", password_file = \"{}\" }}\n",
+            p.display()
+        );
+        let c = parse(&text).unwrap();
+        match &c.upstreams[0].auth {
+            Auth::Basic { password, .. } => assert_eq!(password.expose(), "hunter2"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!c.describe().contains("hunter2"));
+    }
+}

@@ -1,0 +1,400 @@
+//! Blobs: served from the store when held for the repository, otherwise fetched once
+//! from the upstream and streamed to every requester while it is stored.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use http::{HeaderMap, Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use ferry_storage::{Digest, Error as StorageError};
+
+use super::inflight::{Joined, Leader, State};
+use super::{CacheStatus, Error, Proxy, Result, Target};
+
+/// Upstream bytes are written to the store in pieces of about this size.
+const WRITE_CHUNK: usize = 1024 * 1024;
+/// Readers of stored blobs read this much at a time.
+const FILE_READ_CHUNK: usize = 256 * 1024;
+
+/// A blob ready to serve.
+pub struct Blob {
+    pub digest: Digest,
+    /// The whole blob's size.
+    pub size: u64,
+    /// The inclusive byte range being served, when answering a `Range` request.
+    pub range: Option<(u64, u64)>,
+    pub cache: CacheStatus,
+    /// The bytes (of `range`, or all); `None` for a `HEAD`.
+    pub body: Option<BoxStream<'static, io::Result<Bytes>>>,
+}
+
+/// A single `Range: bytes=…` request. Multiple ranges are not supported: such a
+/// header is ignored, as RFC 9110 allows, and the whole blob is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=a-` or `bytes=a-b`
+    From { start: u64, end: Option<u64> },
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Parses a `Range` header; `None` if it should be ignored.
+    pub fn parse(header: &str) -> Option<ByteRange> {
+        let spec = header.trim().strip_prefix("bytes=")?.trim();
+        if spec.contains(',') {
+            return None;
+        }
+        let (a, b) = spec.split_once('-')?;
+        let (a, b) = (a.trim(), b.trim());
+        if a.is_empty() {
+            return Some(ByteRange::Suffix(b.parse().ok()?));
+        }
+        let start = a.parse().ok()?;
+        let end = if b.is_empty() {
+            None
+        } else {
+            Some(b.parse().ok()?)
+        };
+        if end.is_some_and(|e| e < start) {
+            return None;
+        }
+        Some(ByteRange::From { start, end })
+    }
+
+    /// The inclusive range this selects in a blob of `size` bytes.
+    pub fn resolve(self, size: u64) -> Result<(u64, u64)> {
+        let unsatisfiable = Error::RangeNotSatisfiable { size };
+        match self {
+            ByteRange::From { start, end } if start < size => {
+                Ok((start, end.unwrap_or(u64::MAX).min(size - 1)))
+            }
+            ByteRange::Suffix(n) if n > 0 && size > 0 => Ok((size - n.min(size), size - 1)),
+            _ => Err(unsatisfiable),
+        }
+    }
+}
+
+impl Proxy {
+    /// The blob `digest` in `t`, or the part `range` selects. With `want_body =
+    /// false` (a HEAD) nothing is downloaded.
+    pub async fn blob(
+        self: &Arc<Self>,
+        t: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        want_body: bool,
+    ) -> Result<Blob> {
+        if let Some(size) = self.store.blobs.stat(digest)? {
+            return self.stored_blob(t, digest, size, range, want_body).await;
+        }
+        if !want_body {
+            return self.head_uncached_blob(t, digest, range).await;
+        }
+        let (fetch, cache) = match self.inflight.join_or_start(&t.repo, digest, || {
+            matches!(self.store.blobs.stat(digest), Ok(Some(_)))
+        }) {
+            Joined::Follower(f) => (f, CacheStatus::Joined),
+            Joined::Leader(f, leader) => {
+                let (proxy, t, d) = (self.clone(), t.clone(), digest.clone());
+                // Spawned, not awaited: the fetch outlives a client that goes away.
+                tokio::spawn(async move { proxy.run_fetch(t, d, leader).await });
+                (f, CacheStatus::Miss)
+            }
+            Joined::Stored => {
+                let size = self.store.blobs.stat(digest)?.unwrap_or_default();
+                return self.stored_blob(t, digest, size, range, want_body).await;
+            }
+        };
+        let size = fetch.started().await?;
+        let (start, end, range) = select(range, size)?;
+        let body = if size == 0 {
+            futures_util::stream::empty().boxed()
+        } else {
+            fetch.stream(start, end).boxed()
+        };
+        Ok(Blob {
+            digest: digest.clone(),
+            size,
+            range,
+            cache,
+            body: Some(body),
+        })
+    }
+
+    async fn stored_blob(
+        &self,
+        t: &Target,
+        digest: &Digest,
+        size: u64,
+        range: Option<ByteRange>,
+        want_body: bool,
+    ) -> Result<Blob> {
+        let index = &self.store.index;
+        if !index.is_linked(&t.repo, digest)? {
+            // Stored for another repository: serve it here only if the upstream says
+            // this repository has it too, or content would leak across repositories.
+            self.upstream_blob_size(t, digest).await?;
+            index.link(&t.repo, digest)?;
+        }
+        index.blob_accessed(digest, size)?;
+        let (start, end, range) = select(range, size)?;
+        let body = if want_body {
+            let path = self.store.layout().blob(digest);
+            let mut file = tokio::fs::File::open(&path).await?;
+            if start > 0 {
+                file.seek(io::SeekFrom::Start(start)).await?;
+            }
+            let len = if size == 0 { 0 } else { end + 1 - start };
+            Some(
+                tokio_util::io::ReaderStream::with_capacity(file.take(len), FILE_READ_CHUNK)
+                    .boxed(),
+            )
+        } else {
+            None
+        };
+        Ok(Blob {
+            digest: digest.clone(),
+            size,
+            range,
+            cache: CacheStatus::Hit,
+            body,
+        })
+    }
+
+    async fn head_uncached_blob(
+        &self,
+        t: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<Blob> {
+        let (size, cache) = match self.inflight.get(&t.repo, digest) {
+            Some(f) => (f.started().await?, CacheStatus::Joined),
+            None => (self.upstream_blob_size(t, digest).await?, CacheStatus::Miss),
+        };
+        let (_, _, range) = select(range, size)?;
+        Ok(Blob {
+            digest: digest.clone(),
+            size,
+            range,
+            cache,
+            body: None,
+        })
+    }
+
+    /// The size the upstream reports for `digest` in `t` (a `HEAD`).
+    async fn upstream_blob_size(&self, t: &Target, digest: &Digest) -> Result<u64> {
+        let resp = t
+            .upstream
+            .send(
+                Method::HEAD,
+                &t.repo.name,
+                &format!("blobs/{digest}"),
+                &[],
+                HeaderMap::new(),
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(Error::BlobUnknown {
+                repo: t.repo.name.to_string(),
+                digest: digest.clone(),
+            });
+        }
+        content_length(&resp).ok_or_else(|| {
+            t.upstream
+                .protocol("blob HEAD without Content-Length")
+                .into()
+        })
+    }
+
+    /// The fetch task: downloads `digest`, publishing progress to readers, and stores it
+    /// if and only if it verifies.
+    async fn run_fetch(self: Arc<Self>, t: Target, digest: Digest, leader: Leader) {
+        match self.fetch_into_store(&t, &digest, &leader).await {
+            Ok((size, file)) => leader.finish(State::Done { size, file }),
+            Err(e) => {
+                tracing::warn!(upstream = t.upstream.name(), repo = %t.repo.name, %digest, error = %e, "blob fetch failed; nothing stored");
+                leader.finish(State::Failed(e));
+            }
+        }
+    }
+
+    async fn fetch_into_store(
+        &self,
+        t: &Target,
+        digest: &Digest,
+        leader: &Leader,
+    ) -> Result<(u64, Arc<std::fs::File>)> {
+        let up = &t.upstream;
+        let resp = up
+            .send(
+                Method::GET,
+                &t.repo.name,
+                &format!("blobs/{digest}"),
+                &[],
+                HeaderMap::new(),
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(Error::BlobUnknown {
+                repo: t.repo.name.to_string(),
+                digest: digest.clone(),
+            });
+        }
+        let size =
+            content_length(&resp).ok_or_else(|| up.protocol("blob GET without Content-Length"))?;
+        let d = digest.clone();
+        let mut ingest = Some(
+            self.blocking(move |s| s.blobs.ingest(&d, Some(size)))
+                .await?,
+        );
+        let file = Arc::new(ingest.as_ref().expect("ingest").reader()?);
+        leader.publish(State::Receiving {
+            size,
+            file: file.clone(),
+            readable: 0,
+        });
+
+        let broken = |detail: String| Error::UpstreamBroken {
+            upstream: up.name().to_string(),
+            digest: digest.clone(),
+            detail,
+        };
+        let mut body = resp.bytes_stream().map_err(|e| up.body_error(&e));
+        let mut pending = Vec::with_capacity(WRITE_CHUNK);
+        loop {
+            let next = body.try_next().await.map_err(|e| broken(e.to_string()))?;
+            let at_end = next.is_none();
+            if let Some(chunk) = next {
+                pending.extend_from_slice(&chunk);
+            }
+            if pending.len() >= WRITE_CHUNK || (at_end && !pending.is_empty()) {
+                let mut ing = ingest.take().expect("ingest present between writes");
+                let data = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_CHUNK));
+                let (ing, res) = tokio::task::spawn_blocking(move || {
+                    let res = ing.write(&data);
+                    (ing, res)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                ingest = Some(ing);
+                res.map_err(|e| match e {
+                    StorageError::SizeMismatch { actual, .. } => broken(format!(
+                        "sent {actual} bytes, more than its Content-Length {size}"
+                    )),
+                    e => e.into(),
+                })?;
+                let written = ingest.as_ref().map_or(0, |i| i.written());
+                // Hold the last byte back until the digest verified.
+                leader.publish(State::Receiving {
+                    size,
+                    file: file.clone(),
+                    readable: written.min(size.saturating_sub(1)),
+                });
+            }
+            if at_end {
+                break;
+            }
+        }
+        let ing = ingest.take().expect("ingest present at the end");
+        let (repo, d) = (t.repo.clone(), digest.clone());
+        self.blocking(move |s| {
+            ing.commit()?;
+            s.index.blob_stored(&d, size)?;
+            s.index.link(&repo, &d)
+        })
+        .await
+        .map_err(|e| match e {
+            Error::Storage(se) => match &*se {
+                StorageError::DigestMismatch { .. } => Error::UpstreamDigestMismatch {
+                    upstream: up.name().to_string(),
+                    expected: digest.clone(),
+                },
+                StorageError::SizeMismatch { actual, .. } => {
+                    broken(format!("ended after {actual} of {size} bytes"))
+                }
+                _ => Error::Storage(se),
+            },
+            e => e,
+        })?;
+        Ok((size, file))
+    }
+}
+
+fn content_length(resp: &crate::upstream::Response) -> Option<u64> {
+    resp.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Resolves an optional range against `size`: `(start, end, served range)`.
+fn select(range: Option<ByteRange>, size: u64) -> Result<(u64, u64, Option<(u64, u64)>)> {
+    match range {
+        Some(r) => {
+            let (s, e) = r.resolve(size)?;
+            Ok((s, e, Some((s, e))))
+        }
+        None => Ok((0, size.saturating_sub(1), None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            ByteRange::parse("bytes=0-9"),
+            Some(ByteRange::From {
+                start: 0,
+                end: Some(9)
+            })
+        );
+        assert_eq!(
+            ByteRange::parse("bytes=5-"),
+            Some(ByteRange::From {
+                start: 5,
+                end: None
+            })
+        );
+        assert_eq!(ByteRange::parse("bytes=-3"), Some(ByteRange::Suffix(3)));
+        assert_eq!(ByteRange::parse("bytes=0-1,3-4"), None);
+        assert_eq!(ByteRange::parse("items=0-1"), None);
+        assert_eq!(ByteRange::parse("bytes=9-1"), None);
+        assert_eq!(
+            ByteRange::From {
+                start: 5,
+                end: None
+            }
+            .resolve(10)
+            .unwrap(),
+            (5, 9)
+        );
+        assert_eq!(
+            ByteRange::From {
+                start: 5,
+                end: Some(100)
+            }
+            .resolve(10)
+            .unwrap(),
+            (5, 9)
+        );
+        assert_eq!(ByteRange::Suffix(3).resolve(10).unwrap(), (7, 9));
+        assert_eq!(ByteRange::Suffix(30).resolve(10).unwrap(), (0, 9));
+        assert!(
+            ByteRange::From {
+                start: 10,
+                end: None
+            }
+            .resolve(10)
+            .is_err()
+        );
+        assert!(ByteRange::Suffix(0).resolve(10).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! At most one upstream fetch per blob (per repository) at a time.
+//!
+//! The first request for an uncached blob becomes the leader: it starts a fetch task
+//! that outlives it, streaming upstream bytes into a staged file while hashing them.
+//! Every request, the leader's included, reads that staged file as it grows, so a
+//! late joiner first gets what is on disk, then follows the download; a `Range` is
+//! served from the bytes as they arrive.
+//!
+//! Readers are held one byte short of the end until the digest verified: if the bytes
+//! turn out wrong, the fetch fails, every reader's connection is cut before its last
+//! byte (so its own length and digest checks fail), and nothing is stored.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::watch;
+
+use ferry_storage::{Digest, Repo};
+
+use super::Error;
+
+/// How much a reader takes from the staged file at a time.
+const READ_CHUNK: u64 = 256 * 1024;
+
+type Key = (Repo, Digest);
+
+type Fetches = Arc<Mutex<HashMap<Key, Arc<Fetch>>>>;
+
+#[derive(Default)]
+pub struct Inflight {
+    fetches: Fetches,
+}
+
+/// What [`Inflight::join_or_start`] found.
+pub enum Joined {
+    /// Someone else's fetch is running; follow it.
+    Follower(Arc<Fetch>),
+    /// No fetch was running and the caller must start one: it holds the sender.
+    Leader(Arc<Fetch>, Leader),
+    /// The blob landed in the store meanwhile.
+    Stored,
+}
+
+/// The leader's side of a fetch. Dropping it without [`Leader::finish`] fails the
+/// fetch, so followers never wait on a fetch nobody runs.
+pub struct Leader {
+    tx: watch::Sender<State>,
+    key: Key,
+    fetches: Fetches,
+    finished: bool,
+}
+
+#[derive(Clone)]
+pub enum State {
+    /// Waiting for the upstream's headers.
+    Starting,
+    /// Bytes `0..readable` of `size` may be read from `file`.
+    Receiving {
+        size: u64,
+        file: Arc<File>,
+        readable: u64,
+    },
+    /// Verified and stored; all `size` bytes may be read.
+    Done {
+        size: u64,
+        file: Arc<File>,
+    },
+    Failed(Error),
+}
+
+pub struct Fetch {
+    tx: watch::Sender<State>,
+}
+
+impl Inflight {
+    /// Joins the running fetch of `key`, or registers a new one (unless `is_stored`
+    /// says the blob arrived since the caller last looked).
+    pub fn join_or_start(
+        &self,
+        repo: &Repo,
+        digest: &Digest,
+        is_stored: impl FnOnce() -> bool,
+    ) -> Joined {
+        let key = (repo.clone(), digest.clone());
+        let mut fetches = self.fetches.lock().expect("inflight lock");
+        if let Some(f) = fetches.get(&key) {
+            return Joined::Follower(f.clone());
+        }
+        // Checked under the lock: a leader removes its entry only after storing, so
+        // either the entry or the stored blob is visible here.
+        if is_stored() {
+            return Joined::Stored;
+        }
+        let (tx, _) = watch::channel(State::Starting);
+        let fetch = Arc::new(Fetch { tx: tx.clone() });
+        fetches.insert(key.clone(), fetch.clone());
+        Joined::Leader(
+            fetch,
+            Leader {
+                tx,
+                key,
+                fetches: self.fetches.clone(),
+                finished: false,
+            },
+        )
+    }
+
+    /// The running fetch of `key`, if any.
+    pub fn get(&self, repo: &Repo, digest: &Digest) -> Option<Arc<Fetch>> {
+        let key = (repo.clone(), digest.clone());
+        self.fetches
+            .lock()
+            .expect("inflight lock")
+            .get(&key)
+            .cloned()
+    }
+}
+
+impl Leader {
+    pub fn publish(&self, state: State) {
+        self.tx.send_replace(state);
+    }
+
+    /// Ends the fetch: unregisters it, then tells every reader how it ended. The
+    /// order matters: a request arriving in between finds the blob in the store.
+    pub fn finish(mut self, end: State) {
+        self.fetches
+            .lock()
+            .expect("inflight lock")
+            .remove(&self.key);
+        self.tx.send_replace(end);
+        self.finished = true;
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The fetch task ended without finishing (it panicked): unregister and
+            // fail, so that followers stop waiting and the next request starts over.
+            self.fetches
+                .lock()
+                .expect("inflight lock")
+                .remove(&self.key);
+            self.tx.send_replace(State::Failed(Error::Storage(Arc::new(
+                io::Error::other("blob fetch ended unexpectedly").into(),
+            ))));
+        }
+    }
+}
+
+impl Fetch {
+    /// Waits for the upstream's answer: the blob's size, or why there is none.
+    pub async fn started(&self) -> Result<u64, Error> {
+        let mut rx = self.tx.subscribe();
+        let state = rx
+            .wait_for(|s| !matches!(s, State::Starting))
+            .await
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| {
+                State::Failed(Error::Storage(Arc::new(
+                    io::Error::other("blob fetch abandoned").into(),
+                )))
+            });
+        match state {
+            State::Receiving { size, .. } | State::Done { size, .. } => Ok(size),
+            State::Failed(e) => Err(e),
+            State::Starting => unreachable!("waited for a state other than Starting"),
+        }
+    }
+
+    /// Bytes `start..=end` of the blob, as they become readable.
+    pub fn stream(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let rx = self.tx.subscribe();
+        futures_util::stream::try_unfold((rx, start), move |(mut rx, pos)| async move {
+            if pos > end {
+                return Ok(None);
+            }
+            let (file, readable) = loop {
+                {
+                    let state = rx.borrow_and_update();
+                    match &*state {
+                        State::Receiving { file, readable, .. } if *readable > pos => {
+                            break (file.clone(), *readable);
+                        }
+                        State::Done { file, size } => break (file.clone(), *size),
+                        State::Failed(e) => return Err(io::Error::other(e.to_string())),
+                        _ => {}
+                    }
+                }
+                rx.changed()
+                    .await
+                    .map_err(|_| io::Error::other("blob fetch abandoned"))?;
+            };
+            let n = READ_CHUNK.min(readable - pos).min(end + 1 - pos);
+            let buf = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n as usize];
+                file.read_exact_at(&mut buf, pos).map(|_| buf)
+            })
+            .await
+            .map_err(io::Error::other)??;
+            Ok(Some((Bytes::from(buf), (rx, pos + n))))
+        })
+    }
+}

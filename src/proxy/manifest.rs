@@ -1,0 +1,323 @@
+//! Manifests. By digest they are immutable: once stored and known in a repository,
+//! served forever. By tag they are cached with their fetch time and revalidated with
+//! an upstream `HEAD` once older than the upstream's `tag_ttl`.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use ferry_storage::index::now_secs;
+use ferry_storage::{Digest, ManifestRecord, Reference, Tag, TagRecord};
+
+use super::{CacheStatus, Error, Proxy, Result, Target};
+use crate::oci::{self, Accept};
+
+/// A manifest ready to serve.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// Empty when the caller asked for headers only and the manifest was cached.
+    pub bytes: Bytes,
+    pub cache: CacheStatus,
+    /// A `Warning` for the client when it got something less than fresh.
+    pub warning: Option<String>,
+}
+
+impl Proxy {
+    /// The manifest `reference` names in `t`, negotiated against `accept`.
+    /// `want_body = false` (a HEAD) lets a cache hit skip reading the bytes.
+    pub async fn manifest(
+        &self,
+        t: &Target,
+        reference: &Reference,
+        accept: &Accept,
+        want_body: bool,
+    ) -> Result<Manifest> {
+        match reference {
+            Reference::Tag(tag) => self.manifest_by_tag(t, tag, accept, want_body).await,
+            Reference::Digest(d) => {
+                if self.store.index.is_linked(&t.repo, d)?
+                    && let Some(m) = self.cached_manifest(d, accept, want_body)?
+                {
+                    return Ok(m);
+                }
+                self.fetch_manifest(t, d.as_str(), Some(d), accept).await
+            }
+        }
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        t: &Target,
+        tag: &Tag,
+        accept: &Accept,
+        want_body: bool,
+    ) -> Result<Manifest> {
+        let index = &self.store.index;
+        if let Some(rec) = index.tag(&t.repo, tag)?
+            && let Some(mut m) = self.cached_manifest(&rec.digest, accept, want_body)?
+        {
+            let now = now_secs();
+            if now.saturating_sub(rec.fetched_at) < t.upstream.config().tag_ttl.as_secs() {
+                return Ok(m);
+            }
+            match self.upstream_digest(t, tag.as_str(), accept).await {
+                Ok(Some(d)) if d == rec.digest => {
+                    index.set_tag(
+                        &t.repo,
+                        tag,
+                        &TagRecord {
+                            fetched_at: now,
+                            ..rec
+                        },
+                    )?;
+                    return Ok(m);
+                }
+                // Moved, gone, or the upstream did not say: fetch it to find out.
+                Ok(_) => {}
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!(upstream = t.upstream.name(), repo = %t.repo.name, %tag, error = %e, "serving cached manifest: revalidation failed");
+                    m.cache = CacheStatus::Stale;
+                    m.warning = Some(format!(
+                        "served from cache: upstream {} unreachable",
+                        t.upstream.name()
+                    ));
+                    return Ok(m);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let m = self.fetch_manifest(t, tag.as_str(), None, accept).await?;
+        let rec = TagRecord {
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            fetched_at: now_secs(),
+        };
+        index.set_tag(&t.repo, tag, &rec)?;
+        Ok(m)
+    }
+
+    /// The stored manifest `d`, if it is stored, indexed, and of a type `accept` allows.
+    fn cached_manifest(
+        &self,
+        d: &Digest,
+        accept: &Accept,
+        want_body: bool,
+    ) -> Result<Option<Manifest>> {
+        let Some(rec) = self.store.index.manifest(d)? else {
+            return Ok(None);
+        };
+        if !accept.allows(&rec.media_type) {
+            return Ok(None);
+        }
+        let bytes = if want_body {
+            match self.store.blobs.read(d)? {
+                Some(b) => Bytes::from(b),
+                None => return Ok(None),
+            }
+        } else {
+            if self.store.blobs.stat(d)?.is_none() {
+                return Ok(None);
+            }
+            Bytes::new()
+        };
+        Ok(Some(Manifest {
+            digest: d.clone(),
+            media_type: rec.media_type,
+            size: rec.size,
+            bytes,
+            cache: CacheStatus::Hit,
+            warning: None,
+        }))
+    }
+
+    /// Asks the upstream which digest `reference` names now (a `HEAD`), `None` if it
+    /// does not know the reference or does not say.
+    async fn upstream_digest(
+        &self,
+        t: &Target,
+        reference: &str,
+        accept: &Accept,
+    ) -> Result<Option<Digest>, crate::upstream::Error> {
+        let resp = t
+            .upstream
+            .send(
+                Method::HEAD,
+                &t.repo.name,
+                &format!("manifests/{reference}"),
+                &[],
+                accept_headers(accept),
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Ok(resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// Fetches a manifest, verifies it, and stores it as known in `t.repo`.
+    async fn fetch_manifest(
+        &self,
+        t: &Target,
+        reference: &str,
+        expected: Option<&Digest>,
+        accept: &Accept,
+    ) -> Result<Manifest> {
+        let up = &t.upstream;
+        let resp = up
+            .send(
+                Method::GET,
+                &t.repo.name,
+                &format!("manifests/{reference}"),
+                &[],
+                accept_headers(accept),
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(Error::ManifestUnknown {
+                repo: t.repo.name.to_string(),
+                reference: reference.to_string(),
+            });
+        }
+        let too_large = |size: u64| Error::ManifestTooLarge {
+            upstream: up.name().to_string(),
+            size,
+            limit: oci::MAX_MANIFEST_SIZE,
+        };
+        if let Some(len) = resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            && len > oci::MAX_MANIFEST_SIZE as u64
+        {
+            return Err(too_large(len));
+        }
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| oci::media_type(v).to_ascii_lowercase());
+        let header_digest: Option<Digest> = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| up.body_error(&e))?;
+            if body.len() + chunk.len() > oci::MAX_MANIFEST_SIZE {
+                return Err(too_large((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let digest = match (expected, header_digest) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => d,
+            (None, None) => Digest::sha256_of(&body),
+        };
+        if !digest.verify(&body) {
+            return Err(Error::UpstreamDigestMismatch {
+                upstream: up.name().to_string(),
+                expected: digest,
+            });
+        }
+        let media_type = manifest_media_type(content_type.as_deref(), &body).map_err(|reason| {
+            Error::ManifestInvalid {
+                upstream: up.name().to_string(),
+                reason,
+            }
+        })?;
+        let body = Bytes::from(body);
+        let (repo, d, b, mt) = (
+            t.repo.clone(),
+            digest.clone(),
+            body.clone(),
+            media_type.clone(),
+        );
+        self.blocking(move |store| {
+            store.blobs.put(&d, &b)?;
+            store.index.put_manifest(
+                &d,
+                &ManifestRecord {
+                    media_type: mt,
+                    size: b.len() as u64,
+                },
+            )?;
+            store.index.link(&repo, &d)
+        })
+        .await?;
+        Ok(Manifest {
+            digest,
+            media_type,
+            size: body.len() as u64,
+            bytes: body,
+            cache: CacheStatus::Miss,
+            warning: None,
+        })
+    }
+}
+
+fn accept_headers(accept: &Accept) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&accept.upstream_header()) {
+        h.insert(ACCEPT, v);
+    }
+    h
+}
+
+/// A manifest's media type: the `mediaType` its JSON declares, else a specific
+/// `Content-Type`, else what its shape says. The body must be a JSON object.
+fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+    }
+    let probe: Probe =
+        serde_json::from_slice(body).map_err(|e| format!("not a JSON manifest ({e})"))?;
+    if let Some(mt) = probe.media_type.filter(|m| !m.is_empty()) {
+        return Ok(mt);
+    }
+    match content_type {
+        Some(ct)
+            if !matches!(
+                ct,
+                "" | "application/json" | "text/plain" | "application/octet-stream"
+            ) =>
+        {
+            Ok(ct.to_string())
+        }
+        _ if probe.manifests.is_some() => Ok(oci::OCI_INDEX.to_string()),
+        _ => Ok(oci::OCI_MANIFEST.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_prefers_the_manifest_itself() {
+        let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+        assert_eq!(
+            manifest_media_type(Some("application/json"), body).unwrap(),
+            oci::OCI_INDEX
+        );
+        let body = br#"{"schemaVersion":2,"config":{}}"#;
+        assert_eq!(
+            manifest_media_type(Some(oci::DOCKER_MANIFEST), body).unwrap(),
+            oci::DOCKER_MANIFEST
+        );
+        assert_eq!(manifest_media_type(None, body).unwrap(), oci::OCI_MANIFEST);
+        assert!(manifest_media_type(None, b"<html>").is_err());
+    }
+}

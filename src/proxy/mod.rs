@@ -1,0 +1,157 @@
+//! The proxy: local store first, then the upstream, teeing what it fetches into the
+//! store. It answers in domain types; `api` turns them into HTTP.
+//!
+//! - A request is first routed ([`Proxy::route`]) to an upstream and the repository
+//!   name there.
+//! - Manifests ([`manifest`]) and blobs ([`blob`]) are served from the store when it
+//!   holds them for that repository, fetched otherwise; at most one upstream fetch
+//!   per blob runs at a time ([`inflight`]).
+//! - Ferry is read-only: nothing here writes to an upstream.
+
+mod blob;
+mod error;
+mod inflight;
+mod manifest;
+mod referrers;
+mod tags;
+
+use std::sync::Arc;
+
+use ferry_storage::{Repo, RepoName, Store};
+
+pub use blob::{Blob, ByteRange};
+pub use error::{Error, Result};
+pub use manifest::Manifest;
+pub use referrers::Referrers;
+pub use tags::TagList;
+
+use crate::config::Config;
+use crate::upstream;
+
+/// What the cache did for a request, reported to clients as `X-Cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from the store.
+    Hit,
+    /// Fetched from the upstream by this request.
+    Miss,
+    /// Joined a fetch another request had started.
+    Joined,
+    /// Served from the store because the upstream could not be asked.
+    Stale,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Joined => "JOINED",
+            CacheStatus::Stale => "STALE",
+        }
+    }
+}
+
+/// A request resolved to an upstream and the repository name there.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub upstream: Arc<upstream::Client>,
+    pub repo: Repo,
+}
+
+pub struct Proxy {
+    store: Arc<Store>,
+    upstreams: Vec<Arc<upstream::Client>>,
+    inflight: inflight::Inflight,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, store: Store) -> Result<Proxy, upstream::Error> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| upstream::Client::new(u.clone()).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Proxy {
+            store: Arc::new(store),
+            upstreams,
+            inflight: inflight::Inflight::default(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Picks the upstream for a request for `name`:
+    /// 1. `ns` (containerd's mirror parameter) names the registry; `name` is the
+    ///    repository as is.
+    /// 2. Otherwise a first path component equal to an upstream's registry or short
+    ///    name selects it and is stripped (`docker.io/library/nginx`, `corp/team/app`).
+    /// 3. Otherwise the upstream marked `default`, if any.
+    pub fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<Target> {
+        let (upstream, repo) = if let Some(ns) = ns {
+            let ns = ns.to_ascii_lowercase();
+            let up = self
+                .upstreams
+                .iter()
+                .find(|u| u.config().registry == ns)
+                .ok_or_else(|| self.no_upstream(&ns))?;
+            (up, name.clone())
+        } else if let Some((first, rest)) = name.split_first()
+            && let Some(up) = self
+                .upstreams
+                .iter()
+                .find(|u| u.config().registry == first || u.config().name == first)
+        {
+            (up, rest)
+        } else if let Some(up) = self.upstreams.iter().find(|u| u.config().default) {
+            (up, name.clone())
+        } else {
+            let first = name.split_first().map_or(name.as_str(), |(f, _)| f);
+            return Err(self.no_upstream(first));
+        };
+        let repo = if upstream.config().implicit_library() && repo.component_count() == 1 {
+            repo.prefixed(&"library".parse().expect("valid name"))
+        } else {
+            repo
+        };
+        Ok(Target {
+            upstream: upstream.clone(),
+            repo: Repo {
+                upstream: upstream.name().to_string(),
+                name: repo,
+            },
+        })
+    }
+
+    fn no_upstream(&self, requested: &str) -> Error {
+        Error::NoUpstream {
+            requested: requested.to_string(),
+            registries: self
+                .upstreams
+                .iter()
+                .map(|u| {
+                    format!(
+                        "{} (prefix {}/ or ?ns={})",
+                        u.config().registry,
+                        u.config().name,
+                        u.config().registry
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Runs blocking storage work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> ferry_storage::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Error::from(std::io::Error::other(e)))?
+            .map_err(Error::from)
+    }
+}

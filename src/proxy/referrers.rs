@@ -1,0 +1,174 @@
+//! The referrers API: proxied to upstreams that have it, and built from the
+//! tag-schema fallback (`<alg>-<hex>` tag holding an index) for those that do not.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::ACCEPT;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use ferry_storage::{Digest, Reference, Tag};
+
+use super::{CacheStatus, Error, Proxy, Result, Target};
+use crate::oci::{self, Accept};
+
+#[derive(Debug, Clone)]
+pub struct Referrers {
+    /// An OCI image index listing the referrers.
+    pub index: Bytes,
+    /// Whether an `artifactType` filter was applied.
+    pub filtered: bool,
+    pub cache: CacheStatus,
+    pub warning: Option<String>,
+}
+
+impl Proxy {
+    pub async fn referrers(
+        &self,
+        t: &Target,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Referrers> {
+        match self.upstream_referrers(t, subject, artifact_type).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => self.fallback_referrers(t, subject, artifact_type).await,
+            Err(Error::Upstream(e)) if e.is_unavailable() => {
+                let Some(index) = self.store.index.referrers(&t.repo, subject)? else {
+                    // Perhaps the fallback tag is cached.
+                    return self.fallback_referrers(t, subject, artifact_type).await;
+                };
+                Ok(Referrers {
+                    index: filter(&index, artifact_type),
+                    filtered: artifact_type.is_some(),
+                    cache: CacheStatus::Stale,
+                    warning: Some(format!(
+                        "served from cache: upstream {} unreachable",
+                        t.upstream.name()
+                    )),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The upstream's referrers API answer, `None` if it has no such API (404).
+    async fn upstream_referrers(
+        &self,
+        t: &Target,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Referrers>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(oci::OCI_INDEX));
+        let query: Vec<(&str, &str)> = artifact_type
+            .map(|a| ("artifactType", a))
+            .into_iter()
+            .collect();
+        let resp = t
+            .upstream
+            .send(
+                Method::GET,
+                &t.repo.name,
+                &format!("referrers/{subject}"),
+                &query,
+                headers,
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let upstream_filtered = resp
+            .headers()
+            .get("oci-filters-applied")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|f| f.trim() == "artifactType"));
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| t.upstream.body_error(&e))?;
+            if body.len() + chunk.len() > oci::MAX_MANIFEST_SIZE {
+                return Err(t.upstream.protocol("referrers index too large").into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+            return Err(t.upstream.protocol("referrers answer is not JSON").into());
+        }
+        if artifact_type.is_none() {
+            self.store.index.set_referrers(&t.repo, subject, &body)?;
+        }
+        let index = if artifact_type.is_some() && !upstream_filtered {
+            filter(&body, artifact_type)
+        } else {
+            Bytes::from(body)
+        };
+        Ok(Some(Referrers {
+            index,
+            filtered: artifact_type.is_some(),
+            cache: CacheStatus::Miss,
+            warning: None,
+        }))
+    }
+
+    async fn fallback_referrers(
+        &self,
+        t: &Target,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Referrers> {
+        let tag = Reference::Tag(Tag::referrers_fallback(subject));
+        match self
+            .manifest(t, &tag, &Accept::of(&[oci::OCI_INDEX]), true)
+            .await
+        {
+            Ok(m) => Ok(Referrers {
+                index: filter(&m.bytes, artifact_type),
+                filtered: artifact_type.is_some(),
+                cache: m.cache,
+                warning: m.warning,
+            }),
+            Err(Error::ManifestUnknown { .. }) => Ok(Referrers {
+                index: filter(b"", None),
+                filtered: artifact_type.is_some(),
+                cache: CacheStatus::Miss,
+                warning: None,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A referrers index holding the descriptors of `index` (any image index JSON)
+/// whose `artifactType` matches, or all of them. Unreadable input gives an empty list.
+fn filter(index: &[u8], artifact_type: Option<&str>) -> Bytes {
+    let manifests: Vec<serde_json::Value> = serde_json::from_slice::<serde_json::Value>(index)
+        .ok()
+        .and_then(|v| v.get("manifests").and_then(|m| m.as_array()).cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| {
+            artifact_type.is_none_or(|a| d.get("artifactType").and_then(|t| t.as_str()) == Some(a))
+        })
+        .collect();
+    let out = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci::OCI_INDEX,
+        "manifests": manifests,
+    });
+    Bytes::from(serde_json::to_vec(&out).expect("JSON serializes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_by_artifact_type() {
+        let idx = br#"{"schemaVersion":2,"manifests":[{"digest":"a","artifactType":"x"},{"digest":"b","artifactType":"y"}]}"#;
+        let v: serde_json::Value = serde_json::from_slice(&filter(idx, Some("y"))).unwrap();
+        assert_eq!(v["manifests"].as_array().unwrap().len(), 1);
+        assert_eq!(v["manifests"][0]["digest"], "b");
+        let v: serde_json::Value = serde_json::from_slice(&filter(b"", None)).unwrap();
+        assert_eq!(v["manifests"].as_array().unwrap().len(), 0);
+        assert_eq!(v["mediaType"], oci::OCI_INDEX);
+    }
+}

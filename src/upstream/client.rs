@@ -1,0 +1,181 @@
+//! The HTTP client for one upstream registry.
+
+use http::header::{AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use url::Url;
+
+use super::Error;
+use super::auth::Authenticator;
+use crate::config;
+use ferry_storage::RepoName;
+
+/// Registries chain a redirect or two (login server → data endpoint → storage).
+const MAX_REDIRECTS: usize = 5;
+
+/// An upstream's answer: 2xx, or 404 (which callers turn into their own "unknown").
+pub type Response = reqwest::Response;
+
+pub struct Client {
+    config: config::Upstream,
+    http: reqwest::Client,
+    auth: Authenticator,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(config: config::Upstream) -> Result<Client, Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            // Redirects are followed by hand, to control where credentials go.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build()
+            .map_err(|e| Error::from_reqwest(&config.name, &e))?;
+        let auth = Authenticator::new(&config.name, config.auth.clone());
+        Ok(Client { config, http, auth })
+    }
+
+    pub fn config(&self) -> &config::Upstream {
+        &self.config
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Sends `method /v2/<repo>/<path>` with pull credentials for `repo`, retrying
+    /// once after a 401 with whatever the challenge asks for. Returns 2xx and 404
+    /// answers; every other status becomes an [`Error`].
+    pub async fn send(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: HeaderMap,
+    ) -> Result<Response, Error> {
+        let mut url = self.config.url.clone();
+        {
+            let mut segs = url
+                .path_segments_mut()
+                .map_err(|_| self.protocol("base URL cannot hold a path"))?;
+            segs.pop_if_empty().push("v2");
+            segs.extend(repo.as_str().split('/'));
+            segs.extend(path.split('/'));
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let scope = format!("repository:{repo}:pull");
+        let mut authz = self.auth.authorization(&self.http, &scope).await?;
+        let mut retried = false;
+        loop {
+            let resp = self
+                .send_following_redirects(&method, &url, &headers, authz.as_ref())
+                .await?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !retried {
+                retried = true;
+                let challenge = resp
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok());
+                if let Some(next) = self
+                    .auth
+                    .on_unauthorized(&self.http, challenge, &scope, authz.as_ref())
+                    .await?
+                {
+                    authz = Some(next);
+                    continue;
+                }
+            }
+            return self.classify(resp);
+        }
+    }
+
+    async fn send_following_redirects(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        authz: Option<&HeaderValue>,
+    ) -> Result<Response, Error> {
+        let origin = url.origin();
+        let mut url = url.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            // Credentials go only to the registry's own origin: a redirect target on
+            // another host (a storage account, a CDN) never sees them.
+            if let Some(a) = authz
+                && url.origin() == origin
+            {
+                req = req.header(AUTHORIZATION, a.clone());
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| Error::from_reqwest(&self.config.name, &e))?;
+            if resp.status().is_redirection()
+                && let Some(loc) = resp.headers().get(LOCATION)
+            {
+                let loc = loc
+                    .to_str()
+                    .map_err(|_| self.protocol("redirect Location is not text"))?;
+                url = url
+                    .join(loc)
+                    .map_err(|_| self.protocol("redirect Location is not a URL"))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(self.protocol("redirect to a non-HTTP URL"));
+                }
+                tracing::debug!(upstream = %self.config.name, host = url.host_str().unwrap_or(""), "following redirect");
+                continue;
+            }
+            return Ok(resp);
+        }
+        Err(self.protocol("too many redirects"))
+    }
+
+    fn classify(&self, resp: Response) -> Result<Response, Error> {
+        let upstream = self.config.name.clone();
+        match resp.status().as_u16() {
+            200..=299 | 404 => Ok(resp),
+            401 => Err(Error::Unauthorized { upstream }),
+            403 => Err(Error::Denied { upstream }),
+            429 => {
+                let retry_after = resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                Err(Error::TooManyRequests {
+                    upstream,
+                    retry_after,
+                })
+            }
+            status => Err(Error::Status { upstream, status }),
+        }
+    }
+
+    pub fn protocol(&self, detail: &str) -> Error {
+        Error::Protocol {
+            upstream: self.config.name.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Maps an error reading a response body.
+    pub fn body_error(&self, e: &reqwest::Error) -> Error {
+        Error::from_reqwest(&self.config.name, e)
+    }
+}

@@ -1,0 +1,57 @@
+/// What went wrong talking to an upstream. Every variant names the upstream; none
+/// carries a credential.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("upstream {upstream} is unreachable: {detail}")]
+    Unreachable { upstream: String, detail: String },
+    #[error("upstream {upstream} timed out: {detail}")]
+    Timeout { upstream: String, detail: String },
+    #[error("upstream {upstream} refused Ferry's credentials")]
+    Unauthorized { upstream: String },
+    #[error("upstream {upstream} denied access")]
+    Denied { upstream: String },
+    #[error("upstream {upstream} is rate-limiting Ferry")]
+    TooManyRequests {
+        upstream: String,
+        retry_after: Option<String>,
+    },
+    #[error("upstream {upstream} answered {status}")]
+    Status { upstream: String, status: u16 },
+    #[error("upstream {upstream} broke the protocol: {detail}")]
+    Protocol { upstream: String, detail: String },
+}
+
+impl Error {
+    /// Whether the upstream could not be asked at all (as opposed to answering "no"):
+    /// the cases in which serving what the cache holds is the right fallback.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::Timeout { .. } => true,
+            Error::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn from_reqwest(upstream: &str, e: &reqwest::Error) -> Error {
+        // reqwest's Display includes the URL, which never holds credentials here
+        // (config refuses userinfo in URLs); the source chain says why.
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
+        }
+        if e.is_timeout() {
+            Error::Timeout {
+                upstream: upstream.to_string(),
+                detail,
+            }
+        } else {
+            Error::Unreachable {
+                upstream: upstream.to_string(),
+                detail,
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Talking to upstream registries: one [`Client`] per configured upstream, with its
+//! own connection pool, timeouts and credentials.
+//!
+//! The client never follows a redirect with credentials to another origin, and no
+//! credential appears in an error it returns.
+
+mod auth;
+mod client;
+mod error;
+
+pub use client::{Client, Response};
+pub use error::Error;

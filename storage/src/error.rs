@@ -1,0 +1,22 @@
+use crate::Digest;
+
+/// What can go wrong in the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("index error: {0}")]
+    Index(#[from] sled::Error),
+    #[error("content does not match digest {expected} (got {actual})")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("content of {digest} is {actual} bytes, expected {expected}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("corrupt index record under {key}: {reason}")]
+    CorruptRecord { key: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

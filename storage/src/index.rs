@@ -1,0 +1,278 @@
+//! The sled index: what the filesystem cannot say by itself.
+//!
+//! Trees and keys (`\0` separates parts; upstream names never contain it):
+//!
+//! | tree        | key                         | value            |
+//! |-------------|-----------------------------|------------------|
+//! | `tags`      | upstream, repo, tag         | [`TagRecord`]    |
+//! | `manifests` | digest                      | [`ManifestRecord`] |
+//! | `links`     | upstream, repo, digest      | empty            |
+//! | `blobs`     | digest                      | [`BlobRecord`]   |
+//! | `taglists`  | upstream, repo              | tag names (JSON) |
+//! | `referrers` | upstream, repo, digest      | index bytes      |
+//!
+//! The index is never the authority on whether bytes exist: the blob store is. A
+//! record whose blob is missing (a crash between the two writes, a deleted file) reads
+//! as a cache miss, so every crash point leaves a usable store.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{Digest, Error, RepoName, Result, Tag};
+
+/// A repository as Ferry caches it: which upstream, and the name there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Repo {
+    pub upstream: String,
+    pub name: RepoName,
+}
+
+impl Repo {
+    fn key(&self, suffix: &str) -> Vec<u8> {
+        format!("{}\0{}\0{suffix}", self.upstream, self.name).into_bytes()
+    }
+
+    fn prefix(&self) -> Vec<u8> {
+        self.key("")
+    }
+}
+
+/// Where a tag pointed when Ferry last asked the upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    /// Seconds since the Unix epoch at the last fetch or successful revalidation.
+    pub fetched_at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    pub size: u64,
+    /// Seconds since the Unix epoch; updated at most once per [`ACCESS_GRANULARITY`].
+    pub last_access: u64,
+}
+
+/// How stale a blob's last-access time may get before a read rewrites it: keeps the
+/// warm path from writing to the index on every hit.
+pub const ACCESS_GRANULARITY: u64 = 3600;
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub struct Index {
+    db: sled::Db,
+    tags: sled::Tree,
+    manifests: sled::Tree,
+    links: sled::Tree,
+    blobs: sled::Tree,
+    taglists: sled::Tree,
+    referrers: sled::Tree,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").finish_non_exhaustive()
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|e| Error::CorruptRecord {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("index records serialize")
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Index {
+            tags: db.open_tree("tags")?,
+            manifests: db.open_tree("manifests")?,
+            links: db.open_tree("links")?,
+            blobs: db.open_tree("blobs")?,
+            taglists: db.open_tree("taglists")?,
+            referrers: db.open_tree("referrers")?,
+            db,
+        })
+    }
+
+    fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>> {
+        tree.get(key)?.map(|v| decode(key, &v)).transpose()
+    }
+
+    pub fn tag(&self, repo: &Repo, tag: &Tag) -> Result<Option<TagRecord>> {
+        Self::get(&self.tags, &repo.key(tag.as_str()))
+    }
+
+    pub fn set_tag(&self, repo: &Repo, tag: &Tag, rec: &TagRecord) -> Result<()> {
+        self.tags.insert(repo.key(tag.as_str()), encode(rec))?;
+        Ok(())
+    }
+
+    /// Every tag known for `repo`: those fetched through Ferry and those seen in
+    /// upstream tag lists.
+    pub fn known_tags(&self, repo: &Repo) -> Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        let prefix = repo.prefix();
+        for kv in self.tags.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        let key = repo.prefix();
+        if let Some(listed) = Self::get::<Vec<String>>(&self.taglists, &key)? {
+            out.extend(listed);
+        }
+        Ok(out)
+    }
+
+    /// Records tags an upstream listed, merging with those seen before.
+    pub fn add_listed_tags(&self, repo: &Repo, tags: &[String]) -> Result<()> {
+        let key = repo.prefix();
+        let mut set: BTreeSet<String> = Self::get::<Vec<String>>(&self.taglists, &key)?
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let before = set.len();
+        set.extend(tags.iter().cloned());
+        if set.len() != before {
+            self.taglists
+                .insert(key, encode(&set.into_iter().collect::<Vec<_>>()))?;
+        }
+        Ok(())
+    }
+
+    pub fn manifest(&self, d: &Digest) -> Result<Option<ManifestRecord>> {
+        Self::get(&self.manifests, d.as_str().as_bytes())
+    }
+
+    pub fn put_manifest(&self, d: &Digest, rec: &ManifestRecord) -> Result<()> {
+        self.manifests.insert(d.as_str().as_bytes(), encode(rec))?;
+        Ok(())
+    }
+
+    /// Records that `d` is known to exist in `repo` upstream, so it may be served
+    /// under that name without asking again.
+    pub fn link(&self, repo: &Repo, d: &Digest) -> Result<()> {
+        self.links.insert(repo.key(d.as_str()), &[])?;
+        Ok(())
+    }
+
+    pub fn is_linked(&self, repo: &Repo, d: &Digest) -> Result<bool> {
+        Ok(self.links.contains_key(repo.key(d.as_str()))?)
+    }
+
+    pub fn blob(&self, d: &Digest) -> Result<Option<BlobRecord>> {
+        Self::get(&self.blobs, d.as_str().as_bytes())
+    }
+
+    pub fn blob_stored(&self, d: &Digest, size: u64) -> Result<()> {
+        let rec = BlobRecord {
+            size,
+            last_access: now_secs(),
+        };
+        self.blobs.insert(d.as_str().as_bytes(), encode(&rec))?;
+        Ok(())
+    }
+
+    /// Notes a read of `d`, writing only when the recorded time is old enough.
+    pub fn blob_accessed(&self, d: &Digest, size: u64) -> Result<()> {
+        let now = now_secs();
+        match self.blob(d)? {
+            Some(rec) if now.saturating_sub(rec.last_access) < ACCESS_GRANULARITY => Ok(()),
+            _ => {
+                let rec = BlobRecord {
+                    size,
+                    last_access: now,
+                };
+                self.blobs.insert(d.as_str().as_bytes(), encode(&rec))?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn referrers(&self, repo: &Repo, subject: &Digest) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .referrers
+            .get(repo.key(subject.as_str()))?
+            .map(|v| v.to_vec()))
+    }
+
+    pub fn set_referrers(&self, repo: &Repo, subject: &Digest, index: &[u8]) -> Result<()> {
+        self.referrers.insert(repo.key(subject.as_str()), index)?;
+        Ok(())
+    }
+
+    /// Waits until every write so far is on disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(up: &str, name: &str) -> Repo {
+        Repo {
+            upstream: up.into(),
+            name: name.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn tags_are_scoped_by_upstream_and_repo() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(dir.path()).unwrap();
+        let d = Digest::sha256_of(b"m");
+        let rec = TagRecord {
+            digest: d.clone(),
+            media_type: "x".into(),
+            fetched_at: 1,
+        };
+        let t: Tag = "1".parse().unwrap();
+        idx.set_tag(&repo("a", "r"), &t, &rec).unwrap();
+        assert_eq!(idx.tag(&repo("a", "r"), &t).unwrap(), Some(rec));
+        assert_eq!(idx.tag(&repo("b", "r"), &t).unwrap(), None);
+        // "r" must not see the tags of "r/sub" through a shared prefix.
+        idx.set_tag(
+            &repo("a", "r/sub"),
+            &"2".parse().unwrap(),
+            &TagRecord {
+                digest: d.clone(),
+                media_type: "x".into(),
+                fetched_at: 1,
+            },
+        )
+        .unwrap();
+        idx.add_listed_tags(&repo("a", "r"), &["0".into(), "1".into()])
+            .unwrap();
+        let tags: Vec<_> = idx
+            .known_tags(&repo("a", "r"))
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(tags, vec!["0", "1"]);
+        idx.link(&repo("a", "r"), &d).unwrap();
+        assert!(idx.is_linked(&repo("a", "r"), &d).unwrap());
+        assert!(!idx.is_linked(&repo("a", "r/sub"), &d).unwrap());
+    }
+}

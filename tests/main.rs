@@ -1,0 +1,1 @@
+//! Integration tests: Ferry as a process against real registries and clients.

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite. Installs what the integration tests need when it is missing
+# (Debian packages, as root), then runs unit and integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: missing ${need[*]}; run as root to install them with apt-get" >&2
+    exit 1
+  fi
+  echo "tests/run.sh: installing ${need[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo test --workspace --all-targets -- --test-threads "${FERRY_TEST_THREADS:-2}"

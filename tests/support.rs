@@ -1,0 +1,151 @@
+//! Fixtures and assertions shared by the test modules.
+
+use std::path::{Path, PathBuf};
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+
+use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL, Upstream};
+use crate::harness::http::{client, oci_error, with_accept};
+use crate::harness::registry::{Registry, RegistryAuth};
+
+/// An open Distribution and a Ferry whose only upstream is it, as `local` /
+/// `registry.ferry-test.invalid`.
+pub fn local_setup() -> (Registry, Ferry) {
+    let registry = Registry::start(RegistryAuth::None);
+    let ferry = FerryBuilder::new()
+        .upstream(Upstream::local(&registry.url()))
+        .start();
+    (registry, ferry)
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Fetched {
+    /// Header `name` as text ("" if absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// `X-Cache`.
+    pub fn x_cache(&self) -> &str {
+        self.header("x-cache")
+    }
+
+    /// Body as lossy text, for messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body[..self.body.len().min(2000)]).into_owned()
+    }
+
+    /// Asserts `status`, an OCI error body with `code`, and the API version header;
+    /// returns the error's message.
+    pub fn assert_error(&self, status: u16, code: &str) -> String {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "expected {status} {code}, got body {}",
+            self.text()
+        );
+        let (got_code, message) = oci_error(&self.body);
+        assert_eq!(got_code, code, "error code; body {}", self.text());
+        assert_api_version(&self.headers);
+        message
+    }
+}
+
+/// `GET url` with every `accept` type as its own `Accept` line.
+pub async fn get(url: &str, accept: &[&str]) -> Fetched {
+    send(reqwest::Method::GET, url, accept, &[]).await
+}
+
+/// `HEAD url`.
+pub async fn head(url: &str, accept: &[&str]) -> Fetched {
+    send(reqwest::Method::HEAD, url, accept, &[]).await
+}
+
+/// Any request, with extra headers; reads the whole body (panics if the body errors).
+pub async fn send(
+    method: reqwest::Method,
+    url: &str,
+    accept: &[&str],
+    headers: &[(&str, &str)],
+) -> Fetched {
+    let mut req = with_accept(client().request(method.clone(), url), accept);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: body: {e}"))
+        .to_vec();
+    Fetched {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `Docker-Distribution-API-Version: registry/2.0`.
+pub fn assert_api_version(headers: &HeaderMap) {
+    assert_eq!(
+        headers
+            .get("docker-distribution-api-version")
+            .and_then(|v| v.to_str().ok()),
+        Some("registry/2.0"),
+        "Docker-Distribution-API-Version on every response"
+    );
+}
+
+/// `<ferry>/v2/local/<repo>/manifests/<reference>`.
+pub fn manifest_url(ferry: &Ferry, repo: &str, reference: &str) -> String {
+    format!("{}/v2/{LOCAL}/{repo}/manifests/{reference}", ferry.url())
+}
+
+/// `<ferry>/v2/local/<repo>/blobs/<digest>`.
+pub fn blob_url(ferry: &Ferry, repo: &str, digest: &str) -> String {
+    format!("{}/v2/{LOCAL}/{repo}/blobs/{digest}", ferry.url())
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Whether any file under `dir` holds exactly `bytes`.
+pub fn store_holds(dir: &Path, bytes: &[u8]) -> bool {
+    files_under(dir).iter().any(|p| {
+        std::fs::metadata(p).is_ok_and(|m| m.len() == bytes.len() as u64)
+            && std::fs::read(p).is_ok_and(|b| b == bytes)
+    })
+}
