@@ -217,7 +217,11 @@ impl Proxy {
         match self.fetch_into_store(&t, &digest, &leader).await {
             Ok((size, file)) => leader.finish(State::Done { size, file }),
             Err(e) => {
-                tracing::warn!(upstream = t.upstream.name(), repo = %t.repo.name, %digest, error = %e, "blob fetch failed; nothing stored");
+                // A failure before any bytes went out reaches each client as an error
+                // response, logged with its request; after that only this line tells.
+                if leader.is_streaming() {
+                    tracing::warn!(upstream = t.upstream.name(), repo = %t.repo.name, %digest, error = %e, "blob fetch failed mid-stream; clients cut off, nothing stored");
+                }
                 leader.finish(State::Failed(e));
             }
         }

@@ -126,6 +126,12 @@ impl Leader {
         self.tx.send_replace(state);
     }
 
+    /// Whether readers have started receiving bytes (so a failure now can only cut
+    /// their connections, not become an error response).
+    pub fn is_streaming(&self) -> bool {
+        matches!(*self.tx.borrow(), State::Receiving { .. })
+    }
+
     /// Ends the fetch: unregisters it, then tells every reader how it ended. The
     /// order matters: a request arriving in between finds the blob in the store.
     pub fn finish(mut self, end: State) {
