@@ -159,12 +159,14 @@ fn content_headers(
         .header(http::header::ETAG, format!("\"{digest}\""))
         .header("x-cache", cache.as_str());
     if let Some(w) = warning {
-        b = b.header(
-            http::header::WARNING,
-            format!("299 - \"{}\"", w.replace('"', "'")),
-        );
+        b = b.header(http::header::WARNING, warning_value(w));
     }
     b
+}
+
+/// A `Warning: 299 - "<text>"` value (the only form the spec allows).
+fn warning_value(text: &str) -> String {
+    format!("299 - \"{}\"", text.replace('"', "'"))
 }
 
 fn build(b: http::response::Builder, body: Body) -> Response {

@@ -4,7 +4,7 @@ use http::StatusCode;
 
 use ferry_storage::{Digest, RepoName};
 
-use super::{ApiError, Params, build};
+use super::{ApiError, Params, build, warning_value};
 use crate::oci;
 use crate::proxy::Proxy;
 
@@ -28,7 +28,7 @@ pub async fn list(
         b = b.header("oci-filters-applied", "artifactType");
     }
     if let Some(w) = &r.warning {
-        b = b.header(http::header::WARNING, format!("299 - \"{w}\""));
+        b = b.header(http::header::WARNING, warning_value(w));
     }
     Ok(build(b, Body::from(r.index)))
 }

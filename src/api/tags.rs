@@ -4,7 +4,7 @@ use http::StatusCode;
 
 use ferry_storage::RepoName;
 
-use super::{ApiError, Params, build};
+use super::{ApiError, Params, build, warning_value};
 use crate::proxy::{CacheStatus, Proxy, TagList};
 
 /// `GET /v2/<name>/tags/list[?n=<int>&last=<tag>]`
@@ -47,7 +47,7 @@ pub async fn list(proxy: &Proxy, name: &RepoName, params: &Params) -> Result<Res
         );
     }
     if let Some(w) = &list.warning {
-        b = b.header(http::header::WARNING, format!("299 - \"{w}\""));
+        b = b.header(http::header::WARNING, warning_value(w));
     }
     Ok(build(
         b,

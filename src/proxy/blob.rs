@@ -111,7 +111,8 @@ impl Proxy {
             }
         };
         let size = fetch.started().await?;
-        let (start, end, range) = select(range, size)?;
+        let range = resolve(range, size)?;
+        let (start, end) = bounds(range, size);
         let body = if size == 0 {
             futures_util::stream::empty().boxed()
         } else {
@@ -142,7 +143,8 @@ impl Proxy {
             index.link(&t.repo, digest)?;
         }
         index.blob_accessed(digest, size)?;
-        let (start, end, range) = select(range, size)?;
+        let range = resolve(range, size)?;
+        let (start, end) = bounds(range, size);
         let body = if want_body {
             let path = self.store.layout().blob(digest);
             let mut file = tokio::fs::File::open(&path).await?;
@@ -176,7 +178,7 @@ impl Proxy {
             Some(f) => (f.started().await?, CacheStatus::Joined),
             None => (self.upstream_blob_size(t, digest).await?, CacheStatus::Miss),
         };
-        let (_, _, range) = select(range, size)?;
+        let range = resolve(range, size)?;
         Ok(Blob {
             digest: digest.clone(),
             size,
@@ -336,15 +338,14 @@ fn content_length(resp: &crate::upstream::Response) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Resolves an optional range against `size`: `(start, end, served range)`.
-fn select(range: Option<ByteRange>, size: u64) -> Result<(u64, u64, Option<(u64, u64)>)> {
-    match range {
-        Some(r) => {
-            let (s, e) = r.resolve(size)?;
-            Ok((s, e, Some((s, e))))
-        }
-        None => Ok((0, size.saturating_sub(1), None)),
-    }
+/// Resolves an optional range against `size`.
+fn resolve(range: Option<ByteRange>, size: u64) -> Result<Option<(u64, u64)>> {
+    range.map(|r| r.resolve(size)).transpose()
+}
+
+/// The inclusive bytes to read: the range, or the whole blob.
+fn bounds(range: Option<(u64, u64)>, size: u64) -> (u64, u64) {
+    range.unwrap_or((0, size.saturating_sub(1)))
 }
 
 #[cfg(test)]
