@@ -14,6 +14,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+use crate::rules::{self, Rule};
+
 /// The configuration `ferry serve` runs on when given no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 
@@ -27,6 +29,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub storage_root: PathBuf,
     pub upstreams: Vec<Upstream>,
+    /// Cache rules, checked against ACR's constraints.
+    pub rules: Vec<Rule>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +117,17 @@ struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    source: Spanned<String>,
+    target: Spanned<String>,
+    upstream: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,6 +253,12 @@ impl Config {
                     ""
                 },
             );
+        }
+        if !self.rules.is_empty() {
+            out += "rules:\n";
+            for r in &self.rules {
+                out += &format!("  - {r}\n");
+            }
         }
         out
     }
@@ -497,10 +518,33 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    let mut rule_list = Vec::new();
+    for r in raw.rule {
+        let name = r.name.get_ref();
+        if !upstreams.iter().any(|u| &u.name == r.upstream.get_ref()) {
+            return Err(src.error(
+                Some(r.upstream.span()),
+                format!(
+                    "rule `{name}`: upstream `{}` is not configured",
+                    r.upstream.get_ref()
+                ),
+            ));
+        }
+        let rule = Rule::parse(
+            name,
+            r.source.get_ref(),
+            r.target.get_ref(),
+            r.upstream.get_ref(),
+        )
+        .map_err(|e| src.error(Some(r.name.span()), format!("rule `{name}`: {e}")))?;
+        rule_list.push(rule);
+    }
+    rules::check(&rule_list).map_err(|e| src.error(None, e))?;
     Ok(Config {
         listen,
         storage_root,
         upstreams,
+        rules: rule_list,
     })
 }
 
@@ -675,6 +719,29 @@ mod tests {
         )];
         let e = Config::parse("t", "", &bad).unwrap_err().to_string();
         assert!(e.contains("FERRY_UPSTREAM_NOPE_URL"), "{e}");
+    }
+
+    #[test]
+    fn rules_are_validated() {
+        let base = "[[upstream]]\nname = \"acr\"\nurl = \"https://contoso.azurecr.io\"\n";
+        let ok = format!(
+            "{base}[[rule]]\nname = \"aks-managed-mcr\"\nsource = \"mcr.microsoft.com/*\"\ntarget = \"aks-managed-repository/*\"\nupstream = \"acr\"\n"
+        );
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.rules.len(), 1);
+        assert!(c.describe().contains("aks-managed-mcr"));
+        let e = parse(&ok.replace("upstream = \"acr\"\n", "upstream = \"nope\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:8") && e.contains("nope"), "{e}");
+        let twice = format!(
+            "{ok}[[rule]]\nname = \"other\"\nsource = \"ghcr.io/*\"\ntarget = \"aks-managed-repository/x/*\"\nupstream = \"acr\"\n"
+        );
+        let e = parse(&twice).unwrap_err().to_string();
+        assert!(
+            e.contains("aks-managed-mcr") && e.contains("other") && e.contains("overlap"),
+            "{e}"
+        );
     }
 
     #[test]

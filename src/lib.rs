@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod oci;
 pub mod proxy;
+pub mod rules;
 pub mod upstream;
 
 use std::future::Future;

@@ -13,11 +13,12 @@ mod error;
 mod inflight;
 mod manifest;
 mod referrers;
+mod route;
 mod tags;
 
 use std::sync::Arc;
 
-use ferry_storage::{Repo, RepoName, Store};
+use ferry_storage::{Repo, Store};
 
 pub use blob::{Blob, ByteRange};
 pub use error::{Error, Result};
@@ -26,6 +27,7 @@ pub use referrers::Referrers;
 pub use tags::TagList;
 
 use crate::config::Config;
+use crate::rules::Rules;
 use crate::upstream;
 
 /// What the cache did for a request, reported to clients as `X-Cache`.
@@ -62,6 +64,7 @@ pub struct Target {
 pub struct Proxy {
     store: Arc<Store>,
     upstreams: Vec<Arc<upstream::Client>>,
+    rules: Rules,
     inflight: inflight::Inflight,
 }
 
@@ -75,72 +78,13 @@ impl Proxy {
         Ok(Proxy {
             store: Arc::new(store),
             upstreams,
+            rules: Rules::new(config.rules.clone()),
             inflight: inflight::Inflight::default(),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// Picks the upstream for a request for `name`:
-    /// 1. `ns` (containerd's mirror parameter) names the registry; `name` is the
-    ///    repository as is.
-    /// 2. Otherwise a first path component equal to an upstream's registry or short
-    ///    name selects it and is stripped (`docker.io/library/nginx`, `corp/team/app`).
-    /// 3. Otherwise the upstream marked `default`, if any.
-    pub fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<Target> {
-        let (upstream, repo) = if let Some(ns) = ns {
-            let ns = ns.to_ascii_lowercase();
-            let up = self
-                .upstreams
-                .iter()
-                .find(|u| u.config().registry == ns)
-                .ok_or_else(|| self.no_upstream(&ns))?;
-            (up, name.clone())
-        } else if let Some((first, rest)) = name.split_first()
-            && let Some(up) = self
-                .upstreams
-                .iter()
-                .find(|u| u.config().registry == first || u.config().name == first)
-        {
-            (up, rest)
-        } else if let Some(up) = self.upstreams.iter().find(|u| u.config().default) {
-            (up, name.clone())
-        } else {
-            let first = name.split_first().map_or(name.as_str(), |(f, _)| f);
-            return Err(self.no_upstream(first));
-        };
-        let repo = if upstream.config().implicit_library() && repo.component_count() == 1 {
-            repo.prefixed(&"library".parse().expect("valid name"))
-        } else {
-            repo
-        };
-        Ok(Target {
-            upstream: upstream.clone(),
-            repo: Repo {
-                upstream: upstream.name().to_string(),
-                name: repo,
-            },
-        })
-    }
-
-    fn no_upstream(&self, requested: &str) -> Error {
-        Error::NoUpstream {
-            requested: requested.to_string(),
-            registries: self
-                .upstreams
-                .iter()
-                .map(|u| {
-                    format!(
-                        "{} (prefix {}/ or ?ns={})",
-                        u.config().registry,
-                        u.config().name,
-                        u.config().registry
-                    )
-                })
-                .collect(),
-        }
     }
 
     /// Runs blocking storage work off the async threads.
