@@ -4,9 +4,9 @@
 //! Every error names the key and, when it came from a file, the line, so that an
 //! operator can fix it without reading Ferry's source.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,6 +47,15 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub auth: Auth,
+    /// Fixed addresses for host names (Private Link endpoints without private DNS).
+    /// TLS still verifies against the names.
+    pub resolve: Vec<(String, IpAddr)>,
+    /// Extra CA certificates (PEM) to trust for this upstream.
+    pub ca_pem: Option<Vec<u8>>,
+    /// An explicit HTTP(S) proxy; without one, `HTTPS_PROXY`/`NO_PROXY` apply.
+    pub proxy: Option<Url>,
+    /// Skips TLS verification. Only ever set explicitly, and logged loudly.
+    pub insecure_skip_verify: bool,
 }
 
 impl Upstream {
@@ -154,6 +163,11 @@ struct RawUpstream {
     connect_timeout: Option<Spanned<String>>,
     read_timeout: Option<Spanned<String>>,
     auth: Option<Spanned<RawAuth>>,
+    #[serde(default)]
+    resolve: BTreeMap<String, Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    proxy: Option<Spanned<String>>,
+    insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,6 +292,11 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
         location: String::new(),
         message,
     };
+    let env_bool = |key: &str, value: &str| {
+        value
+            .parse::<bool>()
+            .map_err(|_| env_err(key, format!("`{value}` is not true or false")))
+    };
     for (key, value) in env {
         let Some(rest) = key.strip_prefix("FERRY_") else {
             continue;
@@ -305,12 +324,12 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
                     "TAG_TTL" => set(&mut u.tag_ttl, value),
                     "CONNECT_TIMEOUT" => set(&mut u.connect_timeout, value),
                     "READ_TIMEOUT" => set(&mut u.read_timeout, value),
-                    "DEFAULT" => {
-                        let b = value
-                            .parse::<bool>()
-                            .map_err(|_| env_err(key, format!("`{value}` is not true or false")))?;
-                        u.default = Some(Spanned::new(0..0, b));
+                    "CA_FILE" => set(&mut u.ca_file, value),
+                    "PROXY" => set(&mut u.proxy, value),
+                    "INSECURE_SKIP_VERIFY" => {
+                        u.insecure_skip_verify = Some(Spanned::new(0..0, env_bool(key, value)?))
                     }
+                    "DEFAULT" => u.default = Some(Spanned::new(0..0, env_bool(key, value)?)),
                     f if f.starts_with("AUTH_") => {
                         let a = u
                             .auth
@@ -493,6 +512,56 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             None => Auth::Anonymous,
             Some(a) => validate_auth(a, src, &name)?,
         };
+        let mut resolve = Vec::new();
+        for (host, addr) in u.resolve {
+            let ip = addr.get_ref().parse::<IpAddr>().map_err(|_| {
+                src.error(
+                    Some(addr.span()),
+                    format!(
+                        "{}: `{}` is not an IP address",
+                        here(&format!("resolve.\"{host}\"")),
+                        addr.get_ref()
+                    ),
+                )
+            })?;
+            resolve.push((host.to_ascii_lowercase(), ip));
+        }
+        let ca_pem = match u.ca_file {
+            None => None,
+            Some(f) => {
+                let pem = std::fs::read(f.get_ref()).map_err(|e| {
+                    src.error(
+                        Some(f.span()),
+                        format!("{}: cannot read `{}`: {e}", here("ca_file"), f.get_ref()),
+                    )
+                })?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(src.error(
+                        Some(f.span()),
+                        format!(
+                            "{}: `{}` holds no PEM certificate",
+                            here("ca_file"),
+                            f.get_ref()
+                        ),
+                    ));
+                }
+                Some(pem)
+            }
+        };
+        let proxy = match u.proxy {
+            None => None,
+            Some(p) => Some(
+                Url::parse(p.get_ref())
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h"))
+                    .ok_or_else(|| {
+                        src.error(
+                            Some(p.span()),
+                            format!("{}: `{}` is not a proxy URL", here("proxy"), p.get_ref()),
+                        )
+                    })?,
+            ),
+        };
         upstreams.push(Upstream {
             name,
             registry,
@@ -502,6 +571,10 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             connect_timeout,
             read_timeout,
             auth,
+            resolve,
+            ca_pem,
+            proxy,
+            insecure_skip_verify: u.insecure_skip_verify.is_some_and(|v| v.into_inner()),
         });
     }
     if upstreams.iter().filter(|u| u.default).count() > 1 {

@@ -31,13 +31,36 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     pub fn new(config: config::Upstream) -> Result<Client, Error> {
-        let http = reqwest::Client::builder()
+        let setup = |detail: String| Error::Protocol {
+            upstream: config.name.clone(),
+            detail,
+        };
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             // Redirects are followed by hand, to control where credentials go.
             .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .pool_idle_timeout(std::time::Duration::from_secs(90));
+        for (host, ip) in &config.resolve {
+            // Port 0: keep the URL's port. TLS still checks the certificate for `host`.
+            builder = builder.resolve(host, std::net::SocketAddr::new(*ip, 0));
+        }
+        if let Some(pem) = &config.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| setup(format!("ca_file: {e}")))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        if let Some(proxy) = &config.proxy {
+            builder = builder.proxy(
+                reqwest::Proxy::all(proxy.as_str()).map_err(|e| setup(format!("proxy: {e}")))?,
+            );
+        }
+        if config.insecure_skip_verify {
+            tracing::warn!(upstream = %config.name, "TLS certificate verification is DISABLED for this upstream (insecure_skip_verify)");
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::from_reqwest(&config.name, &e))?;
         let auth = Authenticator::new(&config.name, config.auth.clone());
