@@ -52,22 +52,26 @@ async fn thirty_two_clients_share_one_upstream_fetch() {
                 offset = end;
             }
             assert_eq!(offset, layer.bytes.len(), "client {i}: body length");
-            (x_cache, started.elapsed())
+            (x_cache, started.elapsed(), offset)
         }));
     }
     let mut caches = std::collections::BTreeMap::<String, usize>::new();
     let mut slowest = Duration::ZERO;
+    let mut total_bytes = 0usize;
     for t in tasks {
-        let (x_cache, took) = tokio::time::timeout(Duration::from_secs(240), t)
+        let (x_cache, took, bytes) = tokio::time::timeout(Duration::from_secs(240), t)
             .await
             .expect("clients finished within 240 s")
             .expect("client task");
         *caches.entry(x_cache).or_default() += 1;
         slowest = slowest.max(took);
+        total_bytes += bytes;
     }
     eprintln!(
-        "{CLIENTS} clients × {} MiB through ferry: all done in {slowest:?}; X-Cache: {caches:?}",
-        layer.size >> 20
+        "{CLIENTS} clients × {} MiB through ferry ({} MiB verified): all done in {slowest:?}; \
+         X-Cache: {caches:?}",
+        layer.size >> 20,
+        total_bytes >> 20
     );
     assert_eq!(
         registry.blob_gets(&layer.digest),

@@ -224,3 +224,75 @@ async fn stalled_upstream_is_504() {
     assert_eq!(r.status, 200, "after the stall: {}", r.text());
     assert_eq!(r.body, img.manifest);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_survives_restart_with_upstream_down() {
+    let registry = Registry::start(RegistryAuth::None);
+    let proxy = FaultProxy::start(registry.addr());
+    let mut ferry = FerryBuilder::new()
+        .upstream(Upstream::local(&proxy.url()))
+        .start();
+    let img = push_image(&registry, "team/app", "v1", &[500_000]);
+    let layer = img.largest_layer().clone();
+    let r = get(
+        &manifest_url(&ferry, "team/app", &img.manifest_digest),
+        &[media::OCI_MANIFEST],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(&blob_url(&ferry, "team/app", &layer.digest), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Upstream down: content addressed by digest is served from the store, before and
+    // after a SIGKILL (what was served must have been durable), and after a restart.
+    proxy.set_mode(Mode::Refuse);
+    for moment in ["before restart", "after a crash", "after restart"] {
+        match moment {
+            "after restart" => ferry.restart(),
+            "after a crash" => ferry.crash_restart(),
+            _ => {}
+        }
+        let r = get(&blob_url(&ferry, "team/app", &layer.digest), &[]).await;
+        assert_eq!(r.status, 200, "blob {moment}: {}", r.text());
+        assert!(r.body == layer.bytes);
+        assert_eq!(r.x_cache(), "HIT", "{moment}");
+        let r = get(
+            &manifest_url(&ferry, "team/app", &img.manifest_digest),
+            &[media::OCI_MANIFEST],
+        )
+        .await;
+        assert_eq!(r.status, 200, "manifest by digest {moment}: {}", r.text());
+        assert_eq!(r.body, img.manifest);
+        assert_eq!(r.x_cache(), "HIT", "{moment}");
+    }
+    assert_eq!(registry.blob_gets(&layer.digest), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_leaves_a_store_that_serves_correctly() {
+    let (registry, mut ferry) = local_setup();
+    let img = push_image(&registry, "team/app", "v1", &[500_000]);
+    let layer = img.largest_layer().clone();
+    let manifest = manifest_url(&ferry, "team/app", "v1");
+    assert_eq!(get(&manifest, &[media::OCI_MANIFEST]).await.status, 200);
+    assert_eq!(
+        get(&blob_url(&ferry, "team/app", &layer.digest), &[])
+            .await
+            .status,
+        200
+    );
+
+    // SIGKILL right after caching: whatever the store kept must still be right.
+    ferry.crash_restart();
+    let r = get(
+        &manifest_url(&ferry, "team/app", "v1"),
+        &[media::OCI_MANIFEST],
+    )
+    .await;
+    assert_eq!(r.status, 200, "manifest after a crash: {}", r.text());
+    assert_eq!(r.body, img.manifest);
+    let r = get(&blob_url(&ferry, "team/app", &layer.digest), &[]).await;
+    assert_eq!(r.status, 200, "blob after a crash: {}", r.text());
+    assert!(r.body == layer.bytes, "blob bytes after a crash");
+    eprintln!("after a crash: blob X-Cache {}", r.x_cache());
+}

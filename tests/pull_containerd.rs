@@ -3,9 +3,9 @@
 //! `?ns=registry.ferry-test.invalid` and only Ferry can answer it.
 
 use crate::harness::containerd::{Containerd, mirror_hosts_toml};
-use crate::harness::ferry::{Ferry, LOCAL_REGISTRY};
+use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL_REGISTRY, Upstream};
 use crate::harness::images::{PushedImage, push_image, push_index};
-use crate::harness::registry::Registry;
+use crate::harness::registry::{Registry, RegistryAuth};
 use crate::support::local_setup;
 
 /// A containerd whose hosts dir sends `registry.ferry-test.invalid` to Ferry.
@@ -122,4 +122,27 @@ fn ctr_pulls_through_hosts_toml_mirror() {
         "second node served from cache"
     );
     assert_eq!(blob_gets(&registry, amd64), vec![1; amd64.blobs().len()]);
+}
+
+/// A registry host with a port: containerd looks up `<host>:<port>/hosts.toml` and
+/// sends `?ns=<host>%3A<port>`.
+#[test]
+fn ctr_pulls_a_registry_with_a_port() {
+    const HOST: &str = "ported.ferry-test.invalid:5000";
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/app", "v1", &[300_000]);
+    let ferry = FerryBuilder::new()
+        .upstream(Upstream::local(&registry.url()))
+        .upstream(Upstream::new("ported", HOST, &registry.url()))
+        .start();
+    let ctd = Containerd::start();
+    let hosts = ctd.hosts_dir();
+    ctd.write_hosts_toml(
+        &hosts,
+        HOST,
+        &mirror_hosts_toml(&format!("http://{HOST}"), &ferry.url()),
+    );
+    pull_ok(&ctd, &hosts, &ferry, &format!("{HOST}/team/app:v1"));
+    assert_content(&ctd, &img);
+    assert_eq!(blob_gets(&registry, &img), vec![1; img.blobs().len()]);
 }

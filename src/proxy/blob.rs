@@ -311,7 +311,8 @@ impl Proxy {
         self.blocking(move |s| {
             ing.commit()?;
             s.index.blob_stored(&d, size)?;
-            s.index.link(&repo, &d)
+            s.index.link(&repo, &d)?;
+            s.index.flush()
         })
         .await
         .map_err(|e| match e {

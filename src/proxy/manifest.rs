@@ -44,7 +44,8 @@ impl Proxy {
                 {
                     return Ok(m);
                 }
-                self.fetch_manifest(t, d.as_str(), Some(d), accept).await
+                self.fetch_manifest(t, d.as_str(), Some(d), None, accept)
+                    .await
             }
         }
     }
@@ -90,14 +91,8 @@ impl Proxy {
                 Err(e) => return Err(e.into()),
             }
         }
-        let m = self.fetch_manifest(t, tag.as_str(), None, accept).await?;
-        let rec = TagRecord {
-            digest: m.digest.clone(),
-            media_type: m.media_type.clone(),
-            fetched_at: now_secs(),
-        };
-        index.set_tag(&t.repo, tag, &rec)?;
-        Ok(m)
+        self.fetch_manifest(t, tag.as_str(), None, Some(tag), accept)
+            .await
     }
 
     /// The stored manifest `d`, if it is stored, indexed, and of a type `accept` allows.
@@ -162,12 +157,14 @@ impl Proxy {
             .and_then(|v| v.parse().ok()))
     }
 
-    /// Fetches a manifest, verifies it, and stores it as known in `t.repo`.
+    /// Fetches a manifest, verifies it, and stores it as known in `t.repo` (and as
+    /// what `tag` points to, when fetched by tag).
     async fn fetch_manifest(
         &self,
         t: &Target,
         reference: &str,
         expected: Option<&Digest>,
+        tag: Option<&Tag>,
         accept: &Accept,
     ) -> Result<Manifest> {
         let up = &t.upstream;
@@ -242,16 +239,29 @@ impl Proxy {
             body.clone(),
             media_type.clone(),
         );
+        let tag = tag.cloned();
         self.blocking(move |store| {
+            let size = b.len() as u64;
             store.blobs.put(&d, &b)?;
             store.index.put_manifest(
                 &d,
                 &ManifestRecord {
-                    media_type: mt,
-                    size: b.len() as u64,
+                    media_type: mt.clone(),
+                    size,
                 },
             )?;
-            store.index.link(&repo, &d)
+            store.index.link(&repo, &d)?;
+            if let Some(tag) = tag {
+                let rec = TagRecord {
+                    digest: d,
+                    media_type: mt,
+                    fetched_at: now_secs(),
+                };
+                store.index.set_tag(&repo, &tag, &rec)?;
+            }
+            // Durable before it is served: a node that got it must find it after a
+            // crash, even with the upstream gone.
+            store.index.flush()
         })
         .await?;
         Ok(Manifest {

@@ -1,0 +1,416 @@
+//! The binary under test: `ferry serve --config <file>` with a generated TOML config.
+//!
+//! The config listens on `127.0.0.1:0`; the harness learns the address from the first
+//! log line containing `listening on http://` (stderr or stdout), within 15 s.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::process::ChildGuard;
+
+/// The short name of the usual test upstream (a path prefix: `/v2/local/<repo>/…`).
+pub const LOCAL: &str = "local";
+/// The registry host clients name for the usual test upstream. `.invalid` never
+/// resolves, so only Ferry can serve it.
+pub const LOCAL_REGISTRY: &str = "registry.ferry-test.invalid";
+
+/// One `[[upstream]]` table.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub registry: String,
+    pub url: String,
+    pub default: Option<bool>,
+    pub tag_ttl: Option<String>,
+    pub auth: UpstreamAuth,
+    /// Extra `key = value` lines appended to this table verbatim.
+    pub extra: Vec<String>,
+}
+
+/// How Ferry authenticates to an upstream. Secrets are written to files in Ferry's
+/// temp dir when the config is written.
+#[derive(Clone, Debug)]
+pub enum UpstreamAuth {
+    Anonymous,
+    Basic { username: String, password: String },
+    Bearer { token: String },
+}
+
+impl Upstream {
+    /// An anonymous upstream named `name`, known to clients as `registry`, fetched
+    /// from `url`.
+    pub fn new(name: &str, registry: &str, url: &str) -> Upstream {
+        Upstream {
+            name: name.to_owned(),
+            registry: registry.to_owned(),
+            url: url.to_owned(),
+            default: None,
+            tag_ttl: None,
+            auth: UpstreamAuth::Anonymous,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The usual test upstream: `local` / `registry.ferry-test.invalid` → `url`.
+    pub fn local(url: &str) -> Upstream {
+        Upstream::new(LOCAL, LOCAL_REGISTRY, url)
+    }
+
+    pub fn default_upstream(mut self, default: bool) -> Upstream {
+        self.default = Some(default);
+        self
+    }
+
+    /// e.g. `"1s"`, `"60s"`.
+    pub fn tag_ttl(mut self, ttl: &str) -> Upstream {
+        self.tag_ttl = Some(ttl.to_owned());
+        self
+    }
+
+    pub fn basic_auth(mut self, username: &str, password: &str) -> Upstream {
+        self.auth = UpstreamAuth::Basic {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        };
+        self
+    }
+
+    pub fn bearer_auth(mut self, token: &str) -> Upstream {
+        self.auth = UpstreamAuth::Bearer {
+            token: token.to_owned(),
+        };
+        self
+    }
+
+    /// Appends a raw `key = value` line to this `[[upstream]]` table.
+    pub fn raw(mut self, line: &str) -> Upstream {
+        self.extra.push(line.to_owned());
+        self
+    }
+
+    fn to_toml(&self, secrets_dir: &Path, index: usize) -> String {
+        let mut s = String::from("[[upstream]]\n");
+        s += &format!("name = {}\n", toml_str(&self.name));
+        s += &format!("registry = {}\n", toml_str(&self.registry));
+        s += &format!("url = {}\n", toml_str(&self.url));
+        if let Some(d) = self.default {
+            s += &format!("default = {d}\n");
+        }
+        if let Some(ttl) = &self.tag_ttl {
+            s += &format!("tag_ttl = {}\n", toml_str(ttl));
+        }
+        match &self.auth {
+            UpstreamAuth::Anonymous => s += "auth = { kind = \"anonymous\" }\n",
+            UpstreamAuth::Basic { username, password } => {
+                let path = secrets_dir.join(format!("upstream-{index}.password"));
+                std::fs::write(&path, password).expect("write password file");
+                s += &format!(
+                    "auth = {{ kind = \"basic\", username = {}, password_file = {} }}\n",
+                    toml_str(username),
+                    toml_str(&path.display().to_string())
+                );
+            }
+            UpstreamAuth::Bearer { token } => {
+                let path = secrets_dir.join(format!("upstream-{index}.token"));
+                std::fs::write(&path, token).expect("write token file");
+                s += &format!(
+                    "auth = {{ kind = \"bearer\", token_file = {} }}\n",
+                    toml_str(&path.display().to_string())
+                );
+            }
+        }
+        for line in &self.extra {
+            s += line;
+            s += "\n";
+        }
+        s
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out += "\\\"",
+            '\\' => out += "\\\\",
+            '\n' => out += "\\n",
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Builds a Ferry config and starts it.
+#[derive(Clone, Debug, Default)]
+pub struct FerryBuilder {
+    upstreams: Vec<Upstream>,
+    server_extra: Vec<String>,
+    extra_toml: String,
+    env: Vec<(String, String)>,
+}
+
+impl FerryBuilder {
+    pub fn new() -> FerryBuilder {
+        FerryBuilder::default()
+    }
+
+    pub fn upstream(mut self, upstream: Upstream) -> FerryBuilder {
+        self.upstreams.push(upstream);
+        self
+    }
+
+    /// Appends a raw `key = value` line to the `[server]` table.
+    pub fn server_raw(mut self, line: &str) -> FerryBuilder {
+        self.server_extra.push(line.to_owned());
+        self
+    }
+
+    /// Appends raw TOML (whole tables) at the end of the config.
+    pub fn extra_toml(mut self, toml: &str) -> FerryBuilder {
+        self.extra_toml.push_str(toml);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    /// Sets an environment variable for the Ferry process.
+    pub fn env(mut self, key: &str, value: &str) -> FerryBuilder {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn start(self) -> Ferry {
+        let dir = super::temp_dir("ferry");
+        let store = dir.path().join("store");
+        let config_path = dir.path().join("ferry.toml");
+        let mut config = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+        for line in &self.server_extra {
+            config += line;
+            config += "\n";
+        }
+        config += &format!(
+            "\n[storage]\nroot = {}\n",
+            toml_str(&store.display().to_string())
+        );
+        for (i, u) in self.upstreams.iter().enumerate() {
+            config += "\n";
+            config += &u.to_toml(dir.path(), i);
+        }
+        if !self.extra_toml.is_empty() {
+            config += "\n";
+            config += &self.extra_toml;
+        }
+        std::fs::write(&config_path, &config).expect("write ferry config");
+        let mut ferry = Ferry {
+            child: None,
+            addr: String::new(),
+            log: Arc::new(Mutex::new(String::new())),
+            readers: Vec::new(),
+            config_path,
+            config,
+            env: self.env,
+            starts: 0,
+            dir,
+        };
+        ferry.spawn();
+        ferry
+    }
+}
+
+/// A running Ferry; killed when dropped. Its temp dir holds the config, the store
+/// (`store/`), secret files and the logs of every start (`ferry-N.log`).
+pub struct Ferry {
+    child: Option<ChildGuard>,
+    addr: String,
+    log: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    config_path: PathBuf,
+    config: String,
+    env: Vec<(String, String)>,
+    starts: usize,
+    dir: tempfile::TempDir,
+}
+
+/// The `listening on http://ADDR` address in `line`, if any.
+pub fn parse_listen_line(line: &str) -> Option<String> {
+    let (_, after) = line.split_once("listening on http://")?;
+    let addr: String = after
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    (!addr.is_empty()).then_some(addr)
+}
+
+impl Ferry {
+    /// The path of the binary under test.
+    pub fn binary() -> &'static str {
+        env!("CARGO_BIN_EXE_ferry")
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let mut cmd = Command::new(Ferry::binary());
+        cmd.arg("serve").arg("--config").arg(&self.config_path);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info,ferry=debug,ferry_storage=debug");
+        }
+        cmd.env("NO_COLOR", "1");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let name = format!("ferry-{}", self.starts);
+        let mut child = ChildGuard::spawn_piped(&name, cmd, self.dir.path());
+        let log_path = self.dir.path().join(format!("{name}.log"));
+        let log_file = Arc::new(Mutex::new(
+            std::fs::File::create(&log_path).expect("create ferry log"),
+        ));
+        let (tx, rx) = mpsc::channel::<String>();
+        let stdout = child.child_mut().stdout.take().expect("stdout pipe");
+        let stderr = child.child_mut().stderr.take().expect("stderr pipe");
+        let streams: [Box<dyn Read + Send>; 2] = [Box::new(stderr), Box::new(stdout)];
+        for stream in streams {
+            let tx = tx.clone();
+            let log = self.log.clone();
+            let file = log_file.clone();
+            self.readers.push(std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match reader.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    let _ = file.lock().unwrap().write_all(line.as_bytes());
+                    log.lock().unwrap().push_str(&line);
+                    if let Some(addr) = parse_listen_line(&line) {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        let addr = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let status = child.try_exit_status();
+                child.kill();
+                panic!(
+                    "ferry printed no `listening on http://` line within 15s (exit status: {status:?})\n\
+                     config ({}):\n{}\n--- ferry log (tail) ---\n{}",
+                    self.config_path.display(),
+                    self.config,
+                    super::process::tail_str(&self.log(), 60)
+                );
+            }
+        };
+        self.addr = addr;
+        self.child = Some(child);
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `[storage] root`.
+    pub fn storage_root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The config text.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
+    /// Everything Ferry wrote to stderr and stdout so far, across restarts.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_exit_status().is_none())
+    }
+
+    /// Stops the process gracefully (SIGTERM; SIGKILL after 10 s) and starts it again
+    /// with the same config and store; the address changes (port 0). Panics if Ferry
+    /// did not exit on SIGTERM within 10 s.
+    pub fn restart(&mut self) {
+        let clean = self.terminate();
+        assert!(
+            clean,
+            "ferry did not exit within 10 s of SIGTERM\n{}",
+            super::process::tail_str(&self.log(), 40)
+        );
+        self.spawn();
+    }
+
+    /// Kills the process with SIGKILL (a crash) and starts it again with the same
+    /// config and store.
+    pub fn crash_restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// SIGTERM, then waits (≤ 10 s, then SIGKILL). Returns whether it exited on its own.
+    pub fn terminate(&mut self) -> bool {
+        let clean = match self.child.take() {
+            Some(mut child) => child.terminate(Duration::from_secs(10)),
+            None => true,
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        clean
+    }
+
+    /// Kills (SIGKILL) and reaps the process.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill();
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// Panics with the log tail unless Ferry is still running.
+    pub fn assert_running(&mut self) {
+        if !self.is_running() {
+            panic!(
+                "ferry exited unexpectedly\n{}",
+                super::process::tail_str(&self.log(), 60)
+            );
+        }
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- ferry log (tail) ---\n{}",
+                super::process::tail_str(&self.log(), 40)
+            );
+        }
+    }
+}
