@@ -5,7 +5,7 @@
 //! operator can fix it without reading Ferry's source.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use toml::Spanned;
 use url::Url;
 
 use crate::rules::{self, Rule};
+pub use crate::secret::{Secret, SecretFile};
 
 /// The configuration `ferry serve` runs on when given no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -70,9 +71,41 @@ pub enum Auth {
     /// No credentials; the registry's anonymous bearer-token flow still applies.
     Anonymous,
     /// Username and password, sent as Basic auth or to the registry's token realm.
-    Basic { username: String, password: Secret },
+    Basic {
+        username: String,
+        password: SecretFile,
+    },
     /// A static bearer token sent with every request.
-    Bearer { token: Secret },
+    Bearer { token: SecretFile },
+    /// An Entra ID identity, exchanged for ACR tokens.
+    Entra(Entra),
+}
+
+/// An Entra ID identity for an Azure Container Registry.
+#[derive(Debug, Clone)]
+pub struct Entra {
+    /// `None`: `AZURE_AUTHORITY_HOST`, else the public cloud.
+    pub authority_host: Option<Url>,
+    /// `None`: from the environment (workload identity: `AZURE_TENANT_ID`).
+    pub tenant_id: Option<String>,
+    /// `None`: from the environment (workload identity: `AZURE_CLIENT_ID`).
+    pub client_id: Option<String>,
+    pub credential: EntraCredential,
+}
+
+#[derive(Debug, Clone)]
+pub enum EntraCredential {
+    ClientSecret(SecretFile),
+    /// A PEM file with the certificate and its (RSA) private key.
+    Certificate(PathBuf),
+    /// A federated token file; `None`: `AZURE_FEDERATED_TOKEN_FILE`, as on AKS.
+    WorkloadIdentity {
+        token_file: Option<PathBuf>,
+    },
+    /// The platform's managed identity; a user-assigned one by client ID.
+    ManagedIdentity {
+        client_id: Option<String>,
+    },
 }
 
 impl Auth {
@@ -83,26 +116,29 @@ impl Auth {
                 format!("basic (username {username}, password from file)")
             }
             Auth::Bearer { .. } => "bearer (token from file)".into(),
+            Auth::Entra(e) => {
+                let how = match &e.credential {
+                    EntraCredential::ClientSecret(_) => "client secret from file".to_string(),
+                    EntraCredential::Certificate(p) => format!("certificate {}", p.display()),
+                    EntraCredential::WorkloadIdentity { .. } => "workload identity".to_string(),
+                    EntraCredential::ManagedIdentity { client_id: None } => {
+                        "system-assigned managed identity".to_string()
+                    }
+                    EntraCredential::ManagedIdentity { client_id: Some(c) } => {
+                        format!("managed identity {c}")
+                    }
+                };
+                let host = e
+                    .authority_host
+                    .as_ref()
+                    .map_or("default authority".to_string(), |u| u.to_string());
+                format!(
+                    "entra ({how}; tenant {}; client {}; {host}) via the ACR token exchange",
+                    e.tenant_id.as_deref().unwrap_or("from env"),
+                    e.client_id.as_deref().unwrap_or("from env")
+                )
+            }
         }
-    }
-}
-
-/// A credential. Its `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -177,6 +213,20 @@ struct RawAuth {
     username: Option<Spanned<String>>,
     password_file: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
+    tenant_id: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    client_secret_file: Option<Spanned<String>>,
+    certificate_file: Option<Spanned<String>>,
+    workload_identity: Option<Spanned<bool>>,
+    managed_identity: Option<Spanned<RawManagedIdentity>>,
+    authority_host: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawManagedIdentity {
+    Enabled(bool),
+    UserAssigned { client_id: String },
 }
 
 /// Where the text being validated came from, to turn byte spans into `file:line:col`.
@@ -632,75 +682,182 @@ fn validate_auth(a: Spanned<RawAuth>, src: &Source, upstream: &str) -> Result<Au
         .unwrap_or_else(|| "anonymous".to_string());
     let kind = kind.as_str();
     let here = |field: &str| format!("upstream `{upstream}`: auth.{field}");
-    let read_secret = |f: &Option<Spanned<String>>, field: &str| -> Result<Secret, ConfigError> {
-        let f = f.as_ref().ok_or_else(|| {
-            src.error(
-                Some(span.clone()),
-                format!("{} is required for kind = \"{kind}\"", here(field)),
-            )
-        })?;
-        let text = std::fs::read_to_string(f.get_ref()).map_err(|e| {
-            src.error(
-                Some(f.span()),
-                format!("{}: cannot read `{}`: {e}", here(field), f.get_ref()),
-            )
-        })?;
-        let secret = text.trim_end_matches(['\r', '\n']).to_string();
-        if secret.is_empty() {
+    let required = |field: &str| {
+        src.error(
+            Some(span.clone()),
+            format!("{} is required for kind = \"{kind}\"", here(field)),
+        )
+    };
+    let secret_file =
+        |f: &Option<Spanned<String>>, field: &str| -> Result<SecretFile, ConfigError> {
+            let f = f.as_ref().ok_or_else(|| required(field))?;
+            SecretFile::open(f.get_ref())
+                .map_err(|e| src.error(Some(f.span()), format!("{}: {e}", here(field))))
+        };
+    // Which keys each kind takes; any other key present is a mistake worth naming.
+    let present = [
+        ("username", a.username.is_some()),
+        ("password_file", a.password_file.is_some()),
+        ("token_file", a.token_file.is_some()),
+        ("tenant_id", a.tenant_id.is_some()),
+        ("client_id", a.client_id.is_some()),
+        ("client_secret_file", a.client_secret_file.is_some()),
+        ("certificate_file", a.certificate_file.is_some()),
+        ("workload_identity", a.workload_identity.is_some()),
+        ("managed_identity", a.managed_identity.is_some()),
+        ("authority_host", a.authority_host.is_some()),
+    ];
+    let allowed: &[&str] = match kind {
+        "anonymous" => &[],
+        "basic" => &["username", "password_file"],
+        "bearer" => &["token_file"],
+        "entra" => &[
+            "tenant_id",
+            "client_id",
+            "client_secret_file",
+            "certificate_file",
+            "workload_identity",
+            "managed_identity",
+            "authority_host",
+            "token_file",
+        ],
+        other => {
             return Err(src.error(
-                Some(f.span()),
-                format!("{}: `{}` is empty", here(field), f.get_ref()),
+                kind_span,
+                format!(
+                    "{}: unknown kind `{other}` (anonymous, basic, bearer, entra)",
+                    here("kind")
+                ),
             ));
         }
-        Ok(Secret(secret))
     };
-    let unexpected = |present: bool, field: &str| -> Result<(), ConfigError> {
-        if present {
-            Err(src.error(
-                Some(span.clone()),
-                format!("{} does not apply to kind = \"{kind}\"", here(field)),
-            ))
-        } else {
-            Ok(())
-        }
+    if let Some((field, _)) = present.iter().find(|(f, p)| *p && !allowed.contains(f)) {
+        return Err(src.error(
+            Some(span.clone()),
+            format!("{} does not apply to kind = \"{kind}\"", here(field)),
+        ));
+    }
+    let text = |v: &Option<Spanned<String>>| {
+        v.as_ref()
+            .map(|s| s.get_ref().clone())
+            .filter(|s| !s.is_empty())
     };
     match kind {
-        "anonymous" => {
-            unexpected(a.username.is_some(), "username")?;
-            unexpected(a.password_file.is_some(), "password_file")?;
-            unexpected(a.token_file.is_some(), "token_file")?;
-            Ok(Auth::Anonymous)
-        }
+        "anonymous" => Ok(Auth::Anonymous),
         "basic" => {
-            unexpected(a.token_file.is_some(), "token_file")?;
-            let username = a
-                .username
-                .as_ref()
-                .map(|u| u.get_ref().clone())
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| {
-                    src.error(
-                        Some(span.clone()),
-                        format!("{} is required for kind = \"basic\"", here("username")),
-                    )
-                })?;
-            let password = read_secret(&a.password_file, "password_file")?;
-            Ok(Auth::Basic { username, password })
-        }
-        "bearer" => {
-            unexpected(a.username.is_some(), "username")?;
-            unexpected(a.password_file.is_some(), "password_file")?;
-            Ok(Auth::Bearer {
-                token: read_secret(&a.token_file, "token_file")?,
+            let username = text(&a.username).ok_or_else(|| required("username"))?;
+            Ok(Auth::Basic {
+                username,
+                password: secret_file(&a.password_file, "password_file")?,
             })
         }
-        other => Err(src.error(
-            kind_span,
-            format!(
-                "{}: unknown kind `{other}` (anonymous, basic, bearer)",
-                here("kind")
-            ),
-        )),
+        "bearer" => Ok(Auth::Bearer {
+            token: secret_file(&a.token_file, "token_file")?,
+        }),
+        _ => {
+            let authority_host = match &a.authority_host {
+                None => None,
+                Some(h) => Some(
+                    Url::parse(h.get_ref())
+                        .ok()
+                        .filter(|u| u.scheme() == "https")
+                        .ok_or_else(|| {
+                            src.error(
+                                Some(h.span()),
+                                format!(
+                                    "{}: `{}` is not an https:// URL",
+                                    here("authority_host"),
+                                    h.get_ref()
+                                ),
+                            )
+                        })?,
+                ),
+            };
+            let chosen: Vec<&str> = [
+                ("client_secret_file", a.client_secret_file.is_some()),
+                ("certificate_file", a.certificate_file.is_some()),
+                (
+                    "workload_identity",
+                    a.workload_identity.as_ref().is_some_and(|w| *w.get_ref()),
+                ),
+                (
+                    "managed_identity",
+                    matches!(
+                        a.managed_identity.as_ref().map(|m| m.get_ref()),
+                        Some(
+                            RawManagedIdentity::Enabled(true)
+                                | RawManagedIdentity::UserAssigned { .. }
+                        )
+                    ),
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(k, on)| on.then_some(k))
+            .collect();
+            if chosen.len() != 1 {
+                return Err(src.error(Some(span.clone()), format!(
+                    "upstream `{upstream}`: kind = \"entra\" needs exactly one of client_secret_file, certificate_file, workload_identity = true, managed_identity (found {})",
+                    if chosen.is_empty() { "none".to_string() } else { chosen.join(", ") }
+                )));
+            }
+            let credential = match chosen[0] {
+                "client_secret_file" => EntraCredential::ClientSecret(secret_file(
+                    &a.client_secret_file,
+                    "client_secret_file",
+                )?),
+                "certificate_file" => {
+                    let f = a.certificate_file.as_ref().expect("chosen");
+                    let pem = std::fs::read_to_string(f.get_ref()).map_err(|e| {
+                        src.error(
+                            Some(f.span()),
+                            format!(
+                                "{}: cannot read `{}`: {e}",
+                                here("certificate_file"),
+                                f.get_ref()
+                            ),
+                        )
+                    })?;
+                    if !pem.contains("-----BEGIN CERTIFICATE-----")
+                        || !pem.contains("PRIVATE KEY-----")
+                    {
+                        return Err(src.error(
+                            Some(f.span()),
+                            format!(
+                                "{}: `{}` must hold the certificate and its private key (PEM)",
+                                here("certificate_file"),
+                                f.get_ref()
+                            ),
+                        ));
+                    }
+                    EntraCredential::Certificate(PathBuf::from(f.get_ref()))
+                }
+                "workload_identity" => EntraCredential::WorkloadIdentity {
+                    token_file: text(&a.token_file).map(PathBuf::from),
+                },
+                _ => EntraCredential::ManagedIdentity {
+                    client_id: match a.managed_identity.map(|m| m.into_inner()) {
+                        Some(RawManagedIdentity::UserAssigned { client_id }) => Some(client_id),
+                        _ => None,
+                    },
+                },
+            };
+            let needs_ids = matches!(
+                credential,
+                EntraCredential::ClientSecret(_) | EntraCredential::Certificate(_)
+            );
+            let tenant_id = text(&a.tenant_id);
+            let client_id = text(&a.client_id);
+            if needs_ids {
+                tenant_id.as_ref().ok_or_else(|| required("tenant_id"))?;
+                client_id.as_ref().ok_or_else(|| required("client_id"))?;
+            }
+            Ok(Auth::Entra(Entra {
+                authority_host,
+                tenant_id,
+                client_id,
+                credential,
+            }))
+        }
     }
 }
 
@@ -795,6 +952,72 @@ mod tests {
     }
 
     #[test]
+    fn entra_auth() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sp");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        let up = |auth: &str| {
+            format!(
+                "[[upstream]]\nname = \"acr\"\nurl = \"https://contoso.azurecr.io\"\nauth = {{ {auth} }}\n"
+            )
+        };
+        let ok = up(&format!(
+            "kind = \"entra\", tenant_id = \"t\", client_id = \"c\", client_secret_file = \"{}\", authority_host = \"https://login.example\"",
+            p.display()
+        ));
+        let c = parse(&ok).unwrap();
+        assert!(matches!(
+            &c.upstreams[0].auth,
+            Auth::Entra(Entra {
+                credential: EntraCredential::ClientSecret(_),
+                ..
+            })
+        ));
+        assert!(!c.describe().contains("s3cret"));
+        let c = parse(&up(
+            "kind = \"entra\", managed_identity = { client_id = \"mi\" }",
+        ))
+        .unwrap();
+        assert!(matches!(
+            &c.upstreams[0].auth,
+            Auth::Entra(Entra {
+                credential: EntraCredential::ManagedIdentity { client_id: Some(_) },
+                ..
+            })
+        ));
+        parse(&up("kind = \"entra\", workload_identity = true")).unwrap();
+        let e = parse(&up(&format!(
+            "kind = \"entra\", client_id = \"c\", client_secret_file = \"{}\"",
+            p.display()
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tenant_id"), "{e}");
+        let e = parse(&up(
+            "kind = \"entra\", workload_identity = true, managed_identity = true",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("exactly one") && e.contains("workload_identity, managed_identity"),
+            "{e}"
+        );
+        let e = parse(&up("kind = \"basic\", username = \"u\", tenant_id = \"t\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tenant_id") && e.contains("does not apply"),
+            "{e}"
+        );
+        let e = parse(&up(
+            "kind = \"entra\", workload_identity = true, authority_host = \"http://x\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("authority_host"), "{e}");
+    }
+
+    #[test]
     fn rules_are_validated() {
         let base = "[[upstream]]\nname = \"acr\"\nurl = \"https://contoso.azurecr.io\"\n";
         let ok = format!(
@@ -828,7 +1051,7 @@ mod tests {
         );
         let c = parse(&text).unwrap();
         match &c.upstreams[0].auth {
-            Auth::Basic { password, .. } => assert_eq!(password.expose(), "hunter2"),
+            Auth::Basic { password, .. } => assert_eq!(password.current().expose(), "hunter2"),
             other => panic!("{other:?}"),
         }
         assert!(!format!("{c:?}").contains("hunter2"));

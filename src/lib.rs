@@ -11,6 +11,7 @@ pub mod config;
 pub mod oci;
 pub mod proxy;
 pub mod rules;
+pub mod secret;
 pub mod upstream;
 
 use std::future::Future;

@@ -65,7 +65,9 @@ impl ApiError {
                 P::Upstream(u) => match u {
                     U::Unreachable { .. } => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
                     U::Timeout { .. } => ("UNAVAILABLE", StatusCode::GATEWAY_TIMEOUT),
-                    U::Unauthorized { .. } => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
+                    U::Unauthorized { .. } | U::Credential { .. } => {
+                        ("UNAUTHORIZED", StatusCode::UNAUTHORIZED)
+                    }
                     U::Denied { .. } => ("DENIED", StatusCode::FORBIDDEN),
                     U::TooManyRequests { .. } => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS),
                     U::Status { status, .. } if *status >= 500 => {

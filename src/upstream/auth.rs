@@ -1,20 +1,22 @@
-//! Credentials for one upstream: static Basic or Bearer, and the Docker token flow
-//! (`WWW-Authenticate: Bearer realm=…,service=…` → token for an exact scope).
+//! Credentials for one upstream: static Basic or Bearer, the Docker token flow
+//! (`WWW-Authenticate: Bearer realm=…,service=…` → a token for an exact scope), and
+//! for Entra ID identities, ACR's token exchange ([`super::acr`]).
 //!
-//! Tokens are cached per scope until shortly before they expire. One async mutex per
-//! scope makes concurrent requests share a single token fetch.
+//! Tokens are cached per scope. A token past three quarters of its life is renewed in
+//! the background while requests keep using it; only an expired (or rejected) token
+//! makes requests wait, and then they share one fetch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use http::HeaderValue;
 use url::Url;
 
 use super::Error;
-use crate::config::{Auth, Secret};
-
+use super::acr::Exchange;
+use super::token::{self, Token};
+use crate::config::Auth;
 /// What the registry asked for in its last challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
@@ -88,26 +90,30 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     }
 }
 
-#[derive(Clone)]
-struct Token {
-    value: Secret,
-    expires: Instant,
+/// One scope's token, and the lock that lets a single fetch run at a time.
+#[derive(Default)]
+struct Slot {
+    current: Mutex<Option<Token>>,
+    fetching: Arc<tokio::sync::Mutex<()>>,
 }
-
-type TokenSlot = Arc<tokio::sync::Mutex<Option<Token>>>;
 
 pub struct Authenticator {
     upstream: String,
+    /// The registry's origin: where ACR credentials may go.
+    origin: Url,
     auth: Auth,
+    acr: Option<Exchange>,
     challenge: Mutex<Option<Challenge>>,
-    tokens: Mutex<HashMap<String, TokenSlot>>,
+    tokens: Mutex<HashMap<String, Arc<Slot>>>,
 }
 
 impl Authenticator {
-    pub fn new(upstream: &str, auth: Auth) -> Self {
+    pub fn new(upstream: &str, origin: Url, auth: Auth, acr: Option<Exchange>) -> Self {
         Authenticator {
             upstream: upstream.to_string(),
+            origin,
             auth,
+            acr,
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
         }
@@ -116,7 +122,7 @@ impl Authenticator {
     fn basic(&self) -> Option<HeaderValue> {
         match &self.auth {
             Auth::Basic { username, password } => {
-                let raw = format!("{username}:{}", password.expose());
+                let raw = format!("{username}:{}", password.current().expose());
                 let mut v = HeaderValue::from_str(&format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(raw)
@@ -129,28 +135,22 @@ impl Authenticator {
         }
     }
 
-    fn bearer(token: &str) -> Option<HeaderValue> {
-        let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
-        v.set_sensitive(true);
-        Some(v)
-    }
-
     /// The `Authorization` to send for a request needing `scope`, from what is known
     /// so far (fetching a token when the registry is known to want one).
     pub async fn authorization(
-        &self,
+        self: &Arc<Self>,
         http: &reqwest::Client,
         scope: &str,
     ) -> Result<Option<HeaderValue>, Error> {
         if let Auth::Bearer { token } = &self.auth {
-            return Ok(Self::bearer(token.expose()));
+            return Ok(token::bearer(token.current().expose()));
         }
         let challenge = self.challenge.lock().expect("challenge lock").clone();
         match challenge {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(self.basic()),
             Some(Challenge::Bearer { realm, service }) => self
-                .token(http, &realm, service.as_deref(), scope, None)
+                .token(http, realm, service, scope, None)
                 .await
                 .map(Some),
         }
@@ -159,7 +159,7 @@ impl Authenticator {
     /// Handles a 401: learns the challenge and returns the `Authorization` to retry
     /// with, or `None` when nothing Ferry holds would help.
     pub async fn on_unauthorized(
-        &self,
+        self: &Arc<Self>,
         http: &reqwest::Client,
         www_authenticate: Option<&str>,
         scope: &str,
@@ -173,134 +173,89 @@ impl Authenticator {
         };
         *self.challenge.lock().expect("challenge lock") = Some(challenge.clone());
         match challenge {
-            Challenge::Basic => {
-                let basic = self.basic();
-                // Sending the same Basic header again cannot succeed.
-                Ok(basic.filter(|b| Some(b) != rejected))
-            }
+            // Sending the same Basic header again cannot succeed.
+            Challenge::Basic => Ok(self.basic().filter(|b| Some(b) != rejected)),
             Challenge::Bearer { realm, service } => self
-                .token(http, &realm, service.as_deref(), scope, rejected)
+                .token(http, realm, service, scope, rejected)
                 .await
                 .map(Some),
         }
     }
 
-    /// A token for `scope`, from the cache unless it is expired or is the one the
+    /// A token for `scope`: the cached one unless it expired or is the one the
     /// registry just `rejected`.
     async fn token(
-        &self,
+        self: &Arc<Self>,
         http: &reqwest::Client,
-        realm: &Url,
-        service: Option<&str>,
+        realm: Url,
+        service: Option<String>,
         scope: &str,
         rejected: Option<&HeaderValue>,
     ) -> Result<HeaderValue, Error> {
-        let slot = {
-            let mut tokens = self.tokens.lock().expect("token lock");
-            tokens.entry(scope.to_string()).or_default().clone()
-        };
-        let mut cached = slot.lock().await;
-        if let Some(t) = cached.as_ref() {
-            let header = Self::bearer(t.value.expose());
-            let was_rejected = rejected.is_some() && header.as_ref() == rejected;
-            if t.expires > Instant::now() && !was_rejected {
-                return header.ok_or_else(|| self.protocol("token is not a valid header value"));
+        let slot = self
+            .tokens
+            .lock()
+            .expect("token lock")
+            .entry(scope.to_string())
+            .or_default()
+            .clone();
+        let reusable =
+            |t: &Token| t.is_usable() && (rejected.is_none() || t.header().as_ref() != rejected);
+        let current = slot.current.lock().expect("slot lock").clone();
+        if let Some(t) = current.filter(|t| reusable(t)) {
+            if t.is_due_for_renewal()
+                && let Ok(guard) = slot.fetching.clone().try_lock_owned()
+            {
+                let (this, http, slot, scope) =
+                    (self.clone(), http.clone(), slot.clone(), scope.to_string());
+                tokio::spawn(async move {
+                    let _fetching = guard;
+                    match this.fetch(&http, &realm, service.as_deref(), &scope).await {
+                        Ok(t) => *slot.current.lock().expect("slot lock") = Some(t),
+                        Err(e) => {
+                            tracing::warn!(upstream = %this.upstream, error = %e, "renewing a token ahead of expiry failed; will retry")
+                        }
+                    }
+                });
             }
+            return t.header().ok_or_else(|| {
+                token::protocol(&self.upstream, "token is not a valid header value")
+            });
         }
-        let fresh = self.fetch_token(http, realm, service, scope).await?;
-        let header = Self::bearer(fresh.value.expose())
-            .ok_or_else(|| self.protocol("token is not a valid header value"))?;
-        *cached = Some(fresh);
-        Ok(header)
+        let _fetching = slot.fetching.lock().await;
+        // Another request may have fetched one while this one waited.
+        let current = slot.current.lock().expect("slot lock").clone();
+        let t = match current.filter(|t| reusable(t)) {
+            Some(t) => t,
+            None => {
+                let t = self.fetch(http, &realm, service.as_deref(), scope).await?;
+                *slot.current.lock().expect("slot lock") = Some(t.clone());
+                t
+            }
+        };
+        t.header()
+            .ok_or_else(|| token::protocol(&self.upstream, "token is not a valid header value"))
     }
 
-    fn protocol(&self, detail: &str) -> Error {
-        Error::Protocol {
-            upstream: self.upstream.clone(),
-            detail: detail.to_string(),
-        }
-    }
-
-    async fn fetch_token(
+    async fn fetch(
         &self,
         http: &reqwest::Client,
         realm: &Url,
         service: Option<&str>,
         scope: &str,
     ) -> Result<Token, Error> {
-        let mut url = realm.clone();
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
+        let t = match &self.acr {
+            Some(acr) => {
+                let service = service.ok_or_else(|| {
+                    token::protocol(&self.upstream, "ACR challenge without a service")
+                })?;
+                acr.access_token(http, &self.origin, realm, service, scope)
+                    .await?
             }
-            q.append_pair("scope", scope);
-        }
-        let mut req = http.get(url);
-        if let Some(b) = self.basic() {
-            req = req.header(http::header::AUTHORIZATION, b);
-        }
-        let started = Instant::now();
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Error::from_reqwest(&self.upstream, &e))?;
-        match resp.status().as_u16() {
-            200..=299 => {}
-            401 => {
-                return Err(Error::Unauthorized {
-                    upstream: self.upstream.clone(),
-                });
-            }
-            403 => {
-                return Err(Error::Denied {
-                    upstream: self.upstream.clone(),
-                });
-            }
-            429 => {
-                let retry_after = resp
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                return Err(Error::TooManyRequests {
-                    upstream: self.upstream.clone(),
-                    retry_after,
-                });
-            }
-            s => {
-                return Err(Error::Status {
-                    upstream: self.upstream.clone(),
-                    status: s,
-                });
-            }
-        }
-        #[derive(serde::Deserialize)]
-        struct TokenResponse {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::from_reqwest(&self.upstream, &e))?;
-        let body: TokenResponse = serde_json::from_slice(&bytes)
-            .map_err(|_| self.protocol("the token endpoint's answer is not a token response"))?;
-        let value = body
-            .token
-            .or(body.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| self.protocol("the token endpoint's answer holds no token"))?;
-        // The spec's default and minimum lifetime is 60 s. Renew a little early so a
-        // token never expires between being chosen and being checked.
-        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(60));
-        let margin = (lifetime / 10).min(Duration::from_secs(30));
+            None => token::fetch(http, &self.upstream, realm, service, scope, self.basic()).await?,
+        };
         tracing::debug!(upstream = %self.upstream, scope, "fetched a registry token");
-        Ok(Token {
-            value: Secret::new(value),
-            expires: started + lifetime - margin,
-        })
+        Ok(t)
     }
 }
 

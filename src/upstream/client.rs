@@ -4,13 +4,24 @@ use http::header::{AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use url::Url;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use super::Error;
+use super::acr::Exchange;
 use super::auth::Authenticator;
+use super::entra;
 use crate::config;
 use ferry_storage::RepoName;
 
 /// Registries chain a redirect or two (login server → data endpoint → storage).
 const MAX_REDIRECTS: usize = 5;
+/// A request rate-limited (429) is retried this many times, and only when the
+/// upstream asks for a wait no longer than [`MAX_RETRY_AFTER`]; then the 429 is passed
+/// on to the client, which has its own backoff.
+const MAX_RATE_LIMIT_RETRIES: u32 = 3;
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// An upstream's answer: 2xx, or 404 (which callers turn into their own "unknown").
 pub type Response = reqwest::Response;
@@ -18,7 +29,9 @@ pub type Response = reqwest::Response;
 pub struct Client {
     config: config::Upstream,
     http: reqwest::Client,
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
+    /// 429 answers seen, for the log.
+    rate_limited: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -63,8 +76,26 @@ impl Client {
         let http = builder
             .build()
             .map_err(|e| Error::from_reqwest(&config.name, &e))?;
-        let auth = Authenticator::new(&config.name, config.auth.clone());
-        Ok(Client { config, http, auth })
+        let acr = match &config.auth {
+            config::Auth::Entra(entra) => {
+                let credential = entra::credential(entra, http.clone())
+                    .map_err(|e| setup(format!("Entra ID credential: {e}")))?;
+                Some(Exchange::new(&config.name, credential))
+            }
+            _ => None,
+        };
+        let auth = Arc::new(Authenticator::new(
+            &config.name,
+            config.url.clone(),
+            config.auth.clone(),
+            acr,
+        ));
+        Ok(Client {
+            config,
+            http,
+            auth,
+            rate_limited: AtomicU64::new(0),
+        })
     }
 
     pub fn config(&self) -> &config::Upstream {
@@ -101,6 +132,7 @@ impl Client {
         let scope = format!("repository:{repo}:pull");
         let mut authz = self.auth.authorization(&self.http, &scope).await?;
         let mut retried = false;
+        let mut rate_limited = 0;
         loop {
             let resp = self
                 .send_following_redirects(&method, &url, &headers, authz.as_ref())
@@ -119,6 +151,20 @@ impl Client {
                     authz = Some(next);
                     continue;
                 }
+            }
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS
+                && rate_limited < MAX_RATE_LIMIT_RETRIES
+                && let wait = retry_after(resp.headers())
+                && wait <= MAX_RETRY_AFTER
+            {
+                rate_limited += 1;
+                let total = self.rate_limited.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    upstream = %self.config.name, %repo, path, retry = rate_limited, wait_secs = wait.as_secs_f64(),
+                    rate_limited_total = total, "upstream answered 429; waiting Retry-After, then retrying"
+                );
+                tokio::time::sleep(wait).await;
+                continue;
             }
             return self.classify(resp);
         }
@@ -201,4 +247,14 @@ impl Client {
     pub fn body_error(&self, e: &reqwest::Error) -> Error {
         Error::from_reqwest(&self.config.name, e)
     }
+}
+
+/// The wait a 429 asks for: `Retry-After` in seconds (the form registries use); one
+/// second when it is absent or a date.
+fn retry_after(headers: &HeaderMap) -> Duration {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), Duration::from_secs)
 }

@@ -8,6 +8,8 @@ pub enum Error {
     Timeout { upstream: String, detail: String },
     #[error("upstream {upstream} refused Ferry's credentials")]
     Unauthorized { upstream: String },
+    #[error("upstream {upstream}: Ferry's Entra ID identity could not get a token: {detail}")]
+    Credential { upstream: String, detail: String },
     #[error("upstream {upstream} denied access")]
     Denied { upstream: String },
     #[error("upstream {upstream} is rate-limiting Ferry")]

@@ -4,9 +4,12 @@
 //! The client never follows a redirect with credentials to another origin, and no
 //! credential appears in an error it returns.
 
+mod acr;
 mod auth;
 mod client;
+mod entra;
 mod error;
+mod token;
 
 pub use client::{Client, Response};
 pub use error::Error;

@@ -1,0 +1,198 @@
+//! Bearer tokens: their lifetimes, and the Docker token endpoint
+//! (`GET <realm>?service=…&scope=…`, distribution's token spec).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use http::HeaderValue;
+use url::Url;
+
+use super::Error;
+use crate::config::Secret;
+
+/// A bearer token and when to stop using it.
+#[derive(Clone)]
+pub struct Token {
+    value: Secret,
+    /// Past this, the token is not sent: it would expire in flight.
+    expires: Instant,
+    /// Past this, a fresh token is fetched in the background while this one is
+    /// still used, so no request waits for a refresh.
+    renew_at: Instant,
+}
+
+impl Token {
+    /// A token valid for `lifetime` from now.
+    pub fn new(value: String, lifetime: Duration) -> Token {
+        let now = Instant::now();
+        let skew = (lifetime / 10).min(Duration::from_secs(30));
+        Token {
+            value: Secret::new(value),
+            expires: now + lifetime - skew,
+            renew_at: now + lifetime * 3 / 4,
+        }
+    }
+
+    /// A JWT, valid until its `exp` claim; `fallback` when it has none.
+    pub fn from_jwt(value: String, fallback: Duration) -> Token {
+        let lifetime = jwt_expiry(&value)
+            .map(|exp| {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                Duration::from_secs(exp.saturating_sub(now))
+            })
+            .unwrap_or(fallback);
+        Token::new(value, lifetime)
+    }
+
+    pub fn secret(&self) -> &Secret {
+        &self.value
+    }
+
+    pub fn is_usable(&self) -> bool {
+        Instant::now() < self.expires
+    }
+
+    pub fn is_due_for_renewal(&self) -> bool {
+        Instant::now() >= self.renew_at
+    }
+
+    /// `Authorization: Bearer <token>`, marked sensitive.
+    pub fn header(&self) -> Option<HeaderValue> {
+        bearer(self.value.expose())
+    }
+}
+
+pub fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+/// The `exp` claim of a JWT, read without verifying it: the issuer checks its own
+/// tokens, Ferry only needs to know when to stop sending one.
+fn jwt_expiry(jwt: &str) -> Option<u64> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_u64()
+}
+
+/// Fetches a token for `scope` from a Docker token endpoint, with Basic credentials
+/// when Ferry has them.
+pub async fn fetch(
+    http: &reqwest::Client,
+    upstream: &str,
+    realm: &Url,
+    service: Option<&str>,
+    scope: &str,
+    basic: Option<HeaderValue>,
+) -> Result<Token, Error> {
+    let mut url = realm.clone();
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(s) = service {
+            q.append_pair("service", s);
+        }
+        q.append_pair("scope", scope);
+    }
+    let mut req = http.get(url);
+    if let Some(b) = basic {
+        req = req.header(http::header::AUTHORIZATION, b);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Error::from_reqwest(upstream, &e))?;
+    let resp = check_status(upstream, resp)?;
+    #[derive(serde::Deserialize)]
+    struct TokenResponse {
+        token: Option<String>,
+        access_token: Option<String>,
+        expires_in: Option<u64>,
+    }
+    let body: TokenResponse = read_json(upstream, resp, "token response").await?;
+    let value = body
+        .token
+        .or(body.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| protocol(upstream, "the token endpoint's answer holds no token"))?;
+    // The spec's default and minimum lifetime is 60 s.
+    Ok(Token::new(
+        value,
+        Duration::from_secs(body.expires_in.unwrap_or(60).max(60)),
+    ))
+}
+
+/// Maps a token endpoint's error statuses.
+pub fn check_status(upstream: &str, resp: reqwest::Response) -> Result<reqwest::Response, Error> {
+    let upstream = upstream.to_string();
+    match resp.status().as_u16() {
+        200..=299 => Ok(resp),
+        400 | 401 => Err(Error::Unauthorized { upstream }),
+        403 => Err(Error::Denied { upstream }),
+        429 => {
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            Err(Error::TooManyRequests {
+                upstream,
+                retry_after,
+            })
+        }
+        status => Err(Error::Status { upstream, status }),
+    }
+}
+
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    upstream: &str,
+    resp: reqwest::Response,
+    what: &str,
+) -> Result<T, Error> {
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::from_reqwest(upstream, &e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| protocol(upstream, &format!("the {what} is not the expected JSON")))
+}
+
+pub fn protocol(upstream: &str, detail: &str) -> Error {
+    Error::Protocol {
+        upstream: upstream.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_jwt_expiry() {
+        let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let jwt = format!(
+            "{}.{}.sig",
+            enc(r#"{"alg":"ES256"}"#),
+            enc(&format!(r#"{{"exp":{}}}"#, now + 4500))
+        );
+        assert_eq!(jwt_expiry(&jwt), Some(now + 4500));
+        let t = Token::from_jwt(jwt, Duration::from_secs(1));
+        assert!(t.is_usable() && !t.is_due_for_renewal());
+        assert_eq!(jwt_expiry("opaque"), None);
+        let t = Token::from_jwt("opaque".into(), Duration::ZERO);
+        assert!(!t.is_usable());
+    }
+}
