@@ -390,6 +390,15 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
                             "USERNAME" => set(&mut a.username, value),
                             "PASSWORD_FILE" => set(&mut a.password_file, value),
                             "TOKEN_FILE" => set(&mut a.token_file, value),
+                            "TENANT_ID" => set(&mut a.tenant_id, value),
+                            "CLIENT_ID" => set(&mut a.client_id, value),
+                            "CLIENT_SECRET_FILE" => set(&mut a.client_secret_file, value),
+                            "CERTIFICATE_FILE" => set(&mut a.certificate_file, value),
+                            "AUTHORITY_HOST" => set(&mut a.authority_host, value),
+                            "WORKLOAD_IDENTITY" => {
+                                a.workload_identity =
+                                    Some(Spanned::new(0..0, env_bool(key, value)?))
+                            }
                             _ => return Err(env_err(key, "not an auth setting".into())),
                         }
                     }
