@@ -258,3 +258,31 @@ fn retry_after(headers: &HeaderMap) -> Duration {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(Duration::from_secs(1), Duration::from_secs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_with_a_private_ca_pins_and_a_proxy() {
+        let ca =
+            rcgen::generate_simple_self_signed(vec!["contoso.azurecr.io".to_string()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+        let text = format!(
+            "[[upstream]]\nname = \"acr\"\nurl = \"https://contoso.azurecr.io\"\nca_file = \"{}\"\nproxy = \"http://127.0.0.1:3128\"\nresolve = {{ \"contoso.azurecr.io\" = \"127.0.0.1\" }}\n",
+            ca_file.display()
+        );
+        let config = config::Config::parse("t", &text, &[]).unwrap();
+        Client::new(config.upstreams[0].clone()).unwrap();
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), Duration::from_secs(1));
+        h.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Duration::from_secs(7));
+    }
+}
