@@ -190,27 +190,9 @@ impl Proxy {
 
     /// The size the upstream reports for `digest` in `t` (a `HEAD`).
     async fn upstream_blob_size(&self, t: &Target, digest: &Digest) -> Result<u64> {
-        let resp = t
-            .upstream
-            .send(
-                Method::HEAD,
-                &t.repo.name,
-                &format!("blobs/{digest}"),
-                &[],
-                HeaderMap::new(),
-            )
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Err(Error::BlobUnknown {
-                repo: t.repo.name.to_string(),
-                digest: digest.clone(),
-            });
-        }
-        content_length(&resp).ok_or_else(|| {
-            t.upstream
-                .protocol("blob HEAD without Content-Length")
-                .into()
-        })
+        upstream_blob(t, Method::HEAD, digest)
+            .await
+            .map(|(_, size)| size)
     }
 
     /// The fetch task: downloads `digest`, publishing progress to readers, and stores it
@@ -236,23 +218,7 @@ impl Proxy {
         leader: &Leader,
     ) -> Result<(u64, Arc<std::fs::File>)> {
         let up = &t.upstream;
-        let resp = up
-            .send(
-                Method::GET,
-                &t.repo.name,
-                &format!("blobs/{digest}"),
-                &[],
-                HeaderMap::new(),
-            )
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Err(Error::BlobUnknown {
-                repo: t.repo.name.to_string(),
-                digest: digest.clone(),
-            });
-        }
-        let size =
-            content_length(&resp).ok_or_else(|| up.protocol("blob GET without Content-Length"))?;
+        let (resp, size) = upstream_blob(t, Method::GET, digest).await?;
         let d = digest.clone();
         let mut ingest = Some(
             self.blocking(move |s| s.blobs.ingest(&d, Some(size)))
@@ -330,6 +296,28 @@ impl Proxy {
         })?;
         Ok((size, file))
     }
+}
+
+/// A `GET` or `HEAD` of `blobs/<digest>` upstream, with the size it announces.
+async fn upstream_blob(
+    t: &Target,
+    method: Method,
+    digest: &Digest,
+) -> Result<(crate::upstream::Response, u64)> {
+    let resp = t
+        .send(method.clone(), &format!("blobs/{digest}"), HeaderMap::new())
+        .await?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(Error::BlobUnknown {
+            repo: t.repo.name.to_string(),
+            digest: digest.clone(),
+        });
+    }
+    let size = content_length(&resp).ok_or_else(|| {
+        t.upstream
+            .protocol(&format!("blob {method} without Content-Length"))
+    })?;
+    Ok((resp, size))
 }
 
 fn content_length(resp: &crate::upstream::Response) -> Option<u64> {

@@ -138,12 +138,9 @@ impl Proxy {
         accept: &Accept,
     ) -> Result<Option<Digest>, crate::upstream::Error> {
         let resp = t
-            .upstream
             .send(
                 Method::HEAD,
-                &t.repo.name,
                 &format!("manifests/{reference}"),
-                &[],
                 accept_headers(accept),
             )
             .await?;
@@ -168,12 +165,10 @@ impl Proxy {
         accept: &Accept,
     ) -> Result<Manifest> {
         let up = &t.upstream;
-        let resp = up
+        let resp = t
             .send(
                 Method::GET,
-                &t.repo.name,
                 &format!("manifests/{reference}"),
-                &[],
                 accept_headers(accept),
             )
             .await?;

@@ -61,6 +61,20 @@ pub struct Target {
     pub repo: Repo,
 }
 
+impl Target {
+    /// `method /v2/<repo>/<path>` at the upstream: a 2xx or 404 answer.
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: http::HeaderMap,
+    ) -> Result<upstream::Response, upstream::Error> {
+        self.upstream
+            .send(method, &self.repo.name, path, &[], headers)
+            .await
+    }
+}
+
 pub struct Proxy {
     store: Arc<Store>,
     upstreams: Vec<Arc<upstream::Client>>,

@@ -216,23 +216,13 @@ impl Client {
     }
 
     fn classify(&self, resp: Response) -> Result<Response, Error> {
-        let upstream = self.config.name.clone();
         match resp.status().as_u16() {
             200..=299 | 404 => Ok(resp),
-            401 => Err(Error::Unauthorized { upstream }),
-            403 => Err(Error::Denied { upstream }),
-            429 => {
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                Err(Error::TooManyRequests {
-                    upstream,
-                    retry_after,
-                })
-            }
-            status => Err(Error::Status { upstream, status }),
+            _ => Err(Error::from_status(
+                &self.config.name,
+                resp.status(),
+                resp.headers(),
+            )),
         }
     }
 

@@ -34,6 +34,30 @@ impl Error {
         }
     }
 
+    /// The error an upstream's non-success status means.
+    pub(crate) fn from_status(
+        upstream: &str,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+    ) -> Error {
+        let upstream = upstream.to_string();
+        match status.as_u16() {
+            401 => Error::Unauthorized { upstream },
+            403 => Error::Denied { upstream },
+            429 => {
+                let retry_after = headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                Error::TooManyRequests {
+                    upstream,
+                    retry_after,
+                }
+            }
+            status => Error::Status { upstream, status },
+        }
+    }
+
     pub(crate) fn from_reqwest(upstream: &str, e: &reqwest::Error) -> Error {
         // reqwest's Display includes the URL, which never holds credentials here
         // (config refuses userinfo in URLs); the source chain says why.

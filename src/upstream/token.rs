@@ -130,25 +130,14 @@ pub async fn fetch(
     ))
 }
 
-/// Maps a token endpoint's error statuses.
+/// Maps a token endpoint's error statuses; 400 is how some (ACR) refuse credentials.
 pub fn check_status(upstream: &str, resp: reqwest::Response) -> Result<reqwest::Response, Error> {
-    let upstream = upstream.to_string();
     match resp.status().as_u16() {
         200..=299 => Ok(resp),
-        400 | 401 => Err(Error::Unauthorized { upstream }),
-        403 => Err(Error::Denied { upstream }),
-        429 => {
-            let retry_after = resp
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            Err(Error::TooManyRequests {
-                upstream,
-                retry_after,
-            })
-        }
-        status => Err(Error::Status { upstream, status }),
+        400 => Err(Error::Unauthorized {
+            upstream: upstream.to_string(),
+        }),
+        _ => Err(Error::from_status(upstream, resp.status(), resp.headers())),
     }
 }
 
