@@ -25,10 +25,12 @@ impl Token {
     /// A token valid for `lifetime` from now.
     pub fn new(value: String, lifetime: Duration) -> Token {
         let now = Instant::now();
-        let skew = (lifetime / 10).min(Duration::from_secs(30));
+        // Stop using a token a little before its end: clocks differ, requests take time,
+        // and `exp` has one-second granularity.
+        let skew = (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
         Token {
             value: Secret::new(value),
-            expires: now + lifetime - skew,
+            expires: now + lifetime.saturating_sub(skew),
             renew_at: now + lifetime * 3 / 4,
         }
     }
@@ -39,9 +41,8 @@ impl Token {
             .map(|exp| {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                Duration::from_secs(exp.saturating_sub(now))
+                    .unwrap_or_default();
+                Duration::from_secs(exp).saturating_sub(now)
             })
             .unwrap_or(fallback);
         Token::new(value, lifetime)
