@@ -14,11 +14,21 @@ mod support;
 mod api;
 /// Ferry in front of basic-auth and token-auth Distribution; secrets never leak.
 mod auth;
+/// Cache rules (`mcr.microsoft.com/*` → `aks-managed-repository/*`) end to end.
+mod cache_rules;
+/// `ferry config check`, `ferry serve` on bad configs, `FERRY_*` overrides, JSON logs.
+mod cli;
 /// 32 clients on one cold blob share one upstream fetch; time to first byte.
 mod concurrency;
 /// Corrupt upstream bytes, upstream dying mid-blob, client hang-ups, timeouts.
 mod faults;
+/// Range, late GET and HEAD joining a blob download in flight: one upstream GET.
+mod inflight;
+/// Pulling one platform of an index fetches nothing of the other.
+mod platforms;
 /// containerd's `ctr` pulling through `hosts.toml` (the `?ns=` path).
 mod pull_containerd;
 /// skopeo copying single-platform, Docker schema 2 and multi-platform images.
 mod pull_skopeo;
+/// Blob reads redirected to another host: followed, without credentials.
+mod redirects;

@@ -1,6 +1,7 @@
 //! The binary under test: `ferry serve --config <file>` with a generated TOML config.
 //!
-//! The config listens on `127.0.0.1:0`; the harness learns the address from the first
+//! The config listens on `127.0.0.1:0` (unless [`FerryBuilder::listen`] says otherwise);
+//! the harness learns the address from the first
 //! log line containing `listening on http://` (stderr or stdout), within 15 s.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -149,6 +150,8 @@ fn toml_str(s: &str) -> String {
 /// Builds a Ferry config and starts it.
 #[derive(Clone, Debug, Default)]
 pub struct FerryBuilder {
+    listen: Option<String>,
+    args: Vec<String>,
     upstreams: Vec<Upstream>,
     server_extra: Vec<String>,
     extra_toml: String,
@@ -184,11 +187,25 @@ impl FerryBuilder {
         self
     }
 
+    /// `[server] listen` in the file (default `127.0.0.1:0`). Ferry must still print a
+    /// `listening on http://` line (e.g. because `FERRY_SERVER_LISTEN` overrides it).
+    pub fn listen(mut self, addr: &str) -> FerryBuilder {
+        self.listen = Some(addr.to_owned());
+        self
+    }
+
+    /// Appends an argument after `serve --config <file>` (e.g. `--log-format`).
+    pub fn arg(mut self, arg: &str) -> FerryBuilder {
+        self.args.push(arg.to_owned());
+        self
+    }
+
     pub fn start(self) -> Ferry {
         let dir = super::temp_dir("ferry");
         let store = dir.path().join("store");
         let config_path = dir.path().join("ferry.toml");
-        let mut config = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+        let listen = self.listen.as_deref().unwrap_or("127.0.0.1:0");
+        let mut config = format!("[server]\nlisten = {}\n", toml_str(listen));
         for line in &self.server_extra {
             config += line;
             config += "\n";
@@ -214,6 +231,7 @@ impl FerryBuilder {
             config_path,
             config,
             env: self.env,
+            args: self.args,
             starts: 0,
             dir,
         };
@@ -232,6 +250,7 @@ pub struct Ferry {
     config_path: PathBuf,
     config: String,
     env: Vec<(String, String)>,
+    args: Vec<String>,
     starts: usize,
     dir: tempfile::TempDir,
 }
@@ -256,6 +275,7 @@ impl Ferry {
         self.starts += 1;
         let mut cmd = Command::new(Ferry::binary());
         cmd.arg("serve").arg("--config").arg(&self.config_path);
+        cmd.args(&self.args);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info,ferry=debug,ferry_storage=debug");
         }

@@ -12,6 +12,8 @@
 //!   connections, switchable at run time.
 //! - [`ferry::Ferry`]: the binary under test, `ferry serve --config <file>`.
 //! - [`containerd::Containerd`]: a private containerd daemon plus a `ctr` helper.
+//! - [`data_endpoint::DataEndpoint`]: where Distribution's `redirect` middleware sends
+//!   blob reads, on 127.0.0.2 (another host); refuses requests carrying `Authorization`.
 //! - [`static_registry::StaticRegistry`]: a tiny read-only registry serving fixed bytes,
 //!   only for what Distribution cannot serve (manifests over 4 MiB).
 //!
@@ -24,6 +26,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod data_endpoint;
 pub mod faults;
 pub mod ferry;
 pub mod http;

@@ -57,6 +57,33 @@ impl RegistryAuth {
     }
 }
 
+/// Everything [`Registry::start_with`] can vary.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    pub auth: RegistryAuth,
+    /// Enables Distribution's `redirect` storage middleware with this `baseurl`
+    /// (`http://127.0.0.2:PORT`): blob GETs and HEADs then answer 307 with
+    /// `Location: <baseurl>/docker/registry/v2/blobs/sha256/<2 hex>/<64 hex>/data`, the
+    /// blob's path under [`Registry::storage_root`] (manifests are never redirected).
+    /// [`super::data_endpoint::DataEndpoint`] serves those URLs.
+    pub redirect_baseurl: Option<String>,
+}
+
+impl RegistryOptions {
+    pub fn new(auth: RegistryAuth) -> RegistryOptions {
+        RegistryOptions {
+            auth,
+            redirect_baseurl: None,
+        }
+    }
+
+    /// Redirects blob reads to `baseurl` (see [`RegistryOptions::redirect_baseurl`]).
+    pub fn redirect_to(mut self, baseurl: &str) -> RegistryOptions {
+        self.redirect_baseurl = Some(baseurl.to_owned());
+        self
+    }
+}
+
 /// One access-log line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessLogEntry {
@@ -78,6 +105,14 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(auth: RegistryAuth) -> Registry {
+        Registry::start_with(RegistryOptions::new(auth))
+    }
+
+    pub fn start_with(options: RegistryOptions) -> Registry {
+        let RegistryOptions {
+            auth,
+            redirect_baseurl,
+        } = options;
         require_binary(BINARY, "docker-registry");
         let dir = super::temp_dir("registry");
         let root = dir.path().join("storage");
@@ -103,6 +138,13 @@ impl Registry {
             ),
         };
 
+        let middleware_yaml = match &redirect_baseurl {
+            None => String::new(),
+            Some(baseurl) => format!(
+                "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: \"{baseurl}\"\n"
+            ),
+        };
+
         // Distribution cannot bind port 0 and report it, so pick a free port and retry
         // if another process grabbed it in between.
         for attempt in 1..=5 {
@@ -113,7 +155,7 @@ impl Registry {
                  log:\n  level: info\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
                  http:\n  addr: {addr}\n  secret: ferry-test-secret\n\
-                 {auth_yaml}",
+                 {auth_yaml}{middleware_yaml}",
                 root = root.display(),
             );
             let config_path = dir.path().join("config.yml");
