@@ -10,6 +10,8 @@ mod harness;
 /// Shared fixtures and assertions for the test modules.
 mod support;
 
+/// A private ACR over Private Link (emulated Entra ID, ACR front, data endpoint).
+mod acr;
 /// Routing, headers, negotiation, ranges, tags, referrers, error codes, tag TTL.
 mod api;
 /// Ferry in front of basic-auth and token-auth Distribution; secrets never leak.

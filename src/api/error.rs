@@ -32,7 +32,12 @@ pub enum ApiError {
 /// The failure as logged: attached to the response so the logging layer reports it
 /// once, with the request it belongs to.
 #[derive(Debug, Clone)]
-pub struct Failure(pub String);
+pub struct Failure {
+    pub message: String,
+    /// Ferry's side needs an operator (an upstream down, Ferry's own credentials
+    /// refused), as opposed to a client asking for something wrong.
+    pub needs_operator: bool,
+}
 
 impl ApiError {
     fn code_and_status(&self) -> (&'static str, StatusCode) {
@@ -114,7 +119,19 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        resp.extensions_mut().insert(Failure(self.to_string()));
+        let needs_operator = status.is_server_error()
+            || matches!(
+                self,
+                ApiError::Proxy(proxy::Error::Upstream(
+                    upstream::Error::Unauthorized { .. }
+                        | upstream::Error::Credential { .. }
+                        | upstream::Error::Denied { .. }
+                ))
+            );
+        resp.extensions_mut().insert(Failure {
+            message: self.to_string(),
+            needs_operator,
+        });
         resp
     }
 }

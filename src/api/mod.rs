@@ -127,11 +127,14 @@ async fn log_and_stamp(req: Request, next: Next) -> Response {
     );
     let status = resp.status().as_u16();
     match resp.extensions().get::<Failure>() {
-        Some(Failure(msg)) if status >= 500 => {
-            tracing::warn!(%method, %path, status, error = %msg, "request failed")
+        Some(Failure {
+            message,
+            needs_operator: true,
+        }) => {
+            tracing::warn!(%method, %path, status, error = %message, "request failed")
         }
-        Some(Failure(msg)) => {
-            tracing::info!(%method, %path, status, error = %msg, "request refused")
+        Some(Failure { message, .. }) => {
+            tracing::info!(%method, %path, status, error = %message, "request refused")
         }
         None => {
             let cache = resp

@@ -102,7 +102,12 @@ impl Exchange {
             .await
             .map_err(|e| Error::Credential {
                 upstream: self.upstream.clone(),
-                detail: e.to_string(),
+                // One log line per failure: azure_identity's messages hold newlines.
+                detail: e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
             })?;
         let exchange = realm
             .join("/oauth2/exchange")

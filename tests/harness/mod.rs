@@ -25,6 +25,7 @@
 //! package. Nothing here touches the internet.
 #![allow(dead_code)]
 
+pub mod acr;
 pub mod containerd;
 pub mod data_endpoint;
 pub mod faults;
