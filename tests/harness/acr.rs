@@ -1,6 +1,6 @@
 //! A private Azure Container Registry behind Private Link, and the Entra ID it trusts,
 //! emulated on loopback for Ferry's `kind = "entra"` upstream auth
-//! (`/work/shared/reference/emulating-acr.md`; protocol.md §3).
+//! (`../shared/reference/emulating-acr.md`; protocol.md §3).
 //!
 //! ```text
 //! Ferry ─https─▶ 127.0.0.1:E  Entra: POST /{tenant}/oauth2/v2.0/token          (entra.rs)
