@@ -276,8 +276,21 @@ impl Ferry {
         let mut cmd = Command::new(Ferry::binary());
         cmd.arg("serve").arg("--config").arg(&self.config_path);
         cmd.args(&self.args);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info,ferry=debug,ferry_storage=debug");
+        // Debug logs on, so the leak checks read everything Ferry can log.
+        if std::env::var_os("FERRY_LOG").is_none() {
+            cmd.env("FERRY_LOG", "info,ferry=debug,ferry_storage=debug");
+        }
+        // Everything the tests start is on loopback: a proxy from the environment
+        // must not come between Ferry and them.
+        for var in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ] {
+            cmd.env_remove(var);
         }
         cmd.env("NO_COLOR", "1");
         for (k, v) in &self.env {
