@@ -15,7 +15,7 @@ use toml::Spanned;
 use url::Url;
 
 use crate::rules::{self, Rule};
-pub use crate::secret::{Secret, SecretFile};
+pub use crate::secret::{Secret, SecretSource};
 
 /// The configuration `ferry serve` runs on when given no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -73,10 +73,10 @@ pub enum Auth {
     /// Username and password, sent as Basic auth or to the registry's token realm.
     Basic {
         username: String,
-        password: SecretFile,
+        password: SecretSource,
     },
     /// A static bearer token sent with every request.
-    Bearer { token: SecretFile },
+    Bearer { token: SecretSource },
     /// An Entra ID identity, exchanged for ACR tokens.
     Entra(Entra),
 }
@@ -95,7 +95,7 @@ pub struct Entra {
 
 #[derive(Debug, Clone)]
 pub enum EntraCredential {
-    ClientSecret(SecretFile),
+    ClientSecret(SecretSource),
     /// A PEM file with the certificate and its (RSA) private key.
     Certificate(PathBuf),
     /// A federated token file; `None`: `AZURE_FEDERATED_TOKEN_FILE`, as on AKS.
@@ -216,6 +216,9 @@ struct RawAuth {
     tenant_id: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
     client_secret_file: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    client_secret_env: Option<Spanned<String>>,
     certificate_file: Option<Spanned<String>>,
     workload_identity: Option<Spanned<bool>>,
     managed_identity: Option<Spanned<RawManagedIdentity>>,
@@ -393,6 +396,9 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
                             "TENANT_ID" => set(&mut a.tenant_id, value),
                             "CLIENT_ID" => set(&mut a.client_id, value),
                             "CLIENT_SECRET_FILE" => set(&mut a.client_secret_file, value),
+                            "CLIENT_SECRET_ENV" => set(&mut a.client_secret_env, value),
+                            "PASSWORD_ENV" => set(&mut a.password_env, value),
+                            "TOKEN_ENV" => set(&mut a.token_env, value),
                             "CERTIFICATE_FILE" => set(&mut a.certificate_file, value),
                             "AUTHORITY_HOST" => set(&mut a.authority_host, value),
                             "WORKLOAD_IDENTITY" => {
@@ -697,16 +703,33 @@ fn validate_auth(a: Spanned<RawAuth>, src: &Source, upstream: &str) -> Result<Au
             format!("{} is required for kind = \"{kind}\"", here(field)),
         )
     };
-    let secret_file =
-        |f: &Option<Spanned<String>>, field: &str| -> Result<SecretFile, ConfigError> {
-            let f = f.as_ref().ok_or_else(|| required(field))?;
-            SecretFile::open(f.get_ref())
-                .map_err(|e| src.error(Some(f.span()), format!("{}: {e}", here(field))))
-        };
+    // A secret comes from `<name>_file` or `<name>_env`, exactly one of them.
+    let secret = |file: &Option<Spanned<String>>,
+                  env: &Option<Spanned<String>>,
+                  name: &str|
+     -> Result<SecretSource, ConfigError> {
+        let (value, field, load): (_, _, fn(&str) -> Result<SecretSource, String>) =
+            match (file, env) {
+                (Some(f), None) => (f, format!("{name}_file"), |v| SecretSource::from_file(v)),
+                (None, Some(e)) => (e, format!("{name}_env"), SecretSource::from_env),
+                (None, None) => return Err(required(&format!("{name}_file (or {name}_env)"))),
+                (Some(f), Some(_)) => {
+                    return Err(src.error(
+                        Some(f.span()),
+                        format!("{}: give {name}_file or {name}_env, not both", here(name)),
+                    ));
+                }
+            };
+        load(value.get_ref())
+            .map_err(|e| src.error(Some(value.span()), format!("{}: {e}", here(&field))))
+    };
     // Which keys each kind takes; any other key present is a mistake worth naming.
     let present = [
         ("username", a.username.is_some()),
         ("password_file", a.password_file.is_some()),
+        ("password_env", a.password_env.is_some()),
+        ("token_env", a.token_env.is_some()),
+        ("client_secret_env", a.client_secret_env.is_some()),
         ("token_file", a.token_file.is_some()),
         ("tenant_id", a.tenant_id.is_some()),
         ("client_id", a.client_id.is_some()),
@@ -718,12 +741,13 @@ fn validate_auth(a: Spanned<RawAuth>, src: &Source, upstream: &str) -> Result<Au
     ];
     let allowed: &[&str] = match kind {
         "anonymous" => &[],
-        "basic" => &["username", "password_file"],
-        "bearer" => &["token_file"],
+        "basic" => &["username", "password_file", "password_env"],
+        "bearer" => &["token_file", "token_env"],
         "entra" => &[
             "tenant_id",
             "client_id",
             "client_secret_file",
+            "client_secret_env",
             "certificate_file",
             "workload_identity",
             "managed_identity",
@@ -757,11 +781,11 @@ fn validate_auth(a: Spanned<RawAuth>, src: &Source, upstream: &str) -> Result<Au
             let username = text(&a.username).ok_or_else(|| required("username"))?;
             Ok(Auth::Basic {
                 username,
-                password: secret_file(&a.password_file, "password_file")?,
+                password: secret(&a.password_file, &a.password_env, "password")?,
             })
         }
         "bearer" => Ok(Auth::Bearer {
-            token: secret_file(&a.token_file, "token_file")?,
+            token: secret(&a.token_file, &a.token_env, "token")?,
         }),
         _ => {
             let authority_host = match &a.authority_host {
@@ -783,7 +807,10 @@ fn validate_auth(a: Spanned<RawAuth>, src: &Source, upstream: &str) -> Result<Au
                 ),
             };
             let chosen: Vec<&str> = [
-                ("client_secret_file", a.client_secret_file.is_some()),
+                (
+                    "client_secret_file",
+                    a.client_secret_file.is_some() || a.client_secret_env.is_some(),
+                ),
                 ("certificate_file", a.certificate_file.is_some()),
                 (
                     "workload_identity",
@@ -805,14 +832,15 @@ fn validate_auth(a: Spanned<RawAuth>, src: &Source, upstream: &str) -> Result<Au
             .collect();
             if chosen.len() != 1 {
                 return Err(src.error(Some(span.clone()), format!(
-                    "upstream `{upstream}`: kind = \"entra\" needs exactly one of client_secret_file, certificate_file, workload_identity = true, managed_identity (found {})",
+                    "upstream `{upstream}`: kind = \"entra\" needs exactly one of client_secret_file (or _env), certificate_file, workload_identity = true, managed_identity (found {})",
                     if chosen.is_empty() { "none".to_string() } else { chosen.join(", ") }
                 )));
             }
             let credential = match chosen[0] {
-                "client_secret_file" => EntraCredential::ClientSecret(secret_file(
+                "client_secret_file" => EntraCredential::ClientSecret(secret(
                     &a.client_secret_file,
-                    "client_secret_file",
+                    &a.client_secret_env,
+                    "client_secret",
                 )?),
                 "certificate_file" => {
                     let f = a.certificate_file.as_ref().expect("chosen");
@@ -1002,6 +1030,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("tenant_id"), "{e}");
+        // SAFETY: a variable only this test reads; no test here enumerates the environment.
+        unsafe { std::env::set_var("FERRY_TEST_ENTRA_SECRET", "from-env") };
+        let c = parse(&up(
+            "kind = \"entra\", tenant_id = \"t\", client_id = \"c\", client_secret_env = \"FERRY_TEST_ENTRA_SECRET\"",
+        ))
+        .unwrap();
+        match &c.upstreams[0].auth {
+            Auth::Entra(Entra {
+                credential: EntraCredential::ClientSecret(s),
+                ..
+            }) => {
+                assert_eq!(s.current().expose(), "from-env")
+            }
+            other => panic!("{other:?}"),
+        }
         let e = parse(&up(
             "kind = \"entra\", workload_identity = true, managed_identity = true",
         ))

@@ -25,11 +25,13 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A secret kept in a file (a Kubernetes Secret mount), re-read when the file changes
-/// so a rotated secret takes effect without a restart.
+/// Where a configured secret comes from: a file (a Kubernetes Secret mount), re-read
+/// when it changes so a rotated secret takes effect without a restart, or an
+/// environment variable, read once at start.
 #[derive(Clone)]
-pub struct SecretFile {
-    path: PathBuf,
+pub struct SecretSource {
+    /// `None` for a secret from the environment.
+    path: Option<PathBuf>,
     state: Arc<Mutex<Loaded>>,
 }
 
@@ -38,9 +40,12 @@ struct Loaded {
     secret: Secret,
 }
 
-impl fmt::Debug for SecretFile {
+impl fmt::Debug for SecretSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretFile({})", self.path.display())
+        match &self.path {
+            Some(p) => write!(f, "SecretSource(file {})", p.display()),
+            None => f.write_str("SecretSource(environment)"),
+        }
     }
 }
 
@@ -59,32 +64,48 @@ fn read(path: &Path) -> Result<Secret, String> {
     Ok(Secret::new(secret))
 }
 
-impl SecretFile {
-    /// Reads the secret now; an unreadable or empty file is an error.
-    pub fn open(path: impl Into<PathBuf>) -> Result<SecretFile, String> {
+impl SecretSource {
+    /// Reads the secret from a file now; an unreadable or empty file is an error.
+    pub fn from_file(path: impl Into<PathBuf>) -> Result<SecretSource, String> {
         let path = path.into();
         let stamp = stamp(&path);
         let secret = read(&path)?;
-        Ok(SecretFile {
-            path,
+        Ok(SecretSource {
+            path: Some(path),
             state: Arc::new(Mutex::new(Loaded { stamp, secret })),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Reads the secret from the environment variable `var`; unset or empty is an error.
+    pub fn from_env(var: &str) -> Result<SecretSource, String> {
+        let value =
+            std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))?;
+        if value.is_empty() {
+            return Err(format!("environment variable `{var}` is empty"));
+        }
+        let loaded = Loaded {
+            stamp: None,
+            secret: Secret::new(value),
+        };
+        Ok(SecretSource {
+            path: None,
+            state: Arc::new(Mutex::new(loaded)),
+        })
     }
 
-    /// The secret as the file holds it now. If the file changed but cannot be read
+    /// The secret as its source holds it now. If a file changed but cannot be read
     /// (mid-rotation), the last good value is kept.
     pub fn current(&self) -> Secret {
-        let now = stamp(&self.path);
         let mut state = self.state.lock().expect("secret lock");
+        let Some(path) = &self.path else {
+            return state.secret.clone();
+        };
+        let now = stamp(path);
         if now.is_some() && now != state.stamp {
-            match read(&self.path) {
+            match read(path) {
                 Ok(secret) => {
                     if secret != state.secret {
-                        tracing::info!(file = %self.path.display(), "secret file changed; using the new secret");
+                        tracing::info!(file = %path.display(), "secret file changed; using the new secret");
                     }
                     *state = Loaded { stamp: now, secret };
                 }
@@ -106,7 +127,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
         std::fs::write(&p, "one\n").unwrap();
-        let s = SecretFile::open(&p).unwrap();
+        let s = SecretSource::from_file(&p).unwrap();
         assert_eq!(s.current().expose(), "one");
         // Rotation as a Secret mount does it: a new file swapped in.
         let tmp = dir.path().join("s.new");
@@ -115,9 +136,10 @@ mod tests {
         assert_eq!(s.current().expose(), "rotated-two");
         assert!(!format!("{s:?}").contains("two"));
         assert!(
-            SecretFile::open(dir.path().join("missing"))
+            SecretSource::from_file(dir.path().join("missing"))
                 .unwrap_err()
                 .contains("missing")
         );
+        assert!(SecretSource::from_env("FERRY_TEST_SURELY_UNSET_VARIABLE").is_err());
     }
 }

@@ -19,7 +19,7 @@ use azure_identity::{
 use base64::Engine as _;
 use sha1::Digest as _;
 
-use crate::config::{Entra, EntraCredential, Secret, SecretFile};
+use crate::config::{Entra, EntraCredential, Secret, SecretSource};
 
 /// The scope of an Entra token that ACR's `/oauth2/exchange` accepts.
 pub const ACR_SCOPE: &str = "https://containerregistry.azure.net/.default";
@@ -95,7 +95,7 @@ pub fn credential(
 struct RotatingSecret {
     tenant: String,
     client: String,
-    file: SecretFile,
+    file: SecretSource,
     options: Box<dyn Fn() -> ClientOptions + Send + Sync>,
     current: Mutex<(Secret, Arc<ClientSecretCredential>)>,
 }
@@ -112,7 +112,7 @@ impl RotatingSecret {
     fn new(
         tenant: String,
         client: String,
-        file: SecretFile,
+        file: SecretSource,
         options: impl Fn() -> ClientOptions + Send + Sync + 'static,
     ) -> Result<Self, String> {
         let secret = file.current();
