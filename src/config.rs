@@ -708,20 +708,23 @@ fn validate_auth(a: Spanned<RawAuth>, src: &Source, upstream: &str) -> Result<Au
                   env: &Option<Spanned<String>>,
                   name: &str|
      -> Result<SecretSource, ConfigError> {
-        let (value, field, load): (_, _, fn(&str) -> Result<SecretSource, String>) =
-            match (file, env) {
-                (Some(f), None) => (f, format!("{name}_file"), |v| SecretSource::from_file(v)),
-                (None, Some(e)) => (e, format!("{name}_env"), SecretSource::from_env),
-                (None, None) => return Err(required(&format!("{name}_file (or {name}_env)"))),
-                (Some(f), Some(_)) => {
-                    return Err(src.error(
-                        Some(f.span()),
-                        format!("{}: give {name}_file or {name}_env, not both", here(name)),
-                    ));
-                }
-            };
-        load(value.get_ref())
-            .map_err(|e| src.error(Some(value.span()), format!("{}: {e}", here(&field))))
+        let (value, field, loaded) = match (file, env) {
+            (Some(f), None) => (f, "file", SecretSource::from_file(f.get_ref())),
+            (None, Some(e)) => (e, "env", SecretSource::from_env(e.get_ref())),
+            (None, None) => return Err(required(&format!("{name}_file (or {name}_env)"))),
+            (Some(f), Some(_)) => {
+                return Err(src.error(
+                    Some(f.span()),
+                    format!("{}: give {name}_file or {name}_env, not both", here(name)),
+                ));
+            }
+        };
+        loaded.map_err(|e| {
+            src.error(
+                Some(value.span()),
+                format!("{}: {e}", here(&format!("{name}_{field}"))),
+            )
+        })
     };
     // Which keys each kind takes; any other key present is a mistake worth naming.
     let present = [
