@@ -47,6 +47,12 @@ pub struct Upstream {
     pub tag_ttl: Duration,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// How long past `tag_ttl` a cached tag may still be served while the upstream
+    /// cannot be asked; `None`: as long as it is cached (what an edge site wants).
+    pub max_stale: Option<Duration>,
+    /// Consecutive failures after which the upstream counts as offline: requests stop
+    /// waiting on it and it is probed in the background until it answers.
+    pub offline_after_failures: u32,
     pub auth: Auth,
     /// Fixed addresses for host names (Private Link endpoints without private DNS).
     /// TLS still verifies against the names.
@@ -198,6 +204,8 @@ struct RawUpstream {
     tag_ttl: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     read_timeout: Option<Spanned<String>>,
+    max_stale: Option<Spanned<String>>,
+    offline_after_failures: Option<Spanned<u32>>,
     auth: Option<Spanned<RawAuth>>,
     #[serde(default)]
     resolve: BTreeMap<String, Spanned<String>>,
@@ -377,6 +385,13 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
                     "TAG_TTL" => set(&mut u.tag_ttl, value),
                     "CONNECT_TIMEOUT" => set(&mut u.connect_timeout, value),
                     "READ_TIMEOUT" => set(&mut u.read_timeout, value),
+                    "MAX_STALE" => set(&mut u.max_stale, value),
+                    "OFFLINE_AFTER_FAILURES" => {
+                        let n = value
+                            .parse::<u32>()
+                            .map_err(|_| env_err(key, format!("`{value}` is not a count")))?;
+                        u.offline_after_failures = Some(Spanned::new(0..0, n));
+                    }
                     "CA_FILE" => set(&mut u.ca_file, value),
                     "PROXY" => set(&mut u.proxy, value),
                     "INSECURE_SKIP_VERIFY" => {
@@ -562,6 +577,20 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             DEFAULT_CONNECT_TIMEOUT,
         )?;
         let read_timeout = duration(u.read_timeout, "read_timeout", DEFAULT_READ_TIMEOUT)?;
+        let max_stale = match u.max_stale {
+            None => None,
+            Some(s) => Some(duration(Some(s), "max_stale", Duration::ZERO)?),
+        };
+        let offline_after_failures = match u.offline_after_failures {
+            None => 1,
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(src.error(
+                    Some(n.span()),
+                    format!("{} must be at least 1", here("offline_after_failures")),
+                ));
+            }
+            Some(n) => n.into_inner(),
+        };
         for (d, f) in [
             (connect_timeout, "connect_timeout"),
             (read_timeout, "read_timeout"),
@@ -635,6 +664,8 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             tag_ttl,
             connect_timeout,
             read_timeout,
+            max_stale,
+            offline_after_failures,
             auth,
             resolve,
             ca_pem,

@@ -185,7 +185,7 @@ async fn client_hanging_up_does_not_cancel_the_fetch() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn stalled_upstream_is_504() {
+async fn stalled_upstream_is_504_then_offline_until_it_answers() {
     let registry = Registry::start(RegistryAuth::None);
     let proxy = FaultProxy::start(registry.addr());
     let mut ferry = FerryBuilder::new()
@@ -197,32 +197,60 @@ async fn stalled_upstream_is_504() {
         .start();
     let img = push_image(&registry, "team/app", "v1", &[1024]);
     proxy.set_mode(Mode::Hang);
-    for url in [
-        manifest_url(&ferry, "team/app", "v1"),
-        blob_url(&ferry, "team/app", &img.layers[0].digest),
-    ] {
-        let started = Instant::now();
-        let r = get(&url, &[media::OCI_MANIFEST]).await;
-        let took = started.elapsed();
-        assert_eq!(
-            r.status,
-            504,
-            "GET {url} against a stalled upstream: {}",
-            r.text()
-        );
-        crate::harness::http::oci_error(&r.body);
-        assert!(took < Duration::from_secs(30), "504 took {took:?}");
-        eprintln!("stalled upstream → 504 after {took:?}");
-    }
-    assert_ferry_alive(&mut ferry).await;
-    proxy.set_mode(Mode::Pass);
+    // The first request waits out the read timeout and gets 504; the upstream now
+    // counts as offline.
+    let started = Instant::now();
     let r = get(
         &manifest_url(&ferry, "team/app", "v1"),
         &[media::OCI_MANIFEST],
     )
     .await;
-    assert_eq!(r.status, 200, "after the stall: {}", r.text());
-    assert_eq!(r.body, img.manifest);
+    let took = started.elapsed();
+    assert_eq!(
+        r.status,
+        504,
+        "GET against a stalled upstream: {}",
+        r.text()
+    );
+    crate::harness::http::oci_error(&r.body);
+    assert!(took < Duration::from_secs(30), "504 took {took:?}");
+    eprintln!("stalled upstream → 504 after {took:?}");
+    // Later requests for what is not cached do not wait on it: 503 at once, naming it.
+    let started = Instant::now();
+    let r = get(&blob_url(&ferry, "team/app", &img.layers[0].digest), &[]).await;
+    let took = started.elapsed();
+    let message = r.assert_error(503, "UNAVAILABLE");
+    assert!(
+        message.contains("local") && message.contains("offline"),
+        "{message}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "an offline upstream still made the client wait {took:?}"
+    );
+    assert_ferry_alive(&mut ferry).await;
+
+    // Back up: the background probe notices within its backoff.
+    proxy.set_mode(Mode::Pass);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(
+            &manifest_url(&ferry, "team/app", "v1"),
+            &[media::OCI_MANIFEST],
+        )
+        .await;
+        if r.status == 200 {
+            assert_eq!(r.body, img.manifest);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "upstream back, still {}: {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,6 +22,8 @@ mod cache_rules;
 mod cli;
 /// 32 clients on one cold blob share one upstream fetch; time to first byte.
 mod concurrency;
+/// An edge site's day: the upstream stops, every cached image still pulls.
+mod edge;
 /// Corrupt upstream bytes, upstream dying mid-blob, client hang-ups, timeouts.
 mod faults;
 /// Range, late GET and HEAD joining a blob download in flight: one upstream GET.

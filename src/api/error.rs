@@ -68,7 +68,9 @@ impl ApiError {
                 P::UpstreamBroken { .. } => ("UNAVAILABLE", StatusCode::BAD_GATEWAY),
                 P::Storage(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
                 P::Upstream(u) => match u {
-                    U::Unreachable { .. } => ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
+                    U::Unreachable { .. } | U::Offline { .. } => {
+                        ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE)
+                    }
                     U::Timeout { .. } => ("UNAVAILABLE", StatusCode::GATEWAY_TIMEOUT),
                     U::Unauthorized { .. } | U::Credential { .. } => {
                         ("UNAUTHORIZED", StatusCode::UNAUTHORIZED)

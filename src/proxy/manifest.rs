@@ -2,6 +2,8 @@
 //! served forever. By tag they are cached with their fetch time and revalidated with
 //! an upstream `HEAD` once older than the upstream's `tag_ttl`.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
@@ -10,7 +12,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use ferry_storage::index::now_secs;
 use ferry_storage::{Digest, ManifestRecord, Reference, Tag, TagRecord};
 
-use super::{CacheStatus, Error, Proxy, Result, Target};
+use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
 use crate::oci::{self, Accept};
 
 /// A manifest ready to serve.
@@ -80,12 +82,18 @@ impl Proxy {
                 // Moved, gone, or the upstream did not say: fetch it to find out.
                 Ok(_) => {}
                 Err(e) if e.is_unavailable() => {
-                    tracing::warn!(upstream = t.upstream.name(), repo = %t.repo.name, %tag, error = %e, "serving cached manifest: revalidation failed");
-                    m.cache = CacheStatus::Stale;
-                    m.warning = Some(format!(
-                        "served from cache: upstream {} unreachable",
-                        t.upstream.name()
-                    ));
+                    let age = Duration::from_secs(now.saturating_sub(rec.fetched_at));
+                    let limit = t
+                        .upstream
+                        .config()
+                        .max_stale
+                        .map(|m| m + t.upstream.config().tag_ttl);
+                    if limit.is_some_and(|limit| age > limit) {
+                        tracing::warn!(upstream = t.upstream.name(), repo = %t.repo.name, %tag, age_secs = age.as_secs(), "cached tag is older than max_stale; not serving it");
+                        return Err(e.into());
+                    }
+                    m.cache = CacheStatus::for_unavailable(&e);
+                    m.warning = Some(served_from_cache(t));
                     return Ok(m);
                 }
                 Err(e) => return Err(e.into()),
@@ -137,10 +145,16 @@ impl Proxy {
         reference: &str,
         accept: &Accept,
     ) -> Result<Option<Digest>, crate::upstream::Error> {
-        let resp = t
-            .send(
+        // A client is waiting, and the cache can answer: give the upstream no longer
+        // than a connect timeout.
+        let up = &t.upstream;
+        let resp = up
+            .send_within(
+                Some(up.config().connect_timeout),
                 Method::HEAD,
+                &t.repo.name,
                 &format!("manifests/{reference}"),
+                &[],
                 accept_headers(accept),
             )
             .await?;

@@ -39,8 +39,10 @@ pub enum CacheStatus {
     Miss,
     /// Joined a fetch another request had started.
     Joined,
-    /// Served from the store because the upstream could not be asked.
+    /// Served from the store because asking the upstream failed just now.
     Stale,
+    /// Served from the store without asking: the upstream is known to be offline.
+    Offline,
 }
 
 impl CacheStatus {
@@ -50,8 +52,25 @@ impl CacheStatus {
             CacheStatus::Miss => "MISS",
             CacheStatus::Joined => "JOINED",
             CacheStatus::Stale => "STALE",
+            CacheStatus::Offline => "OFFLINE",
         }
     }
+
+    /// The label of an answer the cache gave because the upstream could not be asked.
+    fn for_unavailable(e: &upstream::Error) -> CacheStatus {
+        match e {
+            upstream::Error::Offline { .. } => CacheStatus::Offline,
+            _ => CacheStatus::Stale,
+        }
+    }
+}
+
+/// The `Warning` text for an answer served from the cache in place of the upstream.
+fn served_from_cache(t: &Target) -> String {
+    format!(
+        "served from cache: upstream {} unreachable",
+        t.upstream.name()
+    )
 }
 
 /// A request resolved to an upstream and the repository name there.

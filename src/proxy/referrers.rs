@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use ferry_storage::{Digest, Reference, Tag};
 
-use super::{CacheStatus, Error, Proxy, Result, Target};
+use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
 use crate::oci::{self, Accept};
 
 #[derive(Debug, Clone)]
@@ -39,11 +39,8 @@ impl Proxy {
                 Ok(Referrers {
                     index: filter(&index, artifact_type),
                     filtered: artifact_type.is_some(),
-                    cache: CacheStatus::Stale,
-                    warning: Some(format!(
-                        "served from cache: upstream {} unreachable",
-                        t.upstream.name()
-                    )),
+                    cache: CacheStatus::for_unavailable(&e),
+                    warning: Some(served_from_cache(t)),
                 })
             }
             Err(e) => Err(e),

@@ -4,7 +4,7 @@
 use futures_util::StreamExt;
 use http::{HeaderMap, Method, StatusCode};
 
-use super::{CacheStatus, Error, Proxy, Result, Target};
+use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
 
 /// Tag lists are small; a bigger answer is not one.
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
@@ -27,7 +27,7 @@ impl Proxy {
                 if known.is_empty() {
                     return Err(Error::Upstream(e));
                 }
-                tracing::warn!(upstream = t.upstream.name(), repo = %t.repo.name, error = %e, "answering tag list from cache");
+                tracing::debug!(upstream = t.upstream.name(), repo = %t.repo.name, error = %e, "answering tag list from cache");
                 let mut tags: Vec<String> = known
                     .into_iter()
                     .filter(|tag| last.is_none_or(|l| tag.as_str() > l))
@@ -42,11 +42,8 @@ impl Proxy {
                 Ok(TagList {
                     tags,
                     next,
-                    cache: CacheStatus::Stale,
-                    warning: Some(format!(
-                        "served from cache: upstream {} unreachable",
-                        t.upstream.name()
-                    )),
+                    cache: CacheStatus::for_unavailable(&e),
+                    warning: Some(served_from_cache(t)),
                 })
             }
             Err(e) => Err(e),

@@ -12,6 +12,7 @@ use super::Error;
 use super::acr::Exchange;
 use super::auth::Authenticator;
 use super::entra;
+use super::health::Health;
 use crate::config;
 use ferry_storage::RepoName;
 
@@ -30,6 +31,7 @@ pub struct Client {
     config: config::Upstream,
     http: reqwest::Client,
     auth: Arc<Authenticator>,
+    health: Arc<Health>,
     /// 429 answers seen, for the log.
     rate_limited: AtomicU64,
 }
@@ -90,10 +92,12 @@ impl Client {
             config.auth.clone(),
             acr,
         ));
+        let health = Health::new(&config.name, config.offline_after_failures);
         Ok(Client {
             config,
             http,
             auth,
+            health,
             rate_limited: AtomicU64::new(0),
         })
     }
@@ -108,8 +112,64 @@ impl Client {
 
     /// Sends `method /v2/<repo>/<path>` with pull credentials for `repo`, retrying
     /// once after a 401 with whatever the challenge asks for. Returns 2xx and 404
-    /// answers; every other status becomes an [`Error`].
+    /// answers; every other status becomes an [`Error`]. While the upstream is
+    /// offline, fails at once with [`Error::Offline`] instead of waiting on it.
     pub async fn send(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: HeaderMap,
+    ) -> Result<Response, Error> {
+        self.send_within(None, method, repo, path, query, headers)
+            .await
+    }
+
+    /// [`Client::send`], giving up after `deadline` (counted as the upstream failing):
+    /// for requests a client is waiting on that the cache could answer instead.
+    pub async fn send_within(
+        &self,
+        deadline: Option<Duration>,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: HeaderMap,
+    ) -> Result<Response, Error> {
+        if let Some(since) = self.health.offline_since() {
+            return Err(Error::Offline {
+                upstream: self.config.name.clone(),
+                since: humantime::format_rfc3339_seconds(since).to_string(),
+            });
+        }
+        let attempt = self.send_authenticated(method, repo, path, query, headers);
+        let result = match deadline {
+            None => attempt.await,
+            Some(d) => tokio::time::timeout(d, attempt).await.unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    upstream: self.config.name.clone(),
+                    detail: format!("no answer within {}", humantime::format_duration(d)),
+                })
+            }),
+        };
+        match &result {
+            Err(e) if e.is_unavailable() => {
+                if self.health.record_failure() {
+                    self.health.spawn_probe(
+                        self.http.clone(),
+                        self.config.url.clone(),
+                        self.config.connect_timeout,
+                    );
+                }
+            }
+            // Any answer, even a refusal, means the upstream is there.
+            _ => self.health.record_success(),
+        }
+        result
+    }
+
+    async fn send_authenticated(
         &self,
         method: Method,
         repo: &RepoName,

@@ -4,6 +4,10 @@
 pub enum Error {
     #[error("upstream {upstream} is unreachable: {detail}")]
     Unreachable { upstream: String, detail: String },
+    #[error(
+        "upstream {upstream} is offline (unreachable since {since}); Ferry serves what it has cached and probes it in the background"
+    )]
+    Offline { upstream: String, since: String },
     #[error("upstream {upstream} timed out: {detail}")]
     Timeout { upstream: String, detail: String },
     #[error("upstream {upstream} refused Ferry's credentials")]
@@ -28,7 +32,7 @@ impl Error {
     /// the cases in which serving what the cache holds is the right fallback.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout { .. } => true,
+            Error::Unreachable { .. } | Error::Timeout { .. } | Error::Offline { .. } => true,
             Error::Status { status, .. } => *status >= 500,
             _ => false,
         }

@@ -9,6 +9,7 @@ mod auth;
 mod client;
 mod entra;
 mod error;
+mod health;
 mod token;
 
 pub use client::{Client, Response};
