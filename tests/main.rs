@@ -32,6 +32,8 @@ mod inflight;
 mod platforms;
 /// containerd's `ctr` pulling through `hosts.toml` (the `?ns=` path).
 mod pull_containerd;
+/// A blob download whose connection drops is resumed with Range.
+mod resume;
 /// skopeo copying single-platform, Docker schema 2 and multi-platform images.
 mod pull_skopeo;
 /// Blob reads redirected to another host: followed, without credentials.

@@ -5,8 +5,8 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -15,6 +15,8 @@ use ferry_storage::{Digest, Error as StorageError};
 use super::inflight::{Joined, Leader, State};
 use super::{CacheStatus, Error, Proxy, Result, Target};
 
+/// How many times one blob download is resumed after its connection broke.
+const MAX_RESUMES: u32 = 5;
 /// Upstream bytes are written to the store in pieces of about this size.
 const WRITE_CHUNK: usize = 1024 * 1024;
 /// Readers of stored blobs read this much at a time.
@@ -236,41 +238,76 @@ impl Proxy {
             digest: digest.clone(),
             detail,
         };
-        let mut body = resp.bytes_stream().map_err(|e| up.body_error(&e));
-        let mut pending = Vec::with_capacity(WRITE_CHUNK);
+        // A dropped connection is resumed with a Range request from the bytes already
+        // written (the hash simply continues), so readers see no error.
+        let mut resp = resp;
+        let mut skip = 0;
+        let mut resumes = 0;
         loop {
-            let next = body.try_next().await.map_err(|e| broken(e.to_string()))?;
-            let at_end = next.is_none();
-            if let Some(chunk) = next {
-                pending.extend_from_slice(&chunk);
-            }
-            if pending.len() >= WRITE_CHUNK || (at_end && !pending.is_empty()) {
-                let mut ing = ingest.take().expect("ingest present between writes");
-                let data = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_CHUNK));
-                let (ing, res) = tokio::task::spawn_blocking(move || {
-                    let res = ing.write(&data);
-                    (ing, res)
-                })
-                .await
-                .map_err(io::Error::other)?;
-                ingest = Some(ing);
-                res.map_err(|e| match e {
-                    StorageError::SizeMismatch { actual, .. } => broken(format!(
-                        "sent {actual} bytes, more than its Content-Length {size}"
-                    )),
-                    e => e.into(),
-                })?;
-                let written = ingest.as_ref().map_or(0, |i| i.written());
+            let outcome = pump(resp, skip, &mut ingest, size, |written| {
                 // Hold the last byte back until the digest verified.
                 leader.publish(State::Receiving {
                     size,
                     file: file.clone(),
                     readable: written.min(size.saturating_sub(1)),
                 });
+            })
+            .await;
+            let written = ingest.as_ref().map_or(0, |i| i.written());
+            let reason = match outcome {
+                Ok(()) if written == size => break,
+                Ok(()) => format!("the body ended after {written} of {size} bytes"),
+                Err(Pumped::Upstream(e)) => e.to_string(),
+                Err(Pumped::Storage(StorageError::SizeMismatch { actual, .. })) => {
+                    return Err(broken(format!(
+                        "sent {actual} bytes, more than its Content-Length {size}"
+                    )));
+                }
+                Err(Pumped::Storage(e)) => return Err(e.into()),
+            };
+            if resumes == MAX_RESUMES {
+                return Err(broken(format!("{reason} (after {resumes} resumptions)")));
             }
-            if at_end {
-                break;
-            }
+            resumes += 1;
+            tracing::warn!(upstream = up.name(), repo = %t.repo.name, %digest, written, size, error = %reason, "upstream connection broke mid-blob; resuming with a Range request");
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                http::header::RANGE,
+                http::HeaderValue::from_str(&format!("bytes={written}-")).expect("ASCII"),
+            );
+            resp = t
+                .send(Method::GET, &format!("blobs/{digest}"), headers)
+                .await?;
+            skip = match resp.status() {
+                StatusCode::PARTIAL_CONTENT => {
+                    let from = resp
+                        .headers()
+                        .get(http::header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| {
+                            v.strip_prefix("bytes ")?
+                                .split('-')
+                                .next()?
+                                .parse::<u64>()
+                                .ok()
+                        });
+                    if from != Some(written) {
+                        return Err(broken(format!(
+                            "answered a resume from byte {written} with another range"
+                        )));
+                    }
+                    0
+                }
+                // No range support: the whole blob again, of which the first part is
+                // discarded (it is checked by the digest like the rest).
+                StatusCode::OK => written,
+                _ => {
+                    return Err(Error::BlobUnknown {
+                        repo: t.repo.name.to_string(),
+                        digest: digest.clone(),
+                    });
+                }
+            };
         }
         let ing = ingest.take().expect("ingest present at the end");
         let (repo, d) = (t.repo.clone(), digest.clone());
@@ -295,6 +332,60 @@ impl Proxy {
             e => e,
         })?;
         Ok((size, file))
+    }
+}
+
+/// How a body stopped short of its end.
+enum Pumped {
+    Upstream(reqwest::Error),
+    Storage(StorageError),
+}
+
+/// Streams `resp`'s body (after discarding its first `skip` bytes) into `ingest` in
+/// pieces of [`WRITE_CHUNK`], calling `progress` with the bytes written after each.
+async fn pump(
+    resp: crate::upstream::Response,
+    mut skip: u64,
+    ingest: &mut Option<ferry_storage::Ingest>,
+    size: u64,
+    progress: impl Fn(u64),
+) -> Result<(), Pumped> {
+    let mut body = resp.bytes_stream();
+    let mut pending = Vec::with_capacity(WRITE_CHUNK);
+    loop {
+        // Bytes that arrived before a failure are kept: the resume starts after them.
+        let (chunk, failure) = match body.next().await {
+            Some(Ok(chunk)) => (Some(chunk), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        let at_end = chunk.is_none();
+        if let Some(mut chunk) = chunk {
+            let drop_now = skip.min(chunk.len() as u64);
+            skip -= drop_now;
+            let _ = chunk.split_to(drop_now as usize);
+            pending.extend_from_slice(&chunk);
+        }
+        if pending.len() >= WRITE_CHUNK || (at_end && !pending.is_empty()) {
+            let mut ing = ingest.take().expect("ingest present between writes");
+            let data = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_CHUNK));
+            let (ing, res) = tokio::task::spawn_blocking(move || {
+                let res = ing.write(&data);
+                (ing, res)
+            })
+            .await
+            .map_err(|e| Pumped::Storage(io::Error::other(e).into()))?;
+            let written = ing.written();
+            *ingest = Some(ing);
+            res.map_err(Pumped::Storage)?;
+            progress(written.min(size));
+        }
+        if let Some(e) = failure {
+            return Err(Pumped::Upstream(e));
+        }
+        if at_end {
+            return Ok(());
+        }
     }
 }
 

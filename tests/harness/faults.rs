@@ -21,6 +21,9 @@ pub enum Mode {
     /// Forward, but after `n` bytes of upstream→client data on a connection (headers
     /// included), close both sides.
     CutAfter(u64),
+    /// Like `CutAfter`, but only for the first connection that gets that far; every
+    /// other connection passes (a link that drops once, then recovers).
+    CutOnceAfter(u64),
     /// Forward, with upstream→client limited to about this many bytes per second.
     Throttle(u64),
     /// Accept, then close at once without reading.
@@ -32,6 +35,8 @@ pub enum Mode {
 
 struct Shared {
     mode: watch::Sender<(u64, Mode)>,
+    /// Whether `CutOnceAfter` has cut its connection.
+    cut_once_done: std::sync::atomic::AtomicBool,
     connections: AtomicUsize,
     bytes_to_client: AtomicU64,
 }
@@ -55,6 +60,7 @@ impl FaultProxy {
         let (mode, _) = watch::channel((0, Mode::Pass));
         let shared = Arc::new(Shared {
             mode,
+            cut_once_done: std::sync::atomic::AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             bytes_to_client: AtomicU64::new(0),
         });
@@ -166,7 +172,7 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, upstream: SocketAddr
                 _ = changed => {}
             }
         }
-        Mode::Pass | Mode::CutAfter(_) | Mode::Throttle(_) => {
+        Mode::Pass | Mode::CutAfter(_) | Mode::CutOnceAfter(_) | Mode::Throttle(_) => {
             let Ok(server) = TcpStream::connect(upstream).await else {
                 return;
             };
@@ -201,6 +207,20 @@ async fn handle(shared: Arc<Shared>, mut client: TcpStream, upstream: SocketAddr
                                 break;
                             }
                             (left as usize).min(buf.len())
+                        }
+                        Mode::CutOnceAfter(limit)
+                            if !shared.cut_once_done.load(Ordering::SeqCst) =>
+                        {
+                            let left = limit.saturating_sub(sent);
+                            if left == 0 {
+                                if shared.cut_once_done.swap(true, Ordering::SeqCst) {
+                                    buf.len()
+                                } else {
+                                    break;
+                                }
+                            } else {
+                                (left as usize).min(buf.len())
+                            }
                         }
                         _ => buf.len(),
                     };
