@@ -33,6 +33,101 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Write cached images to an OCI bundle (an OCI image layout in a tar) for a
+    /// site that cannot reach the upstream. Stop `ferry serve` on the store first.
+    Export {
+        /// TOML configuration file (its store and upstreams). FERRY_* variables apply.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The bundle to write.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Leave out configs and layers stored before this RFC 3339 UTC time, or held
+        /// by this earlier bundle. The importing store must already hold them.
+        #[arg(long, value_name = "TIME|BUNDLE")]
+        since: Option<crate::bundle::Since>,
+        /// Sign the bundle with this ed25519 private key (PKCS#8 PEM, `ferry keygen`).
+        #[arg(long, value_name = "KEYFILE")]
+        sign: Option<PathBuf>,
+        /// Images as clients name them: `<registry or upstream name>/<repo>[:tag|@digest]`.
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Load an OCI bundle (from `ferry export` or skopeo's `oci-archive:`) into the
+    /// store, verifying every digest. Stop `ferry serve` on the store first.
+    Import {
+        /// TOML configuration file (its store and upstreams). FERRY_* variables apply.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The bundle (a tar archive).
+        #[arg(required_unless_present = "from_dir", conflicts_with = "from_dir")]
+        bundle: Option<PathBuf>,
+        /// Import an unpacked OCI image layout directory instead of a tar.
+        #[arg(long, value_name = "DIR")]
+        from_dir: Option<PathBuf>,
+        /// Refuse the bundle unless this ed25519 public key (PEM) signed it.
+        #[arg(long, value_name = "PUBKEYFILE")]
+        trust: Option<PathBuf>,
+        /// `<registry>/<repo>` for images the bundle names by tag only.
+        #[arg(long, value_name = "REGISTRY/REPO")]
+        name: Option<String>,
+    },
+    /// Pull whole images into the cache ahead of need (every platform of an index,
+    /// or --platform), with a progress bar per image on a terminal.
+    Prefetch {
+        /// A running Ferry to pull through, e.g. http://127.0.0.1:5000. Without it,
+        /// Ferry runs in-process on --config's store (stop `ferry serve` first).
+        #[arg(long, value_name = "URL", conflicts_with = "config")]
+        server: Option<url::Url>,
+        /// TOML configuration file (its store and upstreams). FERRY_* variables apply.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only this platform of an index, e.g. linux/amd64.
+        #[arg(long)]
+        platform: Option<crate::oci::Platform>,
+        /// A file with one image per line (blank lines and `#` comments skipped).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Images as clients name them: `<registry or upstream name>/<repo>[:tag|@digest]`.
+        #[arg(value_name = "IMAGE")]
+        images: Vec<crate::oci::ImageName>,
+    },
+    /// Offline readiness: which cached and pinned images are complete in the store.
+    Status {
+        /// The running Ferry to ask.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000/")]
+        server: url::Url,
+        /// Read this config's store directly instead (stop `ferry serve` first).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the JSON (`GET /_ferry/status`) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a new ed25519 keypair for signing bundles: PREFIX.key and PREFIX.pub (PEM).
+    Keygen {
+        #[arg(long, value_name = "PREFIX")]
+        output: PathBuf,
+    },
+    /// Re-hash every blob and check the index against the files; exits non-zero when
+    /// problems were found and not repaired. Stop `ferry serve` on the store first.
+    Fsck {
+        /// TOML configuration file (its store). FERRY_* variables apply.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Drop what is damaged (it is fetched again on the next pull).
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove blobs no stored manifest references. Stop `ferry serve` on the store first.
+    Gc {
+        /// TOML configuration file (its store). FERRY_* variables apply.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Keep blobs stored or used more recently than this (e.g. 1h, 30m, 0s).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]

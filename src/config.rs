@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+use crate::oci::{ImageName, Platform};
 use crate::rules::{self, Rule};
 pub use crate::secret::{Secret, SecretSource};
 
@@ -23,6 +24,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 const DEFAULT_TAG_TTL: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_PIN_REFRESH: Duration = Duration::from_secs(6 * 3600);
 
 /// A validated configuration. Nothing in it needs checking again.
 #[derive(Debug, Clone)]
@@ -32,6 +34,28 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Cache rules, checked against ACR's constraints.
     pub rules: Vec<Rule>,
+    /// `[storage] max_size` and `min_free`.
+    pub quota: Quota,
+    /// Images kept fetched and refreshed in the background, never evicted.
+    pub pins: Vec<Pin>,
+}
+
+/// A `[[pin]]`: images to keep in the store, refreshed every `refresh`.
+#[derive(Debug, Clone)]
+pub struct Pin {
+    pub images: Vec<ImageName>,
+    pub refresh: Duration,
+    /// Only this platform of an index; `None`: all of them.
+    pub platform: Option<Platform>,
+}
+
+/// When the store must make room (see `crate::quota`). Both off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Most bytes the blob store may hold.
+    pub max_size: Option<u64>,
+    /// Fewest bytes to leave free on the store's filesystem.
+    pub min_free: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +194,16 @@ struct RawConfig {
     upstream: Vec<RawUpstream>,
     #[serde(default)]
     rule: Vec<RawRule>,
+    #[serde(default)]
+    pin: Vec<RawPin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPin {
+    images: Vec<Spanned<String>>,
+    refresh: Option<Spanned<String>>,
+    platform: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +225,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     root: Option<Spanned<String>>,
+    max_size: Option<Spanned<String>>,
+    min_free: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -329,6 +365,14 @@ impl Config {
                 },
             );
         }
+        for (key, limit) in [
+            ("max_size", self.quota.max_size),
+            ("min_free", self.quota.min_free),
+        ] {
+            if let Some(bytes) = limit {
+                out += &format!("storage {key}: {}\n", crate::bytesize::Human(bytes));
+            }
+        }
         if !self.rules.is_empty() {
             out += "rules:\n";
             for r in &self.rules {
@@ -339,7 +383,7 @@ impl Config {
     }
 }
 
-/// `FERRY_SERVER_LISTEN`, `FERRY_STORAGE_ROOT`, and per upstream (name upper-cased,
+/// `FERRY_SERVER_LISTEN`, `FERRY_STORAGE_ROOT` (`_MAX_SIZE`, `_MIN_FREE`), and per upstream (name upper-cased,
 /// `-` and `.` as `_`) `FERRY_UPSTREAM_<NAME>_<KEY>` for every key, `AUTH_<KEY>` for
 /// the auth table. An override for an upstream that the file does not define is an
 /// error rather than silently ignored.
@@ -365,6 +409,8 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
         match rest {
             "SERVER_LISTEN" => set(&mut raw.server.listen, value),
             "STORAGE_ROOT" => set(&mut raw.storage.root, value),
+            "STORAGE_MAX_SIZE" => set(&mut raw.storage.max_size, value),
+            "STORAGE_MIN_FREE" => set(&mut raw.storage.min_free, value),
             // Read by the CLI itself, not config keys.
             "CONFIG" | "LOG_FORMAT" | "LOG" => {}
             _ => {
@@ -454,6 +500,21 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             return Err(src.error(Some(s.span()), "storage.root is empty"));
         }
         Some(s) => PathBuf::from(s.into_inner()),
+    };
+    let size = |v: Option<Spanned<String>>, key: &str| -> Result<Option<u64>, ConfigError> {
+        let Some(s) = v else { return Ok(None) };
+        match crate::bytesize::parse(s.get_ref()) {
+            Ok(0) => Err(src.error(
+                Some(s.span()),
+                format!("storage.{key} must be more than zero (leave it out for no limit)"),
+            )),
+            Ok(n) => Ok(Some(n)),
+            Err(e) => Err(src.error(Some(s.span()), format!("storage.{key}: {e}"))),
+        }
+    };
+    let quota = Quota {
+        max_size: size(raw.storage.max_size, "max_size")?,
+        min_free: size(raw.storage.min_free, "min_free")?,
     };
     let mut upstreams = Vec::new();
     let mut names = HashSet::new();
@@ -709,11 +770,50 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
         rule_list.push(rule);
     }
     rules::check(&rule_list).map_err(|e| src.error(None, e))?;
+    let mut pins = Vec::new();
+    for p in raw.pin {
+        let images = p
+            .images
+            .iter()
+            .map(|i| {
+                i.get_ref()
+                    .parse::<ImageName>()
+                    .map_err(|e| src.error(Some(i.span()), format!("pin: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let refresh = match &p.refresh {
+            None => DEFAULT_PIN_REFRESH,
+            Some(r) => humantime::parse_duration(r.get_ref())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    src.error(
+                        Some(r.span()),
+                        format!("pin: refresh `{}` is not a duration like 6h", r.get_ref()),
+                    )
+                })?,
+        };
+        let platform = match &p.platform {
+            None => None,
+            Some(pl) => Some(
+                pl.get_ref()
+                    .parse::<Platform>()
+                    .map_err(|e| src.error(Some(pl.span()), format!("pin: {e}")))?,
+            ),
+        };
+        pins.push(Pin {
+            images,
+            refresh,
+            platform,
+        });
+    }
     Ok(Config {
         listen,
         storage_root,
         upstreams,
         rules: rule_list,
+        quota,
+        pins,
     })
 }
 
@@ -987,6 +1087,36 @@ mod tests {
                 && e.contains("/nonexistent/p"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn storage_limits() {
+        let c = parse("[storage]\nmax_size = \"200GiB\"\nmin_free = \"5G\"\n").unwrap();
+        assert_eq!(c.quota.max_size, Some(200 << 30));
+        assert_eq!(c.quota.min_free, Some(5 << 30));
+        assert!(
+            c.describe().contains("max_size: 200 GiB"),
+            "{}",
+            c.describe()
+        );
+        assert_eq!(parse("").unwrap().quota, Quota::default());
+        let e = parse("[storage]\nroot = \"/x\"\nmax_size = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:3") && e.contains("storage.max_size") && e.contains("lots"),
+            "{e}"
+        );
+        let e = parse("[storage]\nmin_free = \"0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:2") && e.contains("min_free"), "{e}");
+        let env = vec![("FERRY_STORAGE_MAX_SIZE".to_string(), "6MiB".to_string())];
+        let c = Config::parse("t", "[storage]\nmax_size = \"1G\"\n", &env).unwrap();
+        assert_eq!(c.quota.max_size, Some(6 << 20));
+        let bad = vec![("FERRY_STORAGE_MIN_FREE".to_string(), "x".to_string())];
+        let e = Config::parse("t", "", &bad).unwrap_err().to_string();
+        assert!(e.contains("storage.min_free"), "{e}");
     }
 
     #[test]

@@ -6,10 +6,15 @@
 //! [`config::Config`]; [`serve`] starts the server on it.
 
 pub mod api;
+pub mod bundle;
+pub mod bytesize;
 pub mod cli;
 pub mod config;
+pub mod maintenance;
 pub mod oci;
+pub mod prefetch;
 pub mod proxy;
+pub mod quota;
 pub mod rules;
 pub mod secret;
 pub mod upstream;
@@ -44,6 +49,16 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_and_report(config, shutdown, |_| {}).await
+}
+
+/// [`serve`], telling `on_listening` the bound address (for an in-process Ferry on
+/// port 0, as `ferry prefetch` runs one).
+pub async fn serve_and_report(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), ServeError> {
     let root = config.storage_root.clone();
     let store = tokio::task::spawn_blocking(move || ferry_storage::Store::open(&root))
         .await
@@ -64,14 +79,46 @@ pub async fn serve(
         tracing::info!(upstream = %u.name, registry = %u.registry, url = %u.url, default = u.default, "upstream configured");
     }
     tracing::info!(storage = %config.storage_root.display(), "listening on http://{addr}");
+    on_listening(addr);
+    refresh_pins(&config.pins, addr);
+    let housekeeping = quota::Housekeeping::start(proxy.clone(), config.quota);
     axum::serve(listener, api::router(proxy.clone()))
         .with_graceful_shutdown(shutdown)
         .await?;
+    housekeeping.stop().await;
     if let Err(e) = proxy.store().index.flush() {
         tracing::warn!(error = %e, "could not flush the index on shutdown");
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps `[[pin]]` images fetched — at start, then every `refresh` — through this
+/// Ferry's own API on loopback, so they enter the store as any pull does.
+fn refresh_pins(pins: &[config::Pin], addr: std::net::SocketAddr) {
+    let ip = match addr.ip() {
+        ip if !ip.is_unspecified() => ip,
+        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    let base = url::Url::parse(&format!(
+        "http://{}/",
+        std::net::SocketAddr::new(ip, addr.port())
+    ))
+    .expect("a socket address makes a URL");
+    for pin in pins.iter().cloned() {
+        let prefetcher = prefetch::Prefetcher::new(base.clone(), false);
+        tokio::spawn(async move {
+            loop {
+                for image in &pin.images {
+                    if let Err(e) = prefetcher.pull(image, pin.platform.as_ref()).await {
+                        tracing::warn!(error = %e, "pinned image not refreshed; will retry");
+                    }
+                }
+                tokio::time::sleep(pin.refresh).await;
+            }
+        });
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -40,6 +40,143 @@ fn run(args: Args) -> anyhow::Result<()> {
             runtime.block_on(ferry::serve(config, ferry::shutdown_signal()))?;
             Ok(())
         }
+        Command::Export {
+            config,
+            output,
+            since,
+            sign,
+            images,
+        } => {
+            let config = Config::load(config.as_deref(), &env)?;
+            let opts = ferry::bundle::ExportOptions {
+                images,
+                output,
+                since,
+                sign,
+            };
+            // Upstream clients are built for routing only, but inside a runtime,
+            // which they may expect.
+            let runtime = tokio::runtime::Runtime::new()?;
+            let _entered = runtime.enter();
+            print!("{}", ferry::bundle::export(&config, &opts)?);
+            Ok(())
+        }
+        Command::Import {
+            config,
+            bundle,
+            from_dir,
+            trust,
+            name,
+        } => {
+            let config = Config::load(config.as_deref(), &env)?;
+            let opts = ferry::bundle::ImportOptions {
+                from_dir: from_dir.is_some(),
+                bundle: from_dir.or(bundle).expect("clap requires one of them"),
+                trust,
+                name,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            let _entered = runtime.enter();
+            print!("{}", ferry::bundle::import(&config, &opts)?);
+            Ok(())
+        }
+        Command::Prefetch {
+            server,
+            config,
+            platform,
+            file,
+            mut images,
+        } => {
+            if let Some(file) = file {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                for line in text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                {
+                    images.push(
+                        line.parse()
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+                    );
+                }
+            }
+            anyhow::ensure!(!images.is_empty(), "name at least one image (or --file)");
+            let runtime = tokio::runtime::Runtime::new()?;
+            let pulled = runtime.block_on(async {
+                match server {
+                    Some(url) => {
+                        let p = ferry::prefetch::Prefetcher::new(url, true);
+                        ferry::prefetch::pull_all(&p, &images, platform.as_ref()).await
+                    }
+                    None => {
+                        let config = Config::load(config.as_deref(), &env)?;
+                        ferry::prefetch::pull_in_process(config, &images, platform.as_ref()).await
+                    }
+                }
+                .map_err(anyhow::Error::from)
+            })?;
+            for p in pulled {
+                println!(
+                    "{}: {} manifests, {} blobs, {} bytes in {:.1}s",
+                    p.image,
+                    p.manifests,
+                    p.blobs,
+                    p.bytes,
+                    p.elapsed.as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        Command::Status {
+            server,
+            config,
+            json,
+        } => {
+            let status = match config {
+                Some(path) => {
+                    let config = Config::load(Some(&path), &env)?;
+                    let store = ferry_storage::Store::open(&config.storage_root)?;
+                    ferry::proxy::Proxy::new(&config, store)?.status()?
+                }
+                None => {
+                    let url = server.join("_ferry/status")?;
+                    let runtime = tokio::runtime::Runtime::new()?;
+                    let body = runtime
+                        .block_on(async {
+                            let resp = reqwest::get(url.clone()).await?.error_for_status()?;
+                            resp.bytes().await
+                        })
+                        .map_err(|e| anyhow::anyhow!("cannot ask Ferry at {url}: {e}"))?;
+                    serde_json::from_slice(&body)?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Keygen { output } => {
+            let (private, public) = ferry::bundle::keygen(&output)?;
+            println!(
+                "wrote {} (private: keep it where bundles are made) and {} (public: give it to importing sites)",
+                private.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        Command::Fsck { config, repair } => {
+            let config = Config::load(config.as_deref(), &env)?;
+            ferry::maintenance::fsck(&config.storage_root, repair)?;
+            Ok(())
+        }
+        Command::Gc { config, grace } => {
+            let config = Config::load(config.as_deref(), &env)?;
+            ferry::maintenance::gc(&config.storage_root, grace)?;
+            Ok(())
+        }
     }
 }
 

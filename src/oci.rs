@@ -78,3 +78,116 @@ mod tests {
         assert!(Accept::of(&[OCI_MANIFEST, "*/*"]).allows(OCI_INDEX));
     }
 }
+
+/// An image as clients name it through Ferry: `<registry or upstream>/<repo>[:tag]`
+/// or `…@<digest>` (no tag: `latest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageName {
+    pub name: ferry_storage::RepoName,
+    pub reference: ferry_storage::Reference,
+}
+
+impl std::str::FromStr for ImageName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        use ferry_storage::Reference;
+        let bad = |why: &str| format!("`{s}` is not an image name ({why})");
+        let (name, reference) = if let Some((name, digest)) = s.split_once('@') {
+            (
+                name,
+                Reference::Digest(digest.parse().map_err(|e| bad(&format!("{e}")))?),
+            )
+        } else {
+            let last_slash = s.rfind('/').map_or(0, |i| i + 1);
+            match s[last_slash..].split_once(':') {
+                Some((last, tag)) => {
+                    let tag = tag.parse().map_err(|e| bad(&format!("{e}")))?;
+                    (&s[..last_slash + last.len()], Reference::Tag(tag))
+                }
+                None => (s, Reference::Tag("latest".parse().expect("valid tag"))),
+            }
+        };
+        let name = name.parse().map_err(|e| bad(&format!("{e}")))?;
+        Ok(ImageName { name, reference })
+    }
+}
+
+impl std::fmt::Display for ImageName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.reference {
+            ferry_storage::Reference::Tag(t) => write!(f, "{}:{t}", self.name),
+            ferry_storage::Reference::Digest(d) => write!(f, "{}@{d}", self.name),
+        }
+    }
+}
+
+/// A platform such as `linux/amd64` or `linux/arm64/v8`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl std::str::FromStr for Platform {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: Some(v.to_string()),
+            }),
+            _ => Err(format!("`{s}` is not a platform like linux/amd64")),
+        }
+    }
+}
+
+impl Platform {
+    /// Whether an index entry's `platform` object is this platform (a variant given
+    /// here must match; none given matches any).
+    pub fn matches(&self, platform: &serde_json::Value) -> bool {
+        let field = |k: &str| platform.get(k).and_then(|v| v.as_str());
+        field("os") == Some(self.os.as_str())
+            && field("architecture") == Some(self.architecture.as_str())
+            && self
+                .variant
+                .as_deref()
+                .is_none_or(|v| field("variant") == Some(v))
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+
+    #[test]
+    fn image_names() {
+        let i: ImageName = "local/team/app:v1".parse().unwrap();
+        assert_eq!(
+            (i.name.as_str(), i.reference.to_string()),
+            ("local/team/app", "v1".to_string())
+        );
+        let i: ImageName = "docker.io/library/nginx".parse().unwrap();
+        assert_eq!(i.to_string(), "docker.io/library/nginx:latest");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let i: ImageName = format!("ghcr/a/b@{d}").parse().unwrap();
+        assert_eq!(i.to_string(), format!("ghcr/a/b@{d}"));
+        assert!("Bad/Name:1".parse::<ImageName>().is_err());
+        assert!("a/b:".parse::<ImageName>().is_err());
+        let p: Platform = "linux/arm64/v8".parse().unwrap();
+        assert!(
+            p.matches(&serde_json::json!({"os":"linux","architecture":"arm64","variant":"v8"}))
+        );
+        assert!(!p.matches(&serde_json::json!({"os":"linux","architecture":"amd64"})));
+        assert!("linux".parse::<Platform>().is_err());
+    }
+}

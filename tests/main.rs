@@ -16,6 +16,9 @@ mod acr;
 mod api;
 /// Ferry in front of basic-auth and token-auth Distribution; secrets never leak.
 mod auth;
+/// OCI bundles: signed export, verified import at an offline site, skopeo both ways,
+/// refusals (unsigned, other key, corrupt, store in use), `--since`.
+mod bundles;
 /// Cache rules (`mcr.microsoft.com/*` → `aks-managed-repository/*`) end to end.
 mod cache_rules;
 /// `ferry config check`, `ferry serve` on bad configs, `FERRY_*` overrides, JSON logs.
@@ -30,11 +33,15 @@ mod faults;
 mod inflight;
 /// Pulling one platform of an index fetches nothing of the other.
 mod platforms;
+/// `ferry prefetch` and `[[pin]]` fill the store ahead of need.
+mod prefetch;
 /// containerd's `ctr` pulling through `hosts.toml` (the `?ns=` path).
 mod pull_containerd;
-/// A blob download whose connection drops is resumed with Range.
-mod resume;
 /// skopeo copying single-platform, Docker schema 2 and multi-platform images.
 mod pull_skopeo;
 /// Blob reads redirected to another host: followed, without credentials.
 mod redirects;
+/// A blob download whose connection drops is resumed with Range.
+mod resume;
+/// `ferry fsck` (report, repair), `max_size` eviction under concurrent pulls, `ferry gc`.
+mod store_maintenance;

@@ -34,6 +34,7 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/v2/", get(version_check).head(version_check))
         .route("/v2", get(version_check).head(version_check))
         .route("/v2/{*rest}", any(dispatch))
+        .route("/_ferry/status", get(status))
         .fallback(|| async { ApiError::UnknownEndpoint })
         .layer(middleware::from_fn(log_and_stamp))
         .with_state(proxy)
@@ -42,6 +43,14 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
 /// `GET /v2/`: "this is a registry". Clients (nodes) need no credentials.
 async fn version_check() -> Response {
     ([(http::header::CONTENT_TYPE, "application/json")], "{}").into_response()
+}
+
+/// `GET /_ferry/status`: offline readiness of every cached and pinned image, as JSON.
+async fn status(State(proxy): State<Arc<Proxy>>) -> Result<Response, ApiError> {
+    let status = tokio::task::spawn_blocking(move || proxy.status())
+        .await
+        .map_err(|e| ApiError::Proxy(crate::proxy::Error::from(std::io::Error::other(e))))??;
+    Ok(axum::Json(status).into_response())
 }
 
 /// Query parameters Ferry reads.

@@ -91,6 +91,29 @@ impl Proxy {
         range: Option<ByteRange>,
         want_body: bool,
     ) -> Result<Blob> {
+        // Leased from before the lookup until the body is done or dropped, so that
+        // eviction (`crate::quota`) never deletes a blob a response is using.
+        let lease = self.store.blobs.lease(digest);
+        let mut blob = self.blob_unleased(t, digest, range, want_body).await?;
+        if let Some(body) = blob.body.take() {
+            blob.body = Some(
+                body.map(move |chunk| {
+                    let _held = &lease;
+                    chunk
+                })
+                .boxed(),
+            );
+        }
+        Ok(blob)
+    }
+
+    async fn blob_unleased(
+        self: &Arc<Self>,
+        t: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        want_body: bool,
+    ) -> Result<Blob> {
         if let Some(size) = self.store.blobs.stat(digest)? {
             return self.stored_blob(t, digest, size, range, want_body).await;
         }

@@ -12,8 +12,10 @@ mod blob;
 mod error;
 mod inflight;
 mod manifest;
+mod pins;
 mod referrers;
 mod route;
+mod status;
 mod tags;
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ pub use blob::{Blob, ByteRange};
 pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use referrers::Referrers;
+pub use status::{ImageStatus, PlatformStatus, Status};
 pub use tags::TagList;
 
 use crate::config::Config;
@@ -98,6 +101,8 @@ pub struct Proxy {
     store: Arc<Store>,
     upstreams: Vec<Arc<upstream::Client>>,
     rules: Rules,
+    /// `[[pin]]` images: reported by `status`, never evicted.
+    pins: Vec<crate::config::Pin>,
     inflight: inflight::Inflight,
 }
 
@@ -112,6 +117,7 @@ impl Proxy {
             store: Arc::new(store),
             upstreams,
             rules: Rules::new(config.rules.clone()),
+            pins: config.pins.clone(),
             inflight: inflight::Inflight::default(),
         })
     }

@@ -8,42 +8,85 @@
 //! ingest writes to `staging/`, and only [`Ingest::commit`] (after checking size and
 //! digest and fsyncing) renames it into place. A crash before the rename leaves a
 //! staged file that the next open sweeps away; after it, a complete blob.
+//!
+//! Around that surface the store keeps, in memory, what eviction needs: when each blob
+//! was last used ([`AccessTimes`]), which are in use now ([`Leases`]) and how many bytes
+//! it holds ([`Usage`]). Lookups stamp access times; nothing on the read path writes
+//! to disk. What only maintenance needs (walking, re-hashing) is in [`scan`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::access::AccessTimes;
+use crate::lease::{Lease, Leases};
+use crate::usage::Usage;
 use crate::{Digest, Error, Hasher, Layout, Result};
+
+pub(crate) mod scan;
 
 #[derive(Debug)]
 pub struct Blobs {
     layout: Layout,
     next_stage: AtomicU64,
+    // Shared with ingests, which count and stamp what they publish.
+    usage: Arc<Usage>,
+    access: Arc<AccessTimes>,
+    leases: Leases,
 }
 
 impl Blobs {
     /// Opens the store under `layout`, creating directories and removing staged files a
     /// previous process left behind.
     pub fn open_store(layout: Layout) -> Result<Self> {
-        fs::create_dir_all(layout.blobs_dir())?;
-        let staging = layout.staging_dir();
-        if staging.exists() {
-            for entry in fs::read_dir(&staging)? {
-                let path = entry?.path();
-                tracing::debug!(path = %path.display(), "removing staged file left by an earlier run");
-                let _ = fs::remove_file(path);
-            }
+        let blobs = Self::open_as_found(layout)?;
+        for path in blobs.staged()? {
+            tracing::debug!(path = %path.display(), "removing staged file left by an earlier run");
+            let _ = fs::remove_file(path);
         }
-        fs::create_dir_all(&staging)?;
+        Ok(blobs)
+    }
+
+    /// Opens the store without sweeping `staging/`, so that `fsck` can report what an
+    /// earlier run left there.
+    pub(crate) fn open_as_found(layout: Layout) -> Result<Self> {
+        fs::create_dir_all(layout.blobs_dir())?;
+        fs::create_dir_all(layout.staging_dir())?;
         Ok(Blobs {
             layout,
             next_stage: AtomicU64::new(0),
+            usage: Arc::default(),
+            access: Arc::default(),
+            leases: Leases::default(),
         })
+    }
+
+    /// Bytes stored, as counted by this process (see [`Usage`]).
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// When blobs were last used, as seen by this process.
+    pub fn access_times(&self) -> &AccessTimes {
+        &self.access
+    }
+
+    /// Marks `d` as in use until the lease is dropped: eviction will not delete it.
+    /// Take it before looking the blob up.
+    pub fn lease(&self, d: &Digest) -> Lease {
+        self.access.touch(d);
+        self.leases.hold(d)
+    }
+
+    pub fn is_leased(&self, d: &Digest) -> bool {
+        self.leases.is_held(d)
     }
 
     /// The size of a stored blob, or `None` if it is not stored.
     pub fn stat(&self, d: &Digest) -> Result<Option<u64>> {
+        self.access.touch(d);
         match fs::metadata(self.layout.blob(d)) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -53,6 +96,7 @@ impl Blobs {
 
     /// Opens a stored blob for reading, with its size.
     pub fn open(&self, d: &Digest) -> Result<Option<(File, u64)>> {
+        self.access.touch(d);
         match File::open(self.layout.blob(d)) {
             Ok(f) => {
                 let len = f.metadata()?.len();
@@ -65,6 +109,7 @@ impl Blobs {
 
     /// Reads a whole stored blob into memory (for manifests, which are small).
     pub fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>> {
+        self.access.touch(d);
         match fs::read(self.layout.blob(d)) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -95,6 +140,8 @@ impl Blobs {
             hasher: expected.algorithm().hasher(),
             written: 0,
             committed: false,
+            usage: self.usage.clone(),
+            access: self.access.clone(),
         })
     }
 
@@ -107,9 +154,33 @@ impl Blobs {
 
     /// Removes a blob; `false` if it was not there.
     pub fn delete(&self, d: &Digest) -> Result<bool> {
-        match fs::remove_file(self.layout.blob(d)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Ok(self.remove(d)?.is_some())
+    }
+
+    /// Removes a blob unless it is leased: `None` if leased, else the bytes freed (0 if
+    /// it was not there).
+    pub fn delete_unless_leased(&self, d: &Digest) -> Result<Option<u64>> {
+        self.leases
+            .unless_held(d, || self.remove(d).map(|n| n.unwrap_or(0)))
+            .transpose()
+    }
+
+    /// Unlinks a blob, keeping the byte count and access times in step; its size, or
+    /// `None` if it was not there.
+    fn remove(&self, d: &Digest) -> Result<Option<u64>> {
+        let path = self.layout.blob(d);
+        let size = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.usage.removed(size);
+                self.access.forget(d);
+                Ok(Some(size))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -147,6 +218,8 @@ pub struct Ingest {
     hasher: Hasher,
     written: u64,
     committed: bool,
+    usage: Arc<Usage>,
+    access: Arc<AccessTimes>,
 }
 
 impl std::fmt::Debug for Hasher {
@@ -210,8 +283,14 @@ impl Ingest {
         self.file.sync_all()?;
         let dir = self.target.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir)?;
+        // Replacing an identical blob (two fetches racing) adds no bytes.
+        let replaces = self.target.exists();
         fs::rename(&self.staged, &self.target)?;
         self.committed = true;
+        self.access.touch(&self.expected);
+        if !replaces {
+            self.usage.added(self.written);
+        }
         // The rename is durable only once the directory entry is.
         File::open(dir)?.sync_all()?;
         Ok(())

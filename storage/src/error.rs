@@ -17,6 +17,10 @@ pub enum Error {
     },
     #[error("corrupt index record under {key}: {reason}")]
     CorruptRecord { key: String, reason: String },
+    #[error(
+        "the store at {path} is in use by another process (is `ferry serve` running on it?); stop it first"
+    )]
+    Locked { path: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{Digest, Error, RepoName, Result, Tag};
 
+mod scan;
+pub use scan::{RecordKey, Scanned, TagEntry, Tree};
+
 /// A repository as Ferry caches it: which upstream, and the name there.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Repo {

@@ -6,6 +6,7 @@
 //!   blobs/sha512/…
 //!   staging/                   ingests in progress; swept when the store opens
 //!   index/                     the sled database (tags, links, metadata)
+//!   lock                       held (flock) by the one process that has the store open
 //! ```
 //!
 //! Paths under `blobs/` are derived only from a validated [`Digest`], whose hex part
@@ -47,5 +48,9 @@ impl Layout {
 
     pub fn index_dir(&self) -> PathBuf {
         self.root.join("index")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("lock")
     }
 }

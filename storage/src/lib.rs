@@ -6,24 +6,46 @@
 //!   the files cannot say (tags, media types, which repository a digest came from,
 //!   access times). A crash at any point leaves a store that opens cleanly.
 //! - Every path derives from a validated [`Digest`] through [`Layout`].
+//! - One process has a store open at a time (a lock file, taken first).
+//! - Maintenance reasons over the files and the index together: [`Store::fsck`]
+//!   (re-hash and cross-check, optionally repair), [`Store::gc`] (unreferenced blobs),
+//!   [`Store::evict`] (least recently used images, sparing leased blobs).
 //!
 //! This crate knows nothing of HTTP or upstreams.
 
+mod access;
 mod blobs;
 mod digest;
 mod error;
+mod evict;
+mod fsck;
+mod gc;
 pub mod index;
 mod layout;
+mod lease;
+mod lock;
 mod name;
+pub mod refs;
+mod snapshot;
+#[cfg(test)]
+mod testutil;
+mod usage;
 
 use std::path::Path;
 
+pub use access::{AccessTimes, now_millis};
+pub use blobs::scan::{StoredFile, Walk};
 pub use blobs::{Blobs, Ingest};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{Error, Result};
+pub use evict::{EvictReport, Image};
+pub use fsck::{FsckReport, QuickReport, SizeMismatch};
+pub use gc::GcReport;
 pub use index::{BlobRecord, Index, ManifestRecord, Repo, TagRecord};
 pub use layout::Layout;
+pub use lease::Lease;
 pub use name::{NameError, Reference, RepoName, Tag, TagError};
+pub use usage::Usage;
 
 /// The blob store and the index, opened together under one root.
 #[derive(Debug)]
@@ -31,22 +53,64 @@ pub struct Store {
     pub blobs: Blobs,
     pub index: Index,
     layout: Layout,
+    _lock: lock::StoreLock,
 }
 
 impl Store {
+    /// Opens the store, sweeping what an earlier run left in `staging/`. Fails with
+    /// [`Error::Locked`] while another process has it open.
     pub fn open(root: &Path) -> Result<Store> {
+        Self::open_with(root, true)
+    }
+
+    /// Opens the store leaving `staging/` as it is, for [`Store::fsck`] to report.
+    pub fn open_as_found(root: &Path) -> Result<Store> {
+        Self::open_with(root, false)
+    }
+
+    fn open_with(root: &Path, sweep: bool) -> Result<Store> {
         let layout = Layout::new(root);
         std::fs::create_dir_all(layout.root())?;
-        let blobs = Blobs::open_store(layout.clone())?;
+        // The lock first: staged files belong to whoever holds it.
+        let lock = lock::StoreLock::acquire(&layout.lock_file())?;
         let index = Index::open(&layout.index_dir())?;
+        let blobs = if sweep {
+            Blobs::open_store(layout.clone())?
+        } else {
+            Blobs::open_as_found(layout.clone())?
+        };
         Ok(Store {
             blobs,
             index,
             layout,
+            _lock: lock,
         })
     }
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Bytes available to Ferry on the store's filesystem (`statvfs`'s `f_bavail`).
+    pub fn available_space(&self) -> Result<u64> {
+        Ok(fs2::available_space(self.layout.root())?)
+    }
+
+    /// Writes the access times noted since the last flush into the index (see
+    /// [`AccessTimes`]); how many were written.
+    pub fn flush_access(&self) -> Result<usize> {
+        let mut n = 0;
+        for (d, at_ms) in self.blobs.access_times().take_dirty() {
+            match self.blobs.size_of(&d)? {
+                Some(size) => {
+                    self.index.record_access(&d, size, at_ms / 1000)?;
+                    n += 1;
+                }
+                // Lookups of blobs not stored (misses) are stamped too: forgotten here,
+                // or the map would keep every digest ever asked for.
+                None => self.blobs.access_times().forget(&d),
+            }
+        }
+        Ok(n)
     }
 }
