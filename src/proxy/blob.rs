@@ -243,28 +243,44 @@ impl Proxy {
         leader: &Leader,
     ) -> Result<(u64, Arc<std::fs::File>)> {
         let up = &t.upstream;
-        let (resp, size) = upstream_blob(t, Method::GET, digest).await?;
-        let d = digest.clone();
-        let mut ingest = Some(
-            self.blocking(move |s| s.blobs.ingest(&d, Some(size)))
-                .await?,
-        );
-        let file = Arc::new(ingest.as_ref().expect("ingest").reader()?);
-        leader.publish(State::Receiving {
-            size,
-            file: file.clone(),
-            readable: 0,
-        });
-
         let broken = |detail: String| Error::UpstreamBroken {
             upstream: up.name().to_string(),
             digest: digest.clone(),
             detail,
         };
+        // A download an earlier run left in `partial/` (a crash, or an upstream that
+        // broke off) is continued from its bytes rather than started over.
+        let d = digest.clone();
+        let mut ing = self.blocking(move |s| s.blobs.ingest_resumable(&d)).await?;
+        let (mut resp, size, mut skip) = match ing.written() {
+            0 => fresh(t, digest).await?,
+            have => match ranged(t, digest, have).await? {
+                Some((resp, skip, size)) if size >= have => (resp, size, skip),
+                // The kept bytes cannot be a prefix of this blob: start over.
+                _ => {
+                    ing.reset()?;
+                    fresh(t, digest).await?
+                }
+            },
+        };
+        ing.expect_size(size)?;
+        let mut ingest = Some(ing);
+        // Keeps what was downloaded for the next attempt when the upstream broke off.
+        let keep = |ingest: &mut Option<ferry_storage::Ingest>| {
+            if let Some(i) = ingest.take() {
+                i.keep_for_resume();
+            }
+        };
+        let file = Arc::new(ingest.as_ref().expect("ingest").reader()?);
+        let start = ingest.as_ref().map_or(0, |i| i.written());
+        leader.publish(State::Receiving {
+            size,
+            file: file.clone(),
+            readable: start.min(size.saturating_sub(1)),
+        });
+
         // A dropped connection is resumed with a Range request from the bytes already
         // written (the hash simply continues), so readers see no error.
-        let mut resp = resp;
-        let mut skip = 0;
         let mut resumes = 0;
         loop {
             let outcome = pump(resp, skip, &mut ingest, size, |written| {
@@ -289,48 +305,23 @@ impl Proxy {
                 Err(Pumped::Storage(e)) => return Err(e.into()),
             };
             if resumes == MAX_RESUMES {
+                keep(&mut ingest);
                 return Err(broken(format!("{reason} (after {resumes} resumptions)")));
             }
             resumes += 1;
             tracing::warn!(upstream = up.name(), repo = %t.repo.name, %digest, written, size, error = %reason, "upstream connection broke mid-blob; resuming with a Range request");
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                http::header::RANGE,
-                http::HeaderValue::from_str(&format!("bytes={written}-")).expect("ASCII"),
-            );
-            resp = t
-                .send(Method::GET, &format!("blobs/{digest}"), headers)
-                .await?;
-            skip = match resp.status() {
-                StatusCode::PARTIAL_CONTENT => {
-                    let from = resp
-                        .headers()
-                        .get(http::header::CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| {
-                            v.strip_prefix("bytes ")?
-                                .split('-')
-                                .next()?
-                                .parse::<u64>()
-                                .ok()
-                        });
-                    if from != Some(written) {
-                        return Err(broken(format!(
-                            "answered a resume from byte {written} with another range"
-                        )));
-                    }
-                    0
+            match ranged(t, digest, written).await {
+                Ok(Some((r, s, total))) if total == size => (resp, skip) = (r, s),
+                Ok(_) => {
+                    return Err(broken(format!(
+                        "answered a resume from byte {written} with another blob or range"
+                    )));
                 }
-                // No range support: the whole blob again, of which the first part is
-                // discarded (it is checked by the digest like the rest).
-                StatusCode::OK => written,
-                _ => {
-                    return Err(Error::BlobUnknown {
-                        repo: t.repo.name.to_string(),
-                        digest: digest.clone(),
-                    });
+                Err(e) => {
+                    keep(&mut ingest);
+                    return Err(e);
                 }
-            };
+            }
         }
         let ing = ingest.take().expect("ingest present at the end");
         let (repo, d) = (t.repo.clone(), digest.clone());
@@ -409,6 +400,64 @@ async fn pump(
         if at_end {
             return Ok(());
         }
+    }
+}
+
+/// A whole-blob `GET`: the response, its size, and no bytes to skip.
+async fn fresh(t: &Target, digest: &Digest) -> Result<(crate::upstream::Response, u64, u64)> {
+    let (resp, size) = upstream_blob(t, Method::GET, digest).await?;
+    Ok((resp, size, 0))
+}
+
+/// A `GET` of the blob from byte `from` on: the response, how many of its leading
+/// bytes to discard (all of `from` when the upstream ignored the range and sent the
+/// whole blob), and the blob's total size. `None` when the range is unsatisfiable.
+async fn ranged(
+    t: &Target,
+    digest: &Digest,
+    from: u64,
+) -> Result<Option<(crate::upstream::Response, u64, u64)>> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::RANGE,
+        http::HeaderValue::from_str(&format!("bytes={from}-")).expect("ASCII"),
+    );
+    let resp = match t
+        .send(Method::GET, &format!("blobs/{digest}"), headers)
+        .await
+    {
+        Err(crate::upstream::Error::Status { status: 416, .. }) => return Ok(None),
+        r => r?,
+    };
+    match resp.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            // `Content-Range: bytes <from>-<end>/<total>`
+            let range = resp
+                .headers()
+                .get(http::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let parsed = range.strip_prefix("bytes ").and_then(|r| {
+                let (span, total) = r.split_once('/')?;
+                Some((
+                    span.split('-').next()?.parse::<u64>().ok()?,
+                    total.parse::<u64>().ok()?,
+                ))
+            });
+            match parsed {
+                Some((start, total)) if start == from => Ok(Some((resp, 0, total))),
+                _ => Ok(None),
+            }
+        }
+        StatusCode::OK => {
+            let total = content_length(&resp)
+                .ok_or_else(|| t.upstream.protocol("blob GET without Content-Length"))?;
+            Ok(Some((resp, from, total)))
+        }
+        _ => Err(Error::BlobUnknown {
+            repo: t.repo.name.to_string(),
+            digest: digest.clone(),
+        }),
     }
 }
 

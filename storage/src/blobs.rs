@@ -14,11 +14,12 @@
 //! it holds ([`Usage`]). Lookups stamp access times; nothing on the read path writes
 //! to disk. What only maintenance needs (walking, re-hashing) is in [`scan`].
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::access::AccessTimes;
 use crate::lease::{Lease, Leases};
@@ -26,6 +27,9 @@ use crate::usage::Usage;
 use crate::{Digest, Error, Hasher, Layout, Result};
 
 pub(crate) mod scan;
+
+/// How long an interrupted download is kept for resuming.
+const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug)]
 pub struct Blobs {
@@ -35,6 +39,21 @@ pub struct Blobs {
     usage: Arc<Usage>,
     access: Arc<AccessTimes>,
     leases: Leases,
+    /// Digests whose `partial/` file an ingest of this process is writing.
+    resuming: Arc<Mutex<HashSet<Digest>>>,
+}
+
+/// Frees a digest's `partial/` file for the next resumable ingest when dropped.
+#[derive(Debug)]
+struct ResumeSlot {
+    set: Arc<Mutex<HashSet<Digest>>>,
+    digest: Digest,
+}
+
+impl Drop for ResumeSlot {
+    fn drop(&mut self) {
+        self.set.lock().expect("resuming lock").remove(&self.digest);
+    }
 }
 
 impl Blobs {
@@ -46,6 +65,18 @@ impl Blobs {
             tracing::debug!(path = %path.display(), "removing staged file left by an earlier run");
             let _ = fs::remove_file(path);
         }
+        // Interrupted downloads are kept for resuming, but not forever.
+        for entry in fs::read_dir(blobs.layout.partial_dir())? {
+            let entry = entry?;
+            let age = entry
+                .metadata()?
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok());
+            if age.is_none_or(|a| a > PARTIAL_MAX_AGE) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         Ok(blobs)
     }
 
@@ -54,12 +85,14 @@ impl Blobs {
     pub(crate) fn open_as_found(layout: Layout) -> Result<Self> {
         fs::create_dir_all(layout.blobs_dir())?;
         fs::create_dir_all(layout.staging_dir())?;
+        fs::create_dir_all(layout.partial_dir())?;
         Ok(Blobs {
             layout,
             next_stage: AtomicU64::new(0),
             usage: Arc::default(),
             access: Arc::default(),
             leases: Leases::default(),
+            resuming: Arc::default(),
         })
     }
 
@@ -140,8 +173,64 @@ impl Blobs {
             hasher: expected.algorithm().hasher(),
             written: 0,
             committed: false,
+            keep: false,
             usage: self.usage.clone(),
             access: self.access.clone(),
+            _resume: None,
+        })
+    }
+
+    /// Like [`Blobs::ingest`], but continuing an interrupted download of `expected` if
+    /// one was kept ([`Ingest::keep_for_resume`], or a crash): the bytes already there
+    /// are re-hashed, and [`Ingest::written`] says where to resume. Another download of
+    /// the same digest under way in this process gets a fresh, non-resumable ingest.
+    pub fn ingest_resumable(&self, expected: &Digest) -> Result<Ingest> {
+        let path = self.layout.partial(expected);
+        if !self
+            .resuming
+            .lock()
+            .expect("resuming lock")
+            .insert(expected.clone())
+        {
+            return self.ingest(expected, None);
+        }
+        let release = ResumeSlot {
+            set: self.resuming.clone(),
+            digest: expected.clone(),
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let mut hasher = expected.algorithm().hasher();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            let n = io::Read::read(&mut file, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            written += n as u64;
+        }
+        if written > 0 {
+            tracing::info!(digest = %expected, bytes = written, "resuming an interrupted download");
+        }
+        Ok(Ingest {
+            file,
+            staged: path,
+            target: self.layout.blob(expected),
+            expected: expected.clone(),
+            expected_size: None,
+            hasher,
+            written,
+            committed: false,
+            keep: false,
+            usage: self.usage.clone(),
+            access: self.access.clone(),
+            _resume: Some(release),
         })
     }
 
@@ -218,8 +307,12 @@ pub struct Ingest {
     hasher: Hasher,
     written: u64,
     committed: bool,
+    /// Leave the file for a later resume instead of deleting it when dropped.
+    keep: bool,
     usage: Arc<Usage>,
     access: Arc<AccessTimes>,
+    /// Held by a resumable ingest while it owns its `partial/` file.
+    _resume: Option<ResumeSlot>,
 }
 
 impl std::fmt::Debug for Hasher {
@@ -245,6 +338,37 @@ impl Ingest {
         self.hasher.update(bytes);
         self.written = after;
         Ok(())
+    }
+
+    /// Sets the size the bytes must reach, once it is known (a resumed download
+    /// learns it from the upstream's answer).
+    pub fn expect_size(&mut self, size: u64) -> Result<()> {
+        if self.written > size {
+            return Err(Error::SizeMismatch {
+                digest: self.expected.clone(),
+                expected: size,
+                actual: self.written,
+            });
+        }
+        self.expected_size = Some(size);
+        Ok(())
+    }
+
+    /// Drops what was written, to start over (the kept bytes were not a prefix of the
+    /// blob the upstream now serves).
+    pub fn reset(&mut self) -> Result<()> {
+        self.file.set_len(0)?;
+        io::Seek::seek(&mut self.file, io::SeekFrom::Start(0))?;
+        self.hasher = self.expected.algorithm().hasher();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Keeps a resumable ingest's bytes when it is dropped uncommitted, so a later
+    /// download continues from them (for an interrupted upstream; never for bytes
+    /// that failed verification). No effect on a non-resumable ingest.
+    pub fn keep_for_resume(mut self) {
+        self.keep = self._resume.is_some();
     }
 
     pub fn written(&self) -> u64 {
@@ -299,7 +423,7 @@ impl Ingest {
 
 impl Drop for Ingest {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && !self.keep {
             let _ = fs::remove_file(&self.staged);
         }
     }
@@ -358,6 +482,32 @@ mod tests {
         i.write(b"hello world").unwrap();
         assert!(matches!(i.commit(), Err(Error::SizeMismatch { .. })));
         assert_eq!(blobs.stat(&d).unwrap(), None);
+    }
+
+    #[test]
+    fn an_interrupted_download_resumes_where_it_stopped() {
+        let (_dir, blobs) = store();
+        let d = Digest::sha256_of(b"hello world");
+        let mut i = blobs.ingest_resumable(&d).unwrap();
+        assert_eq!(i.written(), 0);
+        i.write(b"hello ").unwrap();
+        // A second download of the same digest meanwhile does not share the file.
+        let other = blobs.ingest_resumable(&d).unwrap();
+        assert_eq!(other.written(), 0);
+        drop(other);
+        i.keep_for_resume();
+        let mut i = blobs.ingest_resumable(&d).unwrap();
+        assert_eq!(i.written(), 6, "resumes after the kept bytes");
+        i.expect_size(11).unwrap();
+        i.write(b"world").unwrap();
+        i.commit().unwrap();
+        assert_eq!(blobs.read(&d).unwrap().unwrap(), b"hello world");
+        // Without keep_for_resume, a failed download leaves nothing.
+        let d2 = Digest::sha256_of(b"x");
+        let mut i = blobs.ingest_resumable(&d2).unwrap();
+        i.write(b"y").unwrap();
+        drop(i);
+        assert_eq!(blobs.ingest_resumable(&d2).unwrap().written(), 0);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //!   blobs/sha256/ab/abcdef…   verified content, named by digest (manifests too)
 //!   blobs/sha512/…
 //!   staging/                   ingests in progress; swept when the store opens
+//!   partial/<alg>-<hex>        interrupted downloads kept for resuming (unverified;
+//!                              verified like any ingest when completed)
 //!   index/                     the sled database (tags, links, metadata)
 //!   lock                       held (flock) by the one process that has the store open
 //! ```
@@ -44,6 +46,16 @@ impl Layout {
 
     pub fn staging_dir(&self) -> PathBuf {
         self.root.join("staging")
+    }
+
+    pub fn partial_dir(&self) -> PathBuf {
+        self.root.join("partial")
+    }
+
+    /// Where an interrupted download of `d` waits to be resumed.
+    pub fn partial(&self, d: &Digest) -> PathBuf {
+        self.partial_dir()
+            .join(format!("{}-{}", d.algorithm().name(), d.hex()))
     }
 
     pub fn index_dir(&self) -> PathBuf {
