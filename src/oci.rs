@@ -52,6 +52,15 @@ impl Accept {
     }
 }
 
+/// The descriptors of an image manifest's blobs: its config, then its layers.
+pub fn blob_descriptors(manifest: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    let layers = manifest.get("layers").and_then(|l| l.as_array());
+    manifest
+        .get("config")
+        .into_iter()
+        .chain(layers.into_iter().flatten())
+}
+
 /// A `Content-Type` value without parameters, lowercased.
 pub fn media_type(value: &str) -> &str {
     value.split(';').next().unwrap_or("").trim()

@@ -321,13 +321,7 @@ fn collect_blobs(
     manifest: &serde_json::Value,
     wanted: &mut Vec<Wanted>,
 ) -> Result<(), PrefetchError> {
-    let descriptors = manifest.get("config").into_iter().chain(
-        manifest
-            .get("layers")
-            .and_then(|l| l.as_array())
-            .into_iter()
-            .flatten(),
-    );
+    let descriptors = crate::oci::blob_descriptors(manifest);
     for d in descriptors {
         let digest = d
             .get("digest")

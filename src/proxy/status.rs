@@ -144,13 +144,7 @@ impl Proxy {
         d: &Digest,
         manifest: &serde_json::Value,
     ) -> Result<PlatformStatus> {
-        let descriptors = manifest.get("config").into_iter().chain(
-            manifest
-                .get("layers")
-                .and_then(|l| l.as_array())
-                .into_iter()
-                .flatten(),
-        );
+        let descriptors = crate::oci::blob_descriptors(manifest);
         let (mut missing_blobs, mut missing_bytes, mut total_bytes) = (0, 0, 0);
         for desc in descriptors {
             let size = desc.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
