@@ -25,10 +25,17 @@ mod cache_rules;
 mod cli;
 /// 32 clients on one cold blob share one upstream fetch; time to first byte.
 mod concurrency;
+/// SIGKILL at random moments during concurrent pulls, round after round
+/// (`FERRY_CRASH_ROUNDS`): Ferry restarts, `ferry fsck` is clean, pulls are identical.
+mod crash;
 /// An edge site's day: the upstream stops, every cached image still pulls.
 mod edge;
 /// Corrupt upstream bytes, upstream dying mid-blob, client hang-ups, timeouts.
 mod faults;
+/// A store on a small file system runs out of space mid-pull: a clear failure,
+/// nothing partial stored, cached images still served, a clean fsck, and the pull
+/// works once space is freed.
+mod full_disk;
 /// Range, late GET and HEAD joining a blob download in flight: one upstream GET.
 mod inflight;
 /// Pulling one platform of an index fetches nothing of the other.
@@ -45,3 +52,6 @@ mod redirects;
 mod resume;
 /// `ferry fsck` (report, repair), `max_size` eviction under concurrent pulls, `ferry gc`.
 mod store_maintenance;
+/// Upstream 500/503 and manifests cut mid-body: clear 5xx errors, nothing stored,
+/// recovery once the background probe sees the upstream answer again.
+mod upstream_faults;

@@ -149,3 +149,119 @@ pub fn store_holds(dir: &Path, bytes: &[u8]) -> bool {
             && std::fs::read(p).is_ok_and(|b| b == bytes)
     })
 }
+
+/// `ferry <args> --config <ferry's config>` with no `FERRY_*` variables inherited,
+/// bounded to 120 s. Returns the output and stdout + stderr as text; panics if the
+/// command panicked.
+pub fn ferry_cli(ferry: &Ferry, args: &[&str]) -> (std::process::Output, String) {
+    let mut cmd = std::process::Command::new(Ferry::binary());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("FERRY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("NO_COLOR", "1")
+        .args(args)
+        .arg("--config")
+        .arg(ferry.config_path());
+    let out = crate::harness::process::run_with_timeout(cmd, std::time::Duration::from_secs(120));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("panicked"),
+        "ferry {args:?} panicked\n{text}"
+    );
+    (out, text)
+}
+
+/// `ferry fsck` of a stopped Ferry's store: panics (with fsck's report, Ferry's log
+/// tail and the store's files) unless it exits 0 reporting no problem. Returns the
+/// report.
+pub fn assert_fsck_clean(ferry: &Ferry, what: &str) -> String {
+    let (out, text) = ferry_cli(ferry, &["fsck"]);
+    if !out.status.success() || !text.contains("0 problem(s)") {
+        let mut files: Vec<String> = files_under(&ferry.storage_root())
+            .iter()
+            .filter(|p| !p.starts_with(ferry.storage_root().join("index")))
+            .map(|p| {
+                let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                format!("  {} ({len} bytes)", p.display())
+            })
+            .collect();
+        files.sort();
+        panic!(
+            "{what}: `ferry fsck` is not clean ({})\n--- fsck ---\n{text}\n--- store files (index/ left out) ---\n{}\n--- ferry log (tail) ---\n{}",
+            out.status,
+            files.join("\n"),
+            crate::harness::process::tail_str(&ferry.log(), 40)
+        );
+    }
+    text
+}
+
+/// What a client got for one GET, read to the end without panicking.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Status 200 and a body of the declared length.
+    Complete { body: Vec<u8>, x_cache: String },
+    /// Status 200, then the body ended early or errored.
+    Cut { got: usize, error: String },
+    /// Any other status, with its body.
+    Status { status: u16, body: Vec<u8> },
+    /// No response at all.
+    NoResponse(String),
+}
+
+impl Outcome {
+    /// For messages, without dumping bodies.
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Complete { body, x_cache } => {
+                format!("200, {} bytes, X-Cache {x_cache}", body.len())
+            }
+            Outcome::Cut { got, error } => format!("200, cut after {got} bytes: {error}"),
+            Outcome::Status { status, body } => format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(1000)])
+            ),
+            Outcome::NoResponse(e) => format!("no response: {e}"),
+        }
+    }
+}
+
+/// `GET url` (with `accept` types), classified.
+pub async fn fetch_outcome(url: &str, accept: &[&str]) -> Outcome {
+    let mut resp = match with_accept(client().get(url), accept).send().await {
+        Ok(r) => r,
+        Err(e) => return Outcome::NoResponse(e.to_string()),
+    };
+    let status = resp.status().as_u16();
+    let declared = resp.content_length();
+    let x_cache = crate::harness::http::header(&resp, "x-cache").to_owned();
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c),
+            Ok(None) => break,
+            Err(e) => {
+                return Outcome::Cut {
+                    got: body.len(),
+                    error: e.to_string(),
+                };
+            }
+        }
+    }
+    if status != 200 {
+        return Outcome::Status { status, body };
+    }
+    match declared {
+        Some(n) if n as usize != body.len() => Outcome::Cut {
+            got: body.len(),
+            error: format!("body of {} bytes, Content-Length {n}", body.len()),
+        },
+        _ => Outcome::Complete { body, x_cache },
+    }
+}

@@ -156,6 +156,7 @@ pub struct FerryBuilder {
     server_extra: Vec<String>,
     extra_toml: String,
     env: Vec<(String, String)>,
+    storage_root: Option<PathBuf>,
 }
 
 impl FerryBuilder {
@@ -200,9 +201,19 @@ impl FerryBuilder {
         self
     }
 
+    /// `[storage] root` (default: `store/` in Ferry's temp dir), e.g. a directory on a
+    /// small file system. The caller owns it; it must outlive the [`Ferry`].
+    pub fn storage_root(mut self, path: &Path) -> FerryBuilder {
+        self.storage_root = Some(path.to_owned());
+        self
+    }
+
     pub fn start(self) -> Ferry {
         let dir = super::temp_dir("ferry");
-        let store = dir.path().join("store");
+        let store = self
+            .storage_root
+            .clone()
+            .unwrap_or_else(|| dir.path().join("store"));
         let config_path = dir.path().join("ferry.toml");
         let listen = self.listen.as_deref().unwrap_or("127.0.0.1:0");
         let mut config = format!("[server]\nlisten = {}\n", toml_str(listen));
@@ -230,6 +241,7 @@ impl FerryBuilder {
             readers: Vec::new(),
             config_path,
             config,
+            store,
             env: self.env,
             args: self.args,
             starts: 0,
@@ -249,6 +261,7 @@ pub struct Ferry {
     readers: Vec<std::thread::JoinHandle<()>>,
     config_path: PathBuf,
     config: String,
+    store: PathBuf,
     env: Vec<(String, String)>,
     args: Vec<String>,
     starts: usize,
@@ -293,6 +306,13 @@ impl Ferry {
             cmd.env_remove(var);
         }
         cmd.env("NO_COLOR", "1");
+        // Settings of the test suite itself (`FERRY_CRASH_ROUNDS`, …) are not Ferry's,
+        // which refuses unknown `FERRY_*` variables.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("FERRY_CRASH_") {
+                cmd.env_remove(k);
+            }
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -359,7 +379,7 @@ impl Ferry {
 
     /// `[storage] root`.
     pub fn storage_root(&self) -> PathBuf {
-        self.dir.path().join("store")
+        self.store.clone()
     }
 
     pub fn config_path(&self) -> &Path {
@@ -400,6 +420,17 @@ impl Ferry {
     /// config and store.
     pub fn crash_restart(&mut self) {
         self.stop();
+        self.spawn();
+    }
+
+    /// Starts the process again (same config and store) after [`Ferry::stop`] or
+    /// [`Ferry::terminate`]; the address changes. Panics if it is still running, or if
+    /// it does not print its `listening on` line within 15 s.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "start_again: ferry is still running; stop or terminate it first"
+        );
         self.spawn();
     }
 

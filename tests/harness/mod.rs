@@ -16,10 +16,14 @@
 //!   blob reads, on 127.0.0.2 (another host); refuses requests carrying `Authorization`.
 //! - [`static_registry::StaticRegistry`]: a tiny read-only registry serving fixed bytes,
 //!   only for what Distribution cannot serve (manifests over 4 MiB).
+//! - [`front::FaultyFront`]: an HTTP front for Distribution that answers 5xx or cuts
+//!   manifests mid-body on demand, forwarding everything else.
+//! - [`smallfs::SmallFs`]: a small tmpfs (or loop-mounted ext4) to run a store out of
+//!   space; unmounted on `Drop`.
 //!
 //! [`images`] builds OCI image layouts in Rust and pushes them with skopeo (or plain
-//! HTTP for artifacts); [`http`] holds the small registry client the tests and the
-//! pushers share.
+//! HTTP, for artifacts and for tests that push many images); [`http`] holds the small
+//! registry client the tests and the pushers share.
 //!
 //! Loops are bounded in count and time; a missing binary panics naming its Debian
 //! package. Nothing here touches the internet.
@@ -30,10 +34,12 @@ pub mod containerd;
 pub mod data_endpoint;
 pub mod faults;
 pub mod ferry;
+pub mod front;
 pub mod http;
 pub mod images;
 pub mod process;
 pub mod registry;
+pub mod smallfs;
 pub mod static_registry;
 pub mod token_server;
 
