@@ -72,6 +72,7 @@ impl ApiError {
                         ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE)
                     }
                     U::Timeout { .. } => ("UNAVAILABLE", StatusCode::GATEWAY_TIMEOUT),
+                    U::BrokeOff { .. } => ("UNAVAILABLE", StatusCode::BAD_GATEWAY),
                     U::Unauthorized { .. } | U::Credential { .. } => {
                         ("UNAUTHORIZED", StatusCode::UNAUTHORIZED)
                     }

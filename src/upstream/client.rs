@@ -295,7 +295,10 @@ impl Client {
 
     /// Maps an error reading a response body.
     pub fn body_error(&self, e: &reqwest::Error) -> Error {
-        Error::from_reqwest(&self.config.name, e)
+        match Error::from_reqwest(&self.config.name, e) {
+            Error::Unreachable { upstream, detail } => Error::BrokeOff { upstream, detail },
+            other => other,
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 pub enum Error {
     #[error("upstream {upstream} is unreachable: {detail}")]
     Unreachable { upstream: String, detail: String },
+    #[error("upstream {upstream} broke off its answer: {detail}")]
+    BrokeOff { upstream: String, detail: String },
     #[error(
         "upstream {upstream} is offline (unreachable since {since}); Ferry serves what it has cached and probes it in the background"
     )]
@@ -32,7 +34,10 @@ impl Error {
     /// the cases in which serving what the cache holds is the right fallback.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout { .. } | Error::Offline { .. } => true,
+            Error::Unreachable { .. }
+            | Error::BrokeOff { .. }
+            | Error::Timeout { .. }
+            | Error::Offline { .. } => true,
             Error::Status { status, .. } => *status >= 500,
             _ => false,
         }
