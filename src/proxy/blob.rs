@@ -167,7 +167,8 @@ impl Proxy {
             self.upstream_blob_size(t, digest).await?;
             index.link(&t.repo, digest)?;
         }
-        index.blob_accessed(digest, size)?;
+        // Last access was stamped in memory by the `stat` that found the blob; the
+        // housekeeping task writes it to the index, so a hit writes nothing here.
         let range = resolve(range, size)?;
         let (start, end) = bounds(range, size);
         let body = if want_body {

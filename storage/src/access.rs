@@ -4,9 +4,7 @@
 //! a map update under a mutex, no I/O. The server writes the stamps that changed into
 //! the index's `blobs` records now and then and at shutdown
 //! ([`Store::flush_access`](crate::Store::flush_access)), so least-recently-used order
-//! survives a restart without one index write per request. (The index's own
-//! `blob_accessed` keeps its hourly throttle; the two agree because records only ever
-//! move forward in time.)
+//! survives a restart without one index write per request.
 //!
 //! Stamps are milliseconds since the Unix epoch: images pulled a moment apart must still
 //! be told apart when choosing what to evict.

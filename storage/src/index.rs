@@ -61,13 +61,10 @@ pub struct ManifestRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRecord {
     pub size: u64,
-    /// Seconds since the Unix epoch; updated at most once per [`ACCESS_GRANULARITY`].
+    /// Seconds since the Unix epoch, as of the last write of the in-memory access
+    /// times ([`crate::AccessTimes`]).
     pub last_access: u64,
 }
-
-/// How stale a blob's last-access time may get before a read rewrites it: keeps the
-/// warm path from writing to the index on every hit.
-pub const ACCESS_GRANULARITY: u64 = 3600;
 
 pub fn now_secs() -> u64 {
     SystemTime::now()
@@ -193,22 +190,6 @@ impl Index {
         };
         self.blobs.insert(d.as_str().as_bytes(), encode(&rec))?;
         Ok(())
-    }
-
-    /// Notes a read of `d`, writing only when the recorded time is old enough.
-    pub fn blob_accessed(&self, d: &Digest, size: u64) -> Result<()> {
-        let now = now_secs();
-        match self.blob(d)? {
-            Some(rec) if now.saturating_sub(rec.last_access) < ACCESS_GRANULARITY => Ok(()),
-            _ => {
-                let rec = BlobRecord {
-                    size,
-                    last_access: now,
-                };
-                self.blobs.insert(d.as_str().as_bytes(), encode(&rec))?;
-                Ok(())
-            }
-        }
     }
 
     pub fn referrers(&self, repo: &Repo, subject: &Digest) -> Result<Option<Vec<u8>>> {
