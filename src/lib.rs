@@ -4,6 +4,11 @@
 //! `ferry_storage` (blobs and index) and [`upstream`] (registry clients). Nothing
 //! calls back up. [`config`] is read once and validated into an immutable
 //! [`config::Config`]; [`serve`] starts the server on it.
+//!
+//! Beside that path: [`rules`] (ACR-style cache rules, used by routing), [`quota`]
+//! (the server's housekeeping: startup check, access times, eviction), and the
+//! commands that work on a store while no server does — [`bundle`] (OCI bundles for
+//! air gaps), [`maintenance`] (fsck, gc) — or through one — [`prefetch`].
 
 pub mod api;
 pub mod bundle;
