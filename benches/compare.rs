@@ -177,7 +177,9 @@ struct Bench {
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("compare: a benchmark; run it with `cargo bench --bench compare` (nothing to do under cargo test)");
+        println!(
+            "compare: a benchmark; run it with `cargo bench --bench compare` (nothing to do under cargo test)"
+        );
         return;
     }
     proc::install_signal_handlers();
@@ -515,7 +517,11 @@ impl Bench {
 
     /// (1) and (2): a cold, then a warm `skopeo copy` of "big" or "many".
     fn pull(&mut self, peer: &'static str, big: bool) {
-        let image = if big { self.big.clone() } else { self.many.clone() };
+        let image = if big {
+            self.big.clone()
+        } else {
+            self.many.clone()
+        };
         let key = if big { "big" } else { "many" };
         let desc = if big {
             format!(
@@ -576,7 +582,10 @@ impl Bench {
         // so that the warm pull is warm.
         if let Some(d) = &srv.dist {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while !image.layers.iter().all(|l| d.has_layer(&image.repo, &l.digest))
+            while !image
+                .layers
+                .iter()
+                .all(|l| d.has_layer(&image.repo, &l.digest))
                 && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(50));
@@ -622,9 +631,8 @@ impl Bench {
         let expected = self.blob_bytes.clone();
         let t = Instant::now();
         let mut v = Verify::new(&expected);
-        let r = Conn::connect(addr).and_then(|mut c| {
-            c.request("GET", &path, &[], None, false, &mut |b| v.feed(b))
-        });
+        let r = Conn::connect(addr)
+            .and_then(|mut c| c.request("GET", &path, &[], None, false, &mut |b| v.feed(b)));
         let secs = t.elapsed().as_secs_f64();
         match r {
             Ok(r) if r.status == 200 && v.complete() => Some(secs),
@@ -884,7 +892,9 @@ impl Bench {
             lat.push(t.elapsed().as_secs_f64() * 1e3);
             match r {
                 Ok(r) if r.status == 200 => {
-                    if i == 0 && r.header("docker-content-digest") != Some(&self.big.manifest_digest) {
+                    if i == 0
+                        && r.header("docker-content-digest") != Some(&self.big.manifest_digest)
+                    {
                         return self.fail(format!(
                             "{peer}: HEAD {path}: Docker-Content-Digest {:?}, want {}",
                             r.header("docker-content-digest"),
@@ -973,7 +983,11 @@ impl Bench {
     fn targets(&self) -> Vec<serde_json::Value> {
         let m = |id: &str, p: &str| self.results.median(id, p);
         let mut out = Vec::new();
-        let mut check = |target: String, value: Option<f64>, bound: Option<f64>, le: bool, unit: &str| {
+        let mut check = |target: String,
+                         value: Option<f64>,
+                         bound: Option<f64>,
+                         le: bool,
+                         unit: &str| {
             let met = match (value, bound) {
                 (Some(v), Some(b)) => Some(if le { v <= b } else { v >= b }),
                 _ => None,
@@ -1127,12 +1141,12 @@ fn parallel_gets(
     let t0 = Instant::now();
     let mut last = t0;
     for t in threads {
-        last = last.max(t.join().map_err(|_| "client thread panicked".to_owned())??);
+        last = last.max(
+            t.join()
+                .map_err(|_| "client thread panicked".to_owned())??,
+        );
     }
-    Ok((
-        (last - t0).as_secs_f64(),
-        n as u64 * rounds as u64 * size,
-    ))
+    Ok(((last - t0).as_secs_f64(), n as u64 * rounds as u64 * size))
 }
 
 /// `clients` keep-alive clients GET `path` back to back for `duration`; requests per
@@ -1152,19 +1166,26 @@ fn concurrent_gets(
         .collect();
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let (addr, path, barrier, extra) =
-                (addr.to_owned(), path.to_owned(), barrier.clone(), extra.clone());
+            let (addr, path, barrier, extra) = (
+                addr.to_owned(),
+                path.to_owned(),
+                barrier.clone(),
+                extra.clone(),
+            );
             std::thread::spawn(move || -> Result<(u64, Instant), String> {
-                let headers: Vec<(&str, &str)> =
-                    extra.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let headers: Vec<(&str, &str)> = extra
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 let conn = Conn::connect(&addr);
                 barrier.wait();
                 let mut conn = conn.map_err(|e| e.to_string())?;
                 let deadline = Instant::now() + duration;
                 let mut count = 0u64;
                 while Instant::now() < deadline {
-                    let (status, len) =
-                        conn.get_discard(&path, &headers).map_err(|e| e.to_string())?;
+                    let (status, len) = conn
+                        .get_discard(&path, &headers)
+                        .map_err(|e| e.to_string())?;
                     if status != 200 || len != body_len {
                         return Err(format!("status {status}, {len} of {body_len} bytes"));
                     }
@@ -1179,7 +1200,9 @@ fn concurrent_gets(
     let mut total = 0;
     let mut last = t0;
     for t in threads {
-        let (count, done) = t.join().map_err(|_| "client thread panicked".to_owned())??;
+        let (count, done) = t
+            .join()
+            .map_err(|_| "client thread panicked".to_owned())??;
         total += count;
         last = last.max(done);
     }

@@ -257,7 +257,10 @@ impl Conn {
                 let line = self.line()?;
                 let size_hex = line.split(';').next().unwrap_or("").trim();
                 let size = u64::from_str_radix(size_hex, 16).map_err(|_| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {line:?}"))
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad chunk size {line:?}"),
+                    )
                 })?;
                 if size == 0 {
                     // Trailers, then the empty line.

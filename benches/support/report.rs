@@ -144,7 +144,10 @@ impl Results {
             })
             .collect();
         let mut out = String::new();
-        out += &format!("{:<label_w$}", "median (D = / Distribution proxy, N = / nginx)");
+        out += &format!(
+            "{:<label_w$}",
+            "median (D = / Distribution proxy, N = / nginx)"
+        );
         for (i, p) in peers.iter().enumerate() {
             out += &format!("  {:>w$}", peer_title(p), w = col_w[i]);
         }
@@ -347,7 +350,11 @@ pub fn plot(
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
             chart
-                .draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 4, color.filled())),
+                )
                 .map_err(|e| e.to_string())?;
         }
         chart
