@@ -139,7 +139,12 @@ async fn run(
             flush_access(&proxy).await;
             last_flush = Instant::now();
         }
-        if !quota.is_set() || !due || Instant::now() < next_pass {
+        if !quota.is_set() {
+            // Nothing to check: a `due` left set would wake the loop at once, forever.
+            due = false;
+            continue;
+        }
+        if !due || Instant::now() < next_pass {
             continue;
         }
         due = false;
