@@ -325,27 +325,38 @@ impl Proxy {
             }
         }
         let ing = ingest.take().expect("ingest present at the end");
+        let verified = self
+            .blocking(move |_| ing.verify())
+            .await
+            .map_err(|e| match e {
+                Error::Storage(se) => match &*se {
+                    StorageError::DigestMismatch { .. } => Error::UpstreamDigestMismatch {
+                        upstream: up.name().to_string(),
+                        expected: digest.clone(),
+                    },
+                    StorageError::SizeMismatch { actual, .. } => {
+                        broken(format!("ended after {actual} of {size} bytes"))
+                    }
+                    _ => Error::Storage(se),
+                },
+                e => e,
+            })?;
+        // The bytes are right: readers may have the last one now. Making them durable
+        // and visible in the store (fsyncs, the index) is no reason to keep a client
+        // waiting; requests arriving meanwhile join this fetch and read the same file.
+        leader.publish(State::Receiving {
+            size,
+            file: file.clone(),
+            readable: size,
+        });
         let (repo, d) = (t.repo.clone(), digest.clone());
         self.blocking(move |s| {
-            ing.commit()?;
+            verified.commit()?;
             s.index.blob_stored(&d, size)?;
             s.index.link(&repo, &d)?;
             s.index.flush()
         })
-        .await
-        .map_err(|e| match e {
-            Error::Storage(se) => match &*se {
-                StorageError::DigestMismatch { .. } => Error::UpstreamDigestMismatch {
-                    upstream: up.name().to_string(),
-                    expected: digest.clone(),
-                },
-                StorageError::SizeMismatch { actual, .. } => {
-                    broken(format!("ended after {actual} of {size} bytes"))
-                }
-                _ => Error::Storage(se),
-            },
-            e => e,
-        })?;
+        .await?;
         Ok((size, file))
     }
 }

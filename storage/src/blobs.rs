@@ -386,7 +386,13 @@ impl Ingest {
     }
 
     /// Verifies size and digest, makes the bytes durable and publishes the blob.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
+        self.verify()?.commit()
+    }
+
+    /// Checks size and digest. The bytes are then known to be right, though not yet
+    /// durable or visible in the store: [`Verified::commit`] does that.
+    pub fn verify(mut self) -> Result<Verified> {
         if let Some(expected) = self.expected_size
             && self.written != expected
         {
@@ -404,16 +410,28 @@ impl Ingest {
                 actual,
             });
         }
-        self.file.sync_all()?;
-        let dir = self.target.parent().expect("blob paths have a parent");
+        Ok(Verified(self))
+    }
+}
+
+/// An ingest whose bytes matched their digest. Dropping it uncommitted discards them.
+#[derive(Debug)]
+pub struct Verified(Ingest);
+
+impl Verified {
+    /// Makes the bytes durable and publishes the blob under its digest.
+    pub fn commit(self) -> Result<()> {
+        let mut this = self.0;
+        this.file.sync_all()?;
+        let dir = this.target.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir)?;
         // Replacing an identical blob (two fetches racing) adds no bytes.
-        let replaces = self.target.exists();
-        fs::rename(&self.staged, &self.target)?;
-        self.committed = true;
-        self.access.touch(&self.expected);
+        let replaces = this.target.exists();
+        fs::rename(&this.staged, &this.target)?;
+        this.committed = true;
+        this.access.touch(&this.expected);
         if !replaces {
-            self.usage.added(self.written);
+            this.usage.added(this.written);
         }
         // The rename is durable only once the directory entry is.
         File::open(dir)?.sync_all()?;

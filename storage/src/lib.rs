@@ -35,7 +35,7 @@ use std::path::Path;
 
 pub use access::{AccessTimes, now_millis};
 pub use blobs::scan::{StoredFile, Walk};
-pub use blobs::{Blobs, Ingest};
+pub use blobs::{Blobs, Ingest, Verified};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{Error, Result};
 pub use evict::{EvictReport, Image};
