@@ -14,6 +14,8 @@
 //! - `FERRY_BENCH_REPS`: repetitions (default 3; 1 for `tiny`). Tables show the median
 //!   and, separately, min .. max; the JSON has every sample.
 //! - `FERRY_BENCH_PEERS`: a comma list of `ferry,distribution-proxy,nginx,direct`.
+//! - `FERRY_BENCH_BINARY`: another `ferry` binary to measure (default: the release
+//!   build `cargo bench` makes).
 //!
 //! Every scenario starts its peer afresh (a new, empty store) except `direct` (the
 //! upstream itself) and nginx (no store: it reads the upstream's files). The load
@@ -21,10 +23,14 @@
 //! compared with the known bytes, so it costs much less than the servers. Server CPU is
 //! utime + stime from `/proc/<pid>/stat` of the server's process tree; peak RSS is
 //! `VmHWM` reset at the start of the phase (`clear_refs`), summed over the tree
-//! (nginx's master and workers), with sampled `VmRSS` as a floor.
+//! (nginx's master and workers), with sampled `VmRSS` as a floor. Before each measured
+//! phase the bench waits (at most 3 s) until the server and the upstream use no CPU, so
+//! leftover background work is not billed to the next phase; the server's CPU while
+//! idle is a figure of its own.
 //!
 //! Output: the tables on stdout, `target/bench/compare.json` (every sample) and
-//! `target/bench/throughput.svg` (throughput and CPU per GB against parallelism).
+//! `target/bench/throughput.svg` (throughput and CPU per GB against parallelism);
+//! `compare-tiny.json` and `throughput-tiny.svg` (or `-small`) at other scales.
 //! Under `cargo test` (no `--bench` argument) it does nothing.
 
 mod support;
@@ -40,7 +46,9 @@ use support::http::{Conn, Verify};
 use support::images::{self, Image};
 use support::proc::{self, PeakRss};
 use support::report::{self, Better, DIRECT, DIST, FERRY, NGINX, Results};
-use support::servers::{AccessLog, Distribution, Ferry, Nginx, StaticManifest};
+use support::servers::{
+    AccessLog, Distribution, Ferry, Nginx, RunDirs, StaticManifest, run_dir, sweep_stale_runs,
+};
 
 const MIB: usize = 1 << 20;
 const KIB: usize = 1 << 10;
@@ -128,7 +136,7 @@ impl Scale {
 
 /// "64 MiB", "256 KiB".
 fn size_label(bytes: usize) -> String {
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{} KiB", bytes / KIB)
@@ -173,6 +181,8 @@ struct Bench {
     results: Results,
     /// Verification failures (bodies or pulls that were wrong): the run fails.
     failures: Vec<String>,
+    /// Peers already reported as busy while idle.
+    busy_noted: Vec<&'static str>,
 }
 
 fn main() {
@@ -183,6 +193,9 @@ fn main() {
         return;
     }
     proc::install_signal_handlers();
+    // Temp dirs of runs killed by a signal go now; this run's go when it ends.
+    sweep_stale_runs();
+    let _run_dirs = RunDirs;
     let scale = Scale::from_env();
     let peers: Vec<&'static str> = match std::env::var("FERRY_BENCH_PEERS") {
         Ok(list) => list
@@ -197,7 +210,15 @@ fn main() {
         Err(_) => ALL_PEERS.to_vec(),
     };
     ensure_tools();
-    let ferry_bin = PathBuf::from(env!("CARGO_BIN_EXE_ferry"));
+    // The release binary `cargo bench` just built, unless another build is named.
+    let ferry_bin = std::env::var_os("FERRY_BENCH_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ferry")));
+    assert!(
+        ferry_bin.is_file(),
+        "no Ferry binary at {}",
+        ferry_bin.display()
+    );
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir).expect("create target/bench");
     let started = Instant::now();
@@ -238,12 +259,12 @@ fn main() {
     );
     let blob_digest = big.layers[0].digest.clone();
     let pull_dir = tempfile::Builder::new()
-        .prefix("ferry-bench-pulls")
-        .tempdir_in(if Path::new("/dev/shm").is_dir() {
+        .prefix("pulls")
+        .tempdir_in(run_dir(if Path::new("/dev/shm").is_dir() {
             "/dev/shm"
         } else {
             "/tmp"
-        })
+        }))
         .expect("create pull dir");
     let mut b = Bench {
         scale: scale.clone(),
@@ -259,8 +280,11 @@ fn main() {
         pulls: 0,
         results: Results::default(),
         failures: Vec::new(),
+        busy_noted: Vec::new(),
     };
 
+    // Scenario runs whose every response was checked and right, and those that failed.
+    let (mut checks_passed, mut checks_failed) = (0usize, 0usize);
     for rep in 1..=scale.reps {
         let t = Instant::now();
         type Scenario = fn(&mut Bench, &'static str);
@@ -275,7 +299,13 @@ fn main() {
         for (name, scenario) in scenarios {
             for peer in &peers {
                 let t = Instant::now();
+                let failures = b.failures.len();
                 scenario(&mut b, peer);
+                if b.failures.len() == failures {
+                    checks_passed += 1;
+                } else {
+                    checks_failed += 1;
+                }
                 eprintln!(
                     "  rep {rep} {name:<10} {peer:<18} {:6.1} s",
                     t.elapsed().as_secs_f64()
@@ -313,8 +343,14 @@ fn main() {
         );
     }
 
-    let json_path = out_dir.join("compare.json");
-    let svg_path = out_dir.join("throughput.svg");
+    // A smoke run does not overwrite the full run's figures.
+    let suffix = if scale.name == "full" {
+        String::new()
+    } else {
+        format!("-{}", scale.name)
+    };
+    let json_path = out_dir.join(format!("compare{suffix}.json"));
+    let svg_path = out_dir.join(format!("throughput{suffix}.svg"));
     let doc = json!({
         "command": "cargo bench --bench compare",
         "scale": scale.name,
@@ -370,6 +406,7 @@ fn main() {
         &series("cpu"),
     ) {
         b.failures.push(format!("plot: {e}"));
+        checks_failed += 1;
     }
     println!(
         "\nwrote {} and {} ({:.0} s in all)",
@@ -377,11 +414,15 @@ fn main() {
         svg_path.display(),
         started.elapsed().as_secs_f64()
     );
+    println!("compare: {checks_passed} passed, {checks_failed} failed");
     if !b.failures.is_empty() {
         eprintln!("compare: {} failure(s):", b.failures.len());
         for f in &b.failures {
             eprintln!("  {f}");
         }
+        // Stop the upstream and remove the temp dirs before exiting non-zero.
+        drop(b);
+        drop(_run_dirs);
         std::process::exit(1);
     }
 }
@@ -446,18 +487,18 @@ impl Bench {
 
     /// Lets the server (and the upstream) finish background work before a measured
     /// phase: at most 15 s until neither uses CPU.
-    fn settle(&self, srv: &Server) {
+    fn settle(&mut self, srv: &Server) {
         let mut pids = srv.pids();
         pids.extend(proc::process_tree(self.upstream.pid()));
         pids.sort_unstable();
         pids.dedup();
-        let t = Instant::now();
-        if !proc::wait_idle(&pids, Duration::from_secs(15)) {
+        if !proc::wait_idle(&pids, Duration::from_secs(3)) && !self.busy_noted.contains(&srv.peer) {
             eprintln!(
-                "  note: {} still busy after {:.0} s; measuring anyway",
-                srv.peer,
-                t.elapsed().as_secs_f64()
+                "  note: {} (or the upstream) uses CPU with nothing to do; measuring anyway \
+                 (see \"idle server CPU\")",
+                srv.peer
             );
+            self.busy_noted.push(srv.peer);
         }
     }
 
@@ -753,6 +794,21 @@ impl Bench {
     /// One client, one GET of the uncached blob: the time the stampede is judged by.
     fn cold_get(&mut self, peer: &'static str) {
         let srv = self.start(peer);
+        // What the server costs doing nothing (fresh, no requests yet), over 1 s.
+        std::thread::sleep(Duration::from_millis(500));
+        let pids = srv.pids();
+        let (cpu0, t0) = (proc::cpu_ticks(&pids), Instant::now());
+        std::thread::sleep(Duration::from_secs(1));
+        let idle =
+            (proc::cpu_ticks(&pids) - cpu0) as f64 / proc::clk_tck() / t0.elapsed().as_secs_f64();
+        self.add(
+            "idle_cpu",
+            "idle server CPU (fresh, no requests)",
+            "% of a core",
+            Better::Lower,
+            peer,
+            idle * 100.0,
+        );
         self.settle(&srv);
         if let Some(secs) = self.get_blob_verified(&srv.addr, "cold GET") {
             self.add(
@@ -835,6 +891,15 @@ impl Bench {
             Better::Lower,
             peer,
             (last - t0).as_secs_f64(),
+        );
+        // What bounds the stampede on one machine: all clients' bytes over loopback.
+        self.add(
+            "stampede_mbps",
+            "stampede: aggregate",
+            "MB/s",
+            Better::Higher,
+            peer,
+            (n * self.blob_bytes.len()) as f64 / (last - t0).as_secs_f64() / 1e6,
         );
         if srv.is_proxy() {
             let digest = self.blob_digest.clone();

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the integration tests need when it is missing
-# (Debian packages, as root), then runs unit and integration tests.
+# (Debian packages, as root), then runs unit and integration tests and a smoke run of
+# the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,7 @@ need=()
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: missing ${need[*]}; run as root to install them with apt-get" >&2
@@ -20,3 +22,5 @@ fi
 
 cargo fmt --all -- --check
 cargo test --workspace --all-targets -- --test-threads "${FERRY_TEST_THREADS:-2}"
+# The benchmark (benches/compare.rs) at tiny sizes, once, so that it cannot rot.
+FERRY_BENCH_SCALE=tiny FERRY_BENCH_REPS=1 cargo bench --bench compare

@@ -241,10 +241,8 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
             else {
                 continue;
             };
-            if let Some(f) = stat_fields(p) {
-                if let Some(ppid) = f.get(1).and_then(|s| s.parse::<u32>().ok()) {
-                    parents.push((p, ppid));
-                }
+            if let Some(ppid) = stat_fields(p).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
+                parents.push((p, ppid));
             }
         }
     }

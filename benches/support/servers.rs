@@ -9,11 +9,54 @@ use std::time::{Duration, Instant};
 
 use super::proc::{Child, find_binary, free_port, tail_file};
 
-/// Builds a temp dir under `/tmp`.
+/// `<base>/ferry-bench-<pid>`: every temp dir of this run lives in one of these (one
+/// under `/tmp`, one under `/dev/shm` for pulled images), so that a run killed by a
+/// signal leaves nothing a later run does not sweep (see [`sweep_stale_runs`]).
+pub fn run_dir(base: &str) -> PathBuf {
+    let dir = Path::new(base).join(format!("ferry-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+/// Removes the run dirs of benchmark processes that no longer exist.
+pub fn sweep_stale_runs() {
+    for base in ["/tmp", "/dev/shm"] {
+        let Ok(entries) = std::fs::read_dir(base) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("ferry-bench-")
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Removes this run's dirs (at the end, or when unwinding from a panic).
+pub struct RunDirs;
+
+impl Drop for RunDirs {
+    fn drop(&mut self) {
+        for base in ["/tmp", "/dev/shm"] {
+            let _ = std::fs::remove_dir_all(
+                Path::new(base).join(format!("ferry-bench-{}", std::process::id())),
+            );
+        }
+    }
+}
+
+/// Builds a temp dir in this run's dir under `/tmp`.
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(prefix)
-        .tempdir_in("/tmp")
+        .tempdir_in(run_dir("/tmp"))
         .expect("create a temp dir under /tmp")
 }
 
