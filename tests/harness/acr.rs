@@ -328,6 +328,27 @@ fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The checks `/oauth2/exchange` and `/oauth2/token` share: the grant they take, and
+/// the registry's own service name.
+fn check_grant_and_service(
+    pairs: &[(String, String)],
+    grant: &str,
+) -> Result<(), (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    match first(pairs, "grant_type") {
+        Some(g) if g == grant => {}
+        Some(g) => return Err(bad(format!("unsupported grant_type {g:?}"))),
+        None => return Err(bad("grant_type is required".to_owned())),
+    }
+    if first(pairs, "service") != Some(REGISTRY_HOST) {
+        return Err(bad(format!(
+            "service {:?} is not this registry ({REGISTRY_HOST})",
+            first(pairs, "service")
+        )));
+    }
+    Ok(())
+}
+
 fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
     url::form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -1212,17 +1233,7 @@ async fn exchange(State(emu): State<Arc<Emu>>, req: Request) -> Response {
     let result = (|| -> Result<Response, (StatusCode, String)> {
         let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
         let unauth = |m: &str| (StatusCode::UNAUTHORIZED, m.to_owned());
-        match first(&pairs, "grant_type") {
-            Some("access_token") => {}
-            Some(g) => return Err(bad(&format!("unsupported grant_type {g:?}"))),
-            None => return Err(bad("grant_type is required")),
-        }
-        if first(&pairs, "service") != Some(REGISTRY_HOST) {
-            return Err(bad(&format!(
-                "service {:?} is not this registry ({REGISTRY_HOST})",
-                first(&pairs, "service")
-            )));
-        }
+        check_grant_and_service(&pairs, "access_token")?;
         let Some(aad) = first(&pairs, "access_token") else {
             return Err(bad("access_token is required"));
         };
@@ -1336,17 +1347,7 @@ async fn token_post(State(emu): State<Arc<Emu>>, req: Request) -> Response {
     let result = (|| -> Result<Response, (StatusCode, String)> {
         let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
         let unauth = |m: &str| (StatusCode::UNAUTHORIZED, m.to_owned());
-        match first(&pairs, "grant_type") {
-            Some("refresh_token") => {}
-            Some(g) => return Err(bad(&format!("unsupported grant_type {g:?}"))),
-            None => return Err(bad("grant_type is required")),
-        }
-        if first(&pairs, "service") != Some(REGISTRY_HOST) {
-            return Err(bad(&format!(
-                "service {:?} is not this registry ({REGISTRY_HOST})",
-                first(&pairs, "service")
-            )));
-        }
+        check_grant_and_service(&pairs, "refresh_token")?;
         let Some(refresh) = first(&pairs, "refresh_token") else {
             return Err(bad("refresh_token is required"));
         };
