@@ -135,6 +135,12 @@ impl Proxy {
             }
         };
         let size = fetch.started().await?;
+        // A fetch that is only being written to the store serves from local bytes.
+        let cache = if cache == CacheStatus::Joined && fetch.is_verified() {
+            CacheStatus::Hit
+        } else {
+            cache
+        };
         let range = resolve(range, size)?;
         let (start, end) = bounds(range, size);
         let body = if size == 0 {

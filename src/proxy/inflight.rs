@@ -180,6 +180,16 @@ impl Fetch {
         }
     }
 
+    /// Whether every byte has arrived and matched the digest: what is left is only
+    /// storing it, so a reader joining now is served from local bytes alone.
+    pub fn is_verified(&self) -> bool {
+        match &*self.tx.borrow() {
+            State::Receiving { size, readable, .. } => *size > 0 && readable == size,
+            State::Done { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Bytes `start..=end` of the blob, as they become readable.
     pub fn stream(
         &self,
