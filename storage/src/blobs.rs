@@ -276,19 +276,7 @@ impl Blobs {
 
     /// Every stored blob's digest. Files whose names are not digests are skipped.
     pub fn list(&self) -> Result<Vec<Digest>> {
-        let mut out = Vec::new();
-        for alg in fs::read_dir(self.layout.blobs_dir())? {
-            let alg = alg?;
-            let alg_name = alg.file_name().to_string_lossy().into_owned();
-            for prefix in fs::read_dir(alg.path())? {
-                for file in fs::read_dir(prefix?.path())? {
-                    let name = file?.file_name().to_string_lossy().into_owned();
-                    if let Ok(d) = format!("{alg_name}:{name}").parse() {
-                        out.push(d);
-                    }
-                }
-            }
-        }
+        let mut out: Vec<Digest> = self.walk()?.files.into_iter().map(|f| f.digest).collect();
         out.sort();
         Ok(out)
     }
