@@ -1219,7 +1219,7 @@ async fn exchange(State(emu): State<Arc<Emu>>, req: Request) -> Response {
         .await
         .unwrap_or_default();
     let pairs = form_pairs(&body);
-    let mut rec = Record {
+    let rec = Record {
         endpoint: Endpoint::Exchange,
         method: parts.method.to_string(),
         target: parts.uri.to_string(),
@@ -1287,9 +1287,20 @@ async fn exchange(State(emu): State<Arc<Emu>>, req: Request) -> Response {
             json!({"refresh_token": refresh}),
         ))
     })();
+    finish_token_endpoint(&emu, rec, result, "refresh token issued")
+}
+
+/// Records what an ACR token endpoint did and turns its result into the answer: the
+/// success body, or ACR's 401 challenge or an OCI error.
+fn finish_token_endpoint(
+    emu: &Emu,
+    mut rec: Record,
+    result: Result<Response, (StatusCode, String)>,
+    issued: &str,
+) -> Response {
     let resp = match result {
         Ok(r) => {
-            rec.detail = "refresh token issued".to_owned();
+            rec.detail = issued.to_owned();
             r
         }
         Err((status, message)) => {
@@ -1333,7 +1344,7 @@ async fn token_post(State(emu): State<Arc<Emu>>, req: Request) -> Response {
         .filter(|(k, _)| k == "scope")
         .flat_map(|(_, v)| v.split(' ').filter(|s| !s.is_empty()).map(str::to_owned))
         .collect();
-    let mut rec = Record {
+    let rec = Record {
         endpoint: Endpoint::Token,
         method: parts.method.to_string(),
         target: parts.uri.to_string(),
@@ -1385,23 +1396,7 @@ async fn token_post(State(emu): State<Arc<Emu>>, req: Request) -> Response {
             json!({"access_token": token}),
         ))
     })();
-    let resp = match result {
-        Ok(r) => {
-            rec.detail = "access token issued".to_owned();
-            r
-        }
-        Err((status, message)) => {
-            rec.status = status.as_u16();
-            rec.detail = message.clone();
-            if status == StatusCode::UNAUTHORIZED {
-                acr_unauthorized(&message)
-            } else {
-                oci_error(status, "UNSUPPORTED", &message)
-            }
-        }
-    };
-    emu.record(rec);
-    resp
+    finish_token_endpoint(&emu, rec, result, "access token issued")
 }
 
 /// Docker-style `GET /oauth2/token` (Basic auth) is not emulated: Ferry is expected
