@@ -19,7 +19,7 @@ const MAX_RESUMES: u32 = 5;
 /// Upstream bytes are written to the store in pieces of about this size.
 const WRITE_CHUNK: usize = 1024 * 1024;
 /// Readers of stored blobs read this much at a time.
-const FILE_READ_CHUNK: usize = 256 * 1024;
+const FILE_READ_CHUNK: usize = 128 * 1024;
 
 /// A blob ready to serve.
 pub struct Blob {
@@ -378,8 +378,10 @@ fn file_chunks(
             return Ok(None);
         };
         let n = left.min(FILE_READ_CHUNK as u64);
+        // Allocated here, on a runtime worker, not on the blocking thread: see
+        // `inflight::chunk_buffer`.
+        let mut buf = super::inflight::chunk_buffer(n);
         let (file, buf) = tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::with_capacity(n as usize);
             io::Read::read_to_end(&mut io::Read::take(&file, n), &mut buf)?;
             Ok::<_, io::Error>((file, buf))
         })
