@@ -119,6 +119,31 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Write the files that point nodes at Ferry, one entry per registry it serves
+    /// (every upstream's `registry` and every cache-rule source): containerd
+    /// `<DIR>/<registry>/hosts.toml`, `registries.conf` (podman, CRI-O) or k3s/RKE2
+    /// `registries.yaml`. Without --write, prints them.
+    NodeConfig {
+        /// TOML configuration file (its upstreams and rules). FERRY_* variables apply.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Ferry as nodes reach it, e.g. http://10.0.0.50:5000.
+        #[arg(long, value_name = "URL")]
+        mirror: crate::nodeconfig::Mirror,
+        /// Write the files under this directory (e.g. /etc/containerd/certs.d); files
+        /// are replaced atomically and only when their content changed.
+        #[arg(long, value_name = "DIR")]
+        write: Option<PathBuf>,
+        /// Let nodes go to the registry itself when Ferry cannot answer. Without it
+        /// they never contact a registry directly.
+        #[arg(long)]
+        fallback: bool,
+        #[arg(long, value_enum, default_value = "containerd")]
+        format: crate::nodeconfig::Format,
+        /// CA file (its path on the node) that signed an https:// mirror's certificate.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+    },
     /// Remove blobs no stored manifest references. Stop `ferry serve` on the store first.
     Gc {
         /// TOML configuration file (its store). FERRY_* variables apply.

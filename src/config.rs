@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+use crate::access::{Htpasswd, Pattern, Rules};
 use crate::oci::{ImageName, Platform};
 use crate::rules::{self, Rule};
 pub use crate::secret::{Secret, SecretSource};
@@ -38,6 +39,33 @@ pub struct Config {
     pub quota: Quota,
     /// Images kept fetched and refreshed in the background, never evicted.
     pub pins: Vec<Pin>,
+    /// `[access]`: users who log in, and what they may pull.
+    pub access: Access,
+    /// `[tls]`: an HTTPS listener beside the plain one.
+    pub tls: Option<Tls>,
+}
+
+/// `[access]`. Anonymous rules live on each upstream ([`Upstream::anonymous`]).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Users and their bcrypt hashes, as read at load (re-read when the file changes).
+    pub htpasswd: Option<Htpasswd>,
+    /// `[[access.user]]`: per-user patterns over `<registry>/<repository>`.
+    pub users: Vec<AccessUser>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessUser {
+    pub name: String,
+    pub rules: Rules,
+}
+
+/// `[tls]`: HTTPS from PEM files, reloaded when they change.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// A `[[pin]]`: images to keep in the store, refreshed every `refresh`.
@@ -87,6 +115,8 @@ pub struct Upstream {
     pub proxy: Option<Url>,
     /// Skips TLS verification. Only ever set explicitly, and logged loudly.
     pub insecure_skip_verify: bool,
+    /// What anonymous clients may pull here: patterns over the repository.
+    pub anonymous: Rules,
 }
 
 impl Upstream {
@@ -196,6 +226,34 @@ struct RawConfig {
     rule: Vec<RawRule>,
     #[serde(default)]
     pin: Vec<RawPin>,
+    #[serde(default)]
+    access: RawAccess,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    htpasswd: Option<Spanned<String>>,
+    #[serde(default)]
+    user: Vec<RawUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Spanned<String>,
+    allow: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +306,9 @@ struct RawUpstream {
     ca_file: Option<Spanned<String>>,
     proxy: Option<Spanned<String>>,
     insecure_skip_verify: Option<Spanned<bool>>,
+    allow: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -373,6 +434,31 @@ impl Config {
                 out += &format!("storage {key}: {}\n", crate::bytesize::Human(bytes));
             }
         }
+        if let Some(t) = &self.tls {
+            out += &format!(
+                "tls: https://{} (cert {}, key {})\n",
+                t.listen,
+                t.cert_file.display(),
+                t.key_file.display()
+            );
+        }
+        for u in self.upstreams.iter().filter(|u| !u.anonymous.is_open()) {
+            out += &format!(
+                "anonymous access to {}: {}\n",
+                u.name,
+                u.anonymous.describe()
+            );
+        }
+        if let Some(h) = &self.access.htpasswd {
+            out += &format!(
+                "users (htpasswd {}): {}\n",
+                h.path().display(),
+                h.users().join(", ")
+            );
+            for u in &self.access.users {
+                out += &format!("  - {}: {}\n", u.name, u.rules.describe());
+            }
+        }
         if !self.rules.is_empty() {
             out += "rules:\n";
             for r in &self.rules {
@@ -411,6 +497,10 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
             "STORAGE_ROOT" => set(&mut raw.storage.root, value),
             "STORAGE_MAX_SIZE" => set(&mut raw.storage.max_size, value),
             "STORAGE_MIN_FREE" => set(&mut raw.storage.min_free, value),
+            "ACCESS_HTPASSWD" => set(&mut raw.access.htpasswd, value),
+            "TLS_LISTEN" => set(&mut raw.tls.get_or_insert_default().listen, value),
+            "TLS_CERT_FILE" => set(&mut raw.tls.get_or_insert_default().cert_file, value),
+            "TLS_KEY_FILE" => set(&mut raw.tls.get_or_insert_default().key_file, value),
             // Read by the CLI itself, not config keys.
             "CONFIG" | "LOG_FORMAT" | "LOG" => {}
             _ => {
@@ -717,6 +807,7 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
                     })?,
             ),
         };
+        let anonymous = rules_of(u.allow, u.deny, src, &format!("upstream `{name}`"))?;
         upstreams.push(Upstream {
             name,
             registry,
@@ -732,6 +823,7 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             ca_pem,
             proxy,
             insecure_skip_verify: u.insecure_skip_verify.is_some_and(|v| v.into_inner()),
+            anonymous,
         });
     }
     if upstreams.iter().filter(|u| u.default).count() > 1 {
@@ -807,6 +899,8 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             platform,
         });
     }
+    let access = validate_access(raw.access, src)?;
+    let tls = raw.tls.map(|t| validate_tls(t, src)).transpose()?;
     Ok(Config {
         listen,
         storage_root,
@@ -814,6 +908,106 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
         rules: rule_list,
         quota,
         pins,
+        access,
+        tls,
+    })
+}
+
+/// `allow` / `deny` lists of `who` (an upstream or a user), for errors.
+fn rules_of(
+    allow: Option<Vec<Spanned<String>>>,
+    deny: Vec<Spanned<String>>,
+    src: &Source,
+    who: &str,
+) -> Result<Rules, ConfigError> {
+    let parse = |list: Vec<Spanned<String>>, key: &str| {
+        list.into_iter()
+            .map(|p| {
+                Pattern::parse(p.get_ref())
+                    .map_err(|e| src.error(Some(p.span()), format!("{who}: {key}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Rules {
+        allow: allow.map(|a| parse(a, "allow")).transpose()?,
+        deny: parse(deny, "deny")?,
+    })
+}
+
+fn validate_access(raw: RawAccess, src: &Source) -> Result<Access, ConfigError> {
+    let htpasswd = match &raw.htpasswd {
+        None => None,
+        Some(h) => Some(
+            Htpasswd::load(Path::new(h.get_ref()))
+                .map_err(|e| src.error(Some(h.span()), format!("access.htpasswd: {e}")))?,
+        ),
+    };
+    let mut users: Vec<AccessUser> = Vec::new();
+    for u in raw.user {
+        let name = u.name.get_ref().clone();
+        let Some(h) = &htpasswd else {
+            return Err(src.error(
+                Some(u.name.span()),
+                format!("access.user `{name}`: users need `[access] htpasswd` to log in with"),
+            ));
+        };
+        if !h.has_user(&name) {
+            return Err(src.error(
+                Some(u.name.span()),
+                format!(
+                    "access.user `{name}` is not in the htpasswd file {}",
+                    h.path().display()
+                ),
+            ));
+        }
+        if users.iter().any(|x| x.name == name) {
+            return Err(src.error(
+                Some(u.name.span()),
+                format!("access.user `{name}` is defined twice"),
+            ));
+        }
+        let rules = rules_of(u.allow, u.deny, src, &format!("access.user `{name}`"))?;
+        users.push(AccessUser { name, rules });
+    }
+    Ok(Access { htpasswd, users })
+}
+
+fn validate_tls(raw: RawTls, src: &Source) -> Result<Tls, ConfigError> {
+    let listen = match raw.listen {
+        None => return Err(src.error(None, "tls.listen is missing (e.g. \"0.0.0.0:5443\")")),
+        Some(s) => s.get_ref().parse::<SocketAddr>().map_err(|e| {
+            src.error(
+                Some(s.span()),
+                format!(
+                    "tls.listen: `{}` is not an address like 0.0.0.0:5443 ({e})",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
+    // A light look now (`ferry config check`); the pair is fully checked when served.
+    let pem = |v: Option<Spanned<String>>, key: &str, marker: &str| {
+        let Some(f) = v else {
+            return Err(src.error(None, format!("tls.{key} is missing")));
+        };
+        let text = std::fs::read(f.get_ref()).map_err(|e| {
+            src.error(
+                Some(f.span()),
+                format!("tls.{key}: cannot read `{}`: {e}", f.get_ref()),
+            )
+        })?;
+        if !String::from_utf8_lossy(&text).contains(marker) {
+            return Err(src.error(
+                Some(f.span()),
+                format!("tls.{key}: `{}` holds no PEM {marker}", f.get_ref()),
+            ));
+        }
+        Ok(PathBuf::from(f.into_inner()))
+    };
+    Ok(Tls {
+        listen,
+        cert_file: pem(raw.cert_file, "cert_file", "CERTIFICATE")?,
+        key_file: pem(raw.key_file, "key_file", "PRIVATE KEY")?,
     })
 }
 
@@ -1254,6 +1448,62 @@ mod tests {
             e.contains("aks-managed-mcr") && e.contains("other") && e.contains("overlap"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn access_and_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = dir.path().join("htpasswd");
+        std::fs::write(&h, format!("ci:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
+        let base = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nallow = [\"team/**\"]\n";
+        let ok = format!(
+            "{base}[access]\nhtpasswd = \"{}\"\n[[access.user]]\nname = \"ci\"\nallow = [\"x/**\"]\n",
+            h.display()
+        );
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.access.users.len(), 1);
+        assert!(c.describe().contains("ci: allow x/**"), "{}", c.describe());
+        assert!(!format!("{c:?}").contains("$2"), "hashes never print");
+        let e = parse(&ok.replace("\"ci\"", "\"nobody\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:8") && e.contains("nobody"), "{e}");
+        let e = parse(&format!("{base}[[access.user]]\nname = \"ci\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("htpasswd"), "{e}");
+        let e = parse(&base.replace("team/**", "team/["))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:4") && e.contains("allow"), "{e}");
+        std::fs::write(&h, "ci:$apr1$x$y\n").unwrap();
+        let e = parse(&ok).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{}:1", h.display())) && e.contains("bcrypt"),
+            "{e}"
+        );
+        let e = parse("[tls]\nlisten = \"0.0.0.0:5443\"\ncert_file = \"/nonexistent/c\"\nkey_file = \"/nonexistent/k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:3") && e.contains("cert_file"), "{e}");
+        let e = parse("[tls]\nlisten = \"nope\"\n").unwrap_err().to_string();
+        assert!(e.contains("tls.listen"), "{e}");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        let env: Vec<(String, String)> = [
+            ("FERRY_TLS_LISTEN", "127.0.0.1:5443".to_string()),
+            ("FERRY_TLS_CERT_FILE", cert.display().to_string()),
+            ("FERRY_TLS_KEY_FILE", key.display().to_string()),
+            ("FERRY_ACCESS_HTPASSWD", h.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        std::fs::write(&h, format!("ci:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
+        let c = Config::parse("t", "", &env).unwrap();
+        assert_eq!(c.tls.unwrap().listen.to_string(), "127.0.0.1:5443");
+        assert_eq!(c.access.htpasswd.unwrap().users(), ["ci"]);
     }
 
     #[test]

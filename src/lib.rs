@@ -10,18 +10,22 @@
 //! commands that work on a store while no server does — [`bundle`] (OCI bundles for
 //! air gaps), [`maintenance`] (fsck, gc) — or through one — [`prefetch`].
 
+pub mod access;
 pub mod api;
 pub mod bundle;
 pub mod bytesize;
 pub mod cli;
 pub mod config;
 pub mod maintenance;
+pub mod metrics;
+pub mod nodeconfig;
 pub mod oci;
 pub mod prefetch;
 pub mod proxy;
 pub mod quota;
 pub mod rules;
 pub mod secret;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
@@ -44,6 +48,8 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -80,16 +86,36 @@ pub async fn serve_and_report(
             source,
         })?;
     let addr = listener.local_addr()?;
+    // Bound before the plain listener is announced: whoever waits for that line can
+    // already use both.
+    let tls = match &config.tls {
+        Some(t) => Some(tls::Listener::bind(t).await?),
+        None => None,
+    };
+    if let Some(t) = &tls {
+        tracing::info!("listening on https://{}", t.local_addr()?);
+    }
     for u in &config.upstreams {
         tracing::info!(upstream = %u.name, registry = %u.registry, url = %u.url, default = u.default, "upstream configured");
     }
     tracing::info!(storage = %config.storage_root.display(), "listening on http://{addr}");
     on_listening(addr);
-    refresh_pins(&config.pins, addr);
+    // Held in an `Access` so that a config reload can swap the policy in place.
+    let access = Arc::new(access::Access::new(&config));
+    refresh_pins(&config.pins, addr, access.internal_token());
     let housekeeping = quota::Housekeeping::start(proxy.clone(), config.quota);
-    axum::serve(listener, api::router(proxy.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let app = api::router(proxy.clone(), access.clone());
+    // One shutdown for both listeners.
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    let plain = axum::serve(listener, app.clone()).with_graceful_shutdown(shutdown.clone());
+    match tls {
+        Some(t) => {
+            let (plain, secure) = tokio::join!(plain, t.serve(app, shutdown));
+            plain?;
+            secure?;
+        }
+        None => plain.await?,
+    }
     housekeeping.stop().await;
     if let Err(e) = proxy.store().index.flush() {
         tracing::warn!(error = %e, "could not flush the index on shutdown");
@@ -100,7 +126,7 @@ pub async fn serve_and_report(
 
 /// Keeps `[[pin]]` images fetched — at start, then every `refresh` — through this
 /// Ferry's own API on loopback, so they enter the store as any pull does.
-fn refresh_pins(pins: &[config::Pin], addr: std::net::SocketAddr) {
+fn refresh_pins(pins: &[config::Pin], addr: std::net::SocketAddr, token: &secret::Secret) {
     let ip = match addr.ip() {
         ip if !ip.is_unspecified() => ip,
         std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -112,7 +138,7 @@ fn refresh_pins(pins: &[config::Pin], addr: std::net::SocketAddr) {
     ))
     .expect("a socket address makes a URL");
     for pin in pins.iter().cloned() {
-        let prefetcher = prefetch::Prefetcher::new(base.clone(), false);
+        let prefetcher = prefetch::Prefetcher::new(base.clone(), false).with_bearer(token.clone());
         tokio::spawn(async move {
             loop {
                 for image in &pin.images {

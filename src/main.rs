@@ -172,6 +172,31 @@ fn run(args: Args) -> anyhow::Result<()> {
             ferry::maintenance::fsck(&config.storage_root, repair)?;
             Ok(())
         }
+        Command::NodeConfig {
+            config,
+            mirror,
+            write,
+            fallback,
+            format,
+            ca,
+        } => {
+            let config = ferry::nodeconfig::load_config(config.as_deref(), &env)?;
+            let opts = ferry::nodeconfig::Options {
+                mirror,
+                fallback,
+                ca,
+            };
+            let files = ferry::nodeconfig::render(&config, format, &opts)?;
+            match write {
+                Some(dir) => {
+                    for change in ferry::nodeconfig::write(&dir, format, &files)? {
+                        println!("{change}");
+                    }
+                }
+                None => print!("{}", ferry::nodeconfig::to_text(&files)),
+            }
+            Ok(())
+        }
         Command::Gc { config, grace } => {
             let config = Config::load(config.as_deref(), &env)?;
             ferry::maintenance::gc(&config.storage_root, grace)?;

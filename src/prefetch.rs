@@ -67,6 +67,13 @@ pub async fn pull_in_process(
 ) -> Result<Vec<Pulled>, PrefetchError> {
     config.listen = (std::net::Ipv4Addr::LOCALHOST, 0).into();
     config.pins.clear();
+    // The operator's own pulls, on a loopback port that lives only as long: no HTTPS
+    // listener, and the access policy (meant for clients) does not apply.
+    config.tls = None;
+    config.access = Default::default();
+    for u in &mut config.upstreams {
+        u.anonymous = Default::default();
+    }
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::serve_and_report(
@@ -108,6 +115,8 @@ pub struct Prefetcher {
     base: Url,
     /// Progress bars on a terminal, log lines otherwise.
     bars: bool,
+    /// Sent as a bearer token (Ferry's own pin refresher proving who it is).
+    bearer: Option<crate::secret::Secret>,
 }
 
 /// A blob to fetch: digest and the size its descriptor declares.
@@ -129,7 +138,14 @@ impl Prefetcher {
             http,
             base,
             bars: bars && std::io::stderr().is_terminal(),
+            bearer: None,
         }
+    }
+
+    /// Authenticates every request with `token` as a bearer token.
+    pub fn with_bearer(mut self, token: crate::secret::Secret) -> Prefetcher {
+        self.bearer = Some(token);
+        self
     }
 
     /// Pulls `image` (every platform, or only `platform`) into the Ferry's store.
@@ -207,6 +223,9 @@ impl Prefetcher {
         accept: Option<&str>,
     ) -> Result<reqwest::Response, PrefetchError> {
         let mut req = self.http.get(url);
+        if let Some(t) = &self.bearer {
+            req = req.bearer_auth(t.expose());
+        }
         if let Some(a) = accept {
             req = req.header(http::header::ACCEPT, a);
         }

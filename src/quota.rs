@@ -168,6 +168,7 @@ async fn run(
         match result {
             Ok(r) if r.goal == 0 => next_pass = Instant::now() + MIN_GAP,
             Ok(r) => {
+                proxy.metrics().evicted(r.evicted.len(), r.freed);
                 let after = r.used_before - r.freed;
                 tracing::info!(
                     images = r.evicted.len(),
@@ -209,7 +210,9 @@ async fn startup_check(proxy: &Arc<Proxy>) {
     let Some(result) = on_store(proxy, |s| {
         let raw_before = s.blobs.usage().raw();
         let report = s.quick_check()?;
-        s.blobs.usage().rebase(raw_before, report.bytes);
+        s.blobs
+            .usage()
+            .rebase(raw_before, report.bytes, report.blobs);
         Ok::<_, ferry_storage::Error>(report)
     })
     .await

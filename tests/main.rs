@@ -2,7 +2,7 @@
 //! binary, real processes (Distribution, containerd, skopeo, Ferry itself) on
 //! 127.0.0.1, fresh temp dirs per test, no internet.
 //!
-//! Needs the Debian packages `docker-registry`, `skopeo` and `containerd`
+//! Needs the Debian packages `docker-registry`, `skopeo`, `containerd` and `podman`
 //! (`tests/run.sh` installs them); a missing one fails the test that needs it.
 
 /// Starts and stops the processes the tests need (see its module docs).
@@ -10,6 +10,8 @@ mod harness;
 /// Shared fixtures and assertions for the test modules.
 mod support;
 
+/// Anonymous allow/deny per upstream, htpasswd users with skopeo, denials logged once.
+mod access;
 /// A private ACR over Private Link (emulated Entra ID, ACR front, data endpoint).
 mod acr;
 /// Routing, headers, negotiation, ranges, tags, referrers, error codes, tag TTL.
@@ -38,6 +40,12 @@ mod faults;
 mod full_disk;
 /// Range, late GET and HEAD joining a blob download in flight: one upstream GET.
 mod inflight;
+/// `ferry node-config`: containerd (`ctr`) and podman pull through the files it
+/// writes; without `--fallback` neither goes to a registry directly.
+mod node_config;
+/// `/metrics` after real pulls (checked by `promtool`), `/healthz` and `/readyz` on a
+/// store that fills up, `X-Request-Id`, and the status page in headless Chromium.
+mod observability;
 /// Pulling one platform of an index fetches nothing of the other.
 mod platforms;
 /// `ferry prefetch` and `[[pin]]` fill the store ahead of need.
@@ -52,6 +60,8 @@ mod redirects;
 mod resume;
 /// `ferry fsck` (report, repair), `max_size` eviction under concurrent pulls, `ferry gc`.
 mod store_maintenance;
+/// HTTPS with a test CA (skopeo, HTTP/2 by ALPN) and certificates replaced live.
+mod tls;
 /// Upstream 500/503 and manifests cut mid-body: clear 5xx errors, nothing stored,
 /// recovery once the background probe sees the upstream answer again.
 mod upstream_faults;

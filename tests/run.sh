@@ -9,7 +9,10 @@ need=()
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: missing ${need[*]}; run as root to install them with apt-get" >&2
@@ -24,3 +27,6 @@ cargo fmt --all -- --check
 cargo test --workspace --all-targets -- --test-threads "${FERRY_TEST_THREADS:-2}"
 # The benchmark (benches/compare.rs) at tiny sizes, once, so that it cannot rot.
 FERRY_BENCH_SCALE=tiny FERRY_BENCH_REPS=1 cargo bench --bench compare
+# The container image's binary, the Kubernetes manifests and the Grafana dashboard,
+# checked offline.
+tests/k8s-validate.sh

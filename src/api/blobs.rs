@@ -4,26 +4,27 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 
-use ferry_storage::{Digest, RepoName};
+use ferry_storage::Digest;
 
-use super::{ApiError, Params, build, content_headers};
-use crate::proxy::{ByteRange, Proxy};
+use super::observe::counted_body;
+use super::{ApiError, build, content_headers};
+use crate::metrics::Kind;
+use crate::proxy::{ByteRange, Proxy, Target};
 
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`, with single `Range` requests.
 pub async fn get(
     proxy: &Arc<Proxy>,
-    name: &RepoName,
+    target: &Target,
     digest: &Digest,
-    params: &Params,
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, ApiError> {
-    let target = proxy.route(name, params.ns.as_deref())?;
     let range = headers
         .get(http::header::RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(ByteRange::parse);
-    let blob = proxy.blob(&target, digest, range, !head).await?;
+    let blob = proxy.blob(target, digest, range, !head).await?;
+    proxy.metrics().cache_result(Kind::Blob, blob.cache);
     let (status, length) = match blob.range {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, end + 1 - start),
         None => (StatusCode::OK, blob.size),
@@ -44,7 +45,7 @@ pub async fn get(
         );
     }
     let body = match blob.body {
-        Some(stream) if !head => Body::from_stream(stream),
+        Some(stream) if !head => counted_body(proxy, blob.cache, stream),
         _ => Body::empty(),
     };
     Ok(build(b, body))

@@ -7,6 +7,7 @@ use http::{HeaderValue, StatusCode};
 
 use ferry_storage::{DigestError, NameError, TagError};
 
+use crate::access;
 use crate::proxy;
 use crate::upstream;
 
@@ -27,6 +28,8 @@ pub enum ApiError {
     UnknownEndpoint,
     #[error("invalid pagination: {0}")]
     Pagination(String),
+    #[error(transparent)]
+    Access(#[from] access::Error),
 }
 
 /// The failure as logged: attached to the response so the logging layer reports it
@@ -51,6 +54,12 @@ impl ApiError {
             ApiError::Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
             ApiError::UnknownEndpoint => ("UNSUPPORTED", StatusCode::NOT_FOUND),
             ApiError::Pagination(_) => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST),
+            ApiError::Access(e) => match e {
+                access::Error::AuthRequired { .. } | access::Error::BadCredentials { .. } => {
+                    ("UNAUTHORIZED", StatusCode::UNAUTHORIZED)
+                }
+                access::Error::Denied { .. } => ("DENIED", StatusCode::FORBIDDEN),
+            },
             ApiError::Proxy(e) => match e {
                 P::NoUpstream { .. } | P::RepoUnknown { .. } => {
                     ("NAME_UNKNOWN", StatusCode::NOT_FOUND)
@@ -115,6 +124,14 @@ impl IntoResponse for ApiError {
                     h.insert(http::header::RETRY_AFTER, v);
                 }
             }
+            // Ferry's own 401s invite Basic credentials (upstream 401s are Ferry's
+            // credentials failing: the client has nothing to offer).
+            ApiError::Access(_) if status == StatusCode::UNAUTHORIZED => {
+                h.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    super::credentials::challenge(),
+                );
+            }
             ApiError::Proxy(proxy::Error::RangeNotSatisfiable { size }) => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     h.insert(http::header::CONTENT_RANGE, v);
@@ -122,7 +139,9 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        // Access refusals are logged as warnings too: operators watch for them.
         let needs_operator = status.is_server_error()
+            || matches!(self, ApiError::Access(_))
             || matches!(
                 self,
                 ApiError::Proxy(proxy::Error::Upstream(

@@ -2,24 +2,31 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 
-use ferry_storage::{Reference, RepoName};
+use ferry_storage::Reference;
 
-use super::{ApiError, Params, build, content_headers};
+use super::observe::counted_body;
+use super::{ApiError, build, content_headers};
+use crate::metrics::Kind;
 use crate::oci::Accept;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Target};
 
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`
 pub async fn get(
     proxy: &Proxy,
-    name: &RepoName,
+    target: &Target,
     reference: &Reference,
-    params: &Params,
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, ApiError> {
-    let target = proxy.route(name, params.ns.as_deref())?;
     let accept = Accept::from_headers(headers);
-    let m = proxy.manifest(&target, reference, &accept, !head).await?;
+    let m = proxy.manifest(target, reference, &accept, !head).await?;
+    proxy.metrics().cache_result(Kind::Manifest, m.cache);
+    if !head {
+        let registry = &target.upstream.config().registry;
+        proxy
+            .metrics()
+            .record_pull(&format!("{registry}/{}", target.repo.name));
+    }
     let etag = format!("\"{}\"", m.digest);
     let not_modified = headers
         .get(http::header::IF_NONE_MATCH)
@@ -41,7 +48,12 @@ pub async fn get(
     let body = if head || not_modified {
         Body::empty()
     } else {
-        Body::from(m.bytes)
+        let bytes = m.bytes;
+        counted_body(
+            proxy,
+            m.cache,
+            futures_util::stream::once(async { Ok(bytes) }),
+        )
     };
     Ok(build(b, body))
 }

@@ -6,43 +6,69 @@
 //! cache. Errors become OCI error JSON in [`error`] only.
 
 mod blobs;
+mod credentials;
 mod error;
 mod manifests;
+mod observe;
+mod page;
 mod path;
 mod referrers;
 mod tags;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::{Extension, Router};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 pub use error::ApiError;
 use error::Failure;
 use path::Endpoint;
 
-use crate::proxy::{CacheStatus, Proxy};
+use crate::access::{Access, Identity};
+use crate::proxy::{CacheStatus, Proxy, Target};
 
-/// The application: every route, with the logging and common-header layer.
-pub fn router(proxy: Arc<Proxy>) -> Router {
+/// The application: every route, with the logging and common-header layer. `access`
+/// decides who may pull what.
+pub fn router(proxy: Arc<Proxy>, access: Arc<Access>) -> Router {
     Router::new()
         .route("/v2/", get(version_check).head(version_check))
         .route("/v2", get(version_check).head(version_check))
         .route("/v2/{*rest}", any(dispatch))
         .route("/_ferry/status", get(status))
+        .route("/", get(page::page))
+        .route("/metrics", get(observe::metrics))
+        .route("/healthz", get(observe::healthz))
+        .route("/readyz", get(observe::readyz))
         .fallback(|| async { ApiError::UnknownEndpoint })
+        .layer(Extension(access))
         .layer(middleware::from_fn(log_and_stamp))
+        .layer(middleware::from_fn_with_state(
+            proxy.clone(),
+            observe::observe,
+        ))
         .with_state(proxy)
 }
 
-/// `GET /v2/`: "this is a registry". Clients (nodes) need no credentials.
-async fn version_check() -> Response {
-    ([(http::header::CONTENT_TYPE, "application/json")], "{}").into_response()
+/// `GET /v2/`: "this is a registry". Clients (nodes) need no credentials; credentials
+/// sent are checked, so `podman login` learns whether they are good. When users exist
+/// the answer carries a Basic challenge even though it is a 200 (RFC 9110 allows
+/// that): podman and skopeo only send credentials to registries whose `/v2/` asked.
+async fn version_check(
+    Extension(access): Extension<Arc<Access>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    access.identify(credentials::from_headers(&headers)).await?;
+    let mut resp = ([(http::header::CONTENT_TYPE, "application/json")], "{}").into_response();
+    if access.has_users() {
+        resp.headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, credentials::challenge());
+    }
+    Ok(resp)
 }
 
 /// `GET /_ferry/status`: offline readiness of every cached and pinned image, as JSON.
@@ -80,8 +106,27 @@ impl Params {
     }
 }
 
+/// Routes `name` (after cache rules) and checks that `who` may pull from there.
+fn authorize(
+    proxy: &Proxy,
+    access: &Access,
+    who: &Identity,
+    name: &ferry_storage::RepoName,
+    params: &Params,
+) -> Result<Target, ApiError> {
+    let target = proxy.route(name, params.ns.as_deref())?;
+    access.check(
+        who,
+        target.upstream.name(),
+        &target.upstream.config().registry,
+        target.repo.name.as_str(),
+    )?;
+    Ok(target)
+}
+
 async fn dispatch(
     State(proxy): State<Arc<Proxy>>,
+    Extension(access): Extension<Arc<Access>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -91,6 +136,8 @@ async fn dispatch(
     let params = Params::parse(uri.query());
     let head = method == Method::HEAD;
     let read = head || method == Method::GET;
+    let who = access.identify(credentials::from_headers(&headers)).await?;
+    let allowed = |name| authorize(&proxy, &access, &who, name, &params);
     let mut resp = match endpoint {
         Endpoint::Upload => return Err(ApiError::Unsupported("blob upload")),
         Endpoint::Manifest(..) if method == Method::DELETE => {
@@ -104,14 +151,20 @@ async fn dispatch(
         }
         _ if !read => return Err(ApiError::Unsupported("this method")),
         Endpoint::Manifest(name, reference) => {
-            manifests::get(&proxy, &name, &reference, &params, &headers, head).await?
+            let target = allowed(&name)?;
+            manifests::get(&proxy, &target, &reference, &headers, head).await?
         }
         Endpoint::Blob(name, digest) => {
-            blobs::get(&proxy, &name, &digest, &params, &headers, head).await?
+            let target = allowed(&name)?;
+            blobs::get(&proxy, &target, &digest, &headers, head).await?
         }
-        Endpoint::Tags(name) => tags::list(&proxy, &name, &params).await?,
+        Endpoint::Tags(name) => {
+            let target = allowed(&name)?;
+            tags::list(&proxy, &target, &name, &params).await?
+        }
         Endpoint::Referrers(name, subject) => {
-            referrers::list(&proxy, &name, &subject, &params).await?
+            let target = allowed(&name)?;
+            referrers::list(&proxy, &target, &subject, &params).await?
         }
     };
     if let Some(ns) = params

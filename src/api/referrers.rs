@@ -2,22 +2,21 @@ use axum::body::Body;
 use axum::response::Response;
 use http::StatusCode;
 
-use ferry_storage::{Digest, RepoName};
+use ferry_storage::Digest;
 
 use super::{ApiError, Params, build, warning_value};
 use crate::oci;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Target};
 
 /// `GET /v2/<name>/referrers/<digest>[?artifactType=<type>]`
 pub async fn list(
     proxy: &Proxy,
-    name: &RepoName,
+    target: &Target,
     subject: &Digest,
     params: &Params,
 ) -> Result<Response, ApiError> {
-    let target = proxy.route(name, params.ns.as_deref())?;
     let r = proxy
-        .referrers(&target, subject, params.artifact_type.as_deref())
+        .referrers(target, subject, params.artifact_type.as_deref())
         .await?;
     let mut b = Response::builder()
         .status(StatusCode::OK)

@@ -5,11 +5,16 @@ use http::StatusCode;
 use ferry_storage::RepoName;
 
 use super::{ApiError, Params, build, warning_value};
-use crate::proxy::{CacheStatus, Proxy, TagList};
+use crate::proxy::{CacheStatus, Proxy, TagList, Target};
 
 /// `GET /v2/<name>/tags/list[?n=<int>&last=<tag>]`
-pub async fn list(proxy: &Proxy, name: &RepoName, params: &Params) -> Result<Response, ApiError> {
-    let target = proxy.route(name, params.ns.as_deref())?;
+/// `name` is the repository as the client named it (the answer names it so).
+pub async fn list(
+    proxy: &Proxy,
+    target: &Target,
+    name: &RepoName,
+    params: &Params,
+) -> Result<Response, ApiError> {
     let n =
         match params.n.as_deref() {
             None => None,
@@ -26,7 +31,7 @@ pub async fn list(proxy: &Proxy, name: &RepoName, params: &Params) -> Result<Res
             warning: None,
         }
     } else {
-        proxy.tags(&target, n, params.last.as_deref()).await?
+        proxy.tags(target, n, params.last.as_deref()).await?
     };
     let body = serde_json::json!({ "name": name.as_str(), "tags": list.tags });
     let mut b = Response::builder()

@@ -289,7 +289,7 @@ impl Proxy {
         // written (the hash simply continues), so readers see no error.
         let mut resumes = 0;
         loop {
-            let outcome = pump(resp, skip, &mut ingest, size, |written| {
+            let outcome = pump(resp, skip, &mut ingest, size, up.metrics(), |written| {
                 // Hold the last byte back until the digest verified.
                 leader.publish(State::Receiving {
                     size,
@@ -302,7 +302,7 @@ impl Proxy {
             let reason = match outcome {
                 Ok(()) if written == size => break,
                 Ok(()) => format!("the body ended after {written} of {size} bytes"),
-                Err(Pumped::Upstream(e)) => e.to_string(),
+                Err(Pumped::Upstream(e)) => up.body_error(&e).to_string(),
                 Err(Pumped::Storage(StorageError::SizeMismatch { actual, .. })) => {
                     return Err(broken(format!(
                         "sent {actual} bytes, more than its Content-Length {size}"
@@ -335,10 +335,13 @@ impl Proxy {
             .await
             .map_err(|e| match e {
                 Error::Storage(se) => match &*se {
-                    StorageError::DigestMismatch { .. } => Error::UpstreamDigestMismatch {
-                        upstream: up.name().to_string(),
-                        expected: digest.clone(),
-                    },
+                    StorageError::DigestMismatch { .. } => {
+                        up.note_digest_mismatch(digest);
+                        Error::UpstreamDigestMismatch {
+                            upstream: up.name().to_string(),
+                            expected: digest.clone(),
+                        }
+                    }
                     StorageError::SizeMismatch { actual, .. } => {
                         broken(format!("ended after {actual} of {size} bytes"))
                     }
@@ -406,11 +409,13 @@ enum Pumped {
 
 /// Streams `resp`'s body (after discarding its first `skip` bytes) into `ingest` in
 /// pieces of [`WRITE_CHUNK`], calling `progress` with the bytes written after each.
+/// Every byte received counts in `metrics`, discarded ones too: they crossed the link.
 async fn pump(
     resp: crate::upstream::Response,
     mut skip: u64,
     ingest: &mut Option<ferry_storage::Ingest>,
     size: u64,
+    metrics: &crate::metrics::UpstreamMetrics,
     progress: impl Fn(u64),
 ) -> Result<(), Pumped> {
     let mut body = resp.bytes_stream();
@@ -424,6 +429,7 @@ async fn pump(
         };
         let at_end = chunk.is_none();
         if let Some(mut chunk) = chunk {
+            metrics.fetched(chunk.len() as u64);
             let drop_now = skip.min(chunk.len() as u64);
             skip -= drop_now;
             let _ = chunk.split_to(drop_now as usize);

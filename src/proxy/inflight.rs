@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::Stream;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 use ferry_storage::{Digest, Repo};
@@ -31,9 +32,10 @@ type Key = (Repo, Digest);
 
 type Fetches = Arc<Mutex<HashMap<Key, Arc<Fetch>>>>;
 
-#[derive(Default)]
 pub struct Inflight {
     fetches: Fetches,
+    /// `ferry_inflight_fetches`: up while a leader exists.
+    running: Gauge,
 }
 
 /// What [`Inflight::join_or_start`] found.
@@ -53,6 +55,7 @@ pub struct Leader {
     key: Key,
     fetches: Fetches,
     finished: bool,
+    running: Gauge,
 }
 
 #[derive(Clone)]
@@ -78,6 +81,14 @@ pub struct Fetch {
 }
 
 impl Inflight {
+    /// No fetches yet; `running` counts those in flight.
+    pub fn new(running: Gauge) -> Inflight {
+        Inflight {
+            fetches: Fetches::default(),
+            running,
+        }
+    }
+
     /// Joins the running fetch of `key`, or registers a new one (unless `is_stored`
     /// says the blob arrived since the caller last looked).
     pub fn join_or_start(
@@ -99,6 +110,7 @@ impl Inflight {
         let (tx, _) = watch::channel(State::Starting);
         let fetch = Arc::new(Fetch { tx: tx.clone() });
         fetches.insert(key.clone(), fetch.clone());
+        self.running.inc();
         Joined::Leader(
             fetch,
             Leader {
@@ -106,6 +118,7 @@ impl Inflight {
                 key,
                 fetches: self.fetches.clone(),
                 finished: false,
+                running: self.running.clone(),
             },
         )
     }
@@ -146,6 +159,7 @@ impl Leader {
 
 impl Drop for Leader {
     fn drop(&mut self) {
+        self.running.dec();
         if !self.finished {
             // The fetch task ended without finishing (it panicked): unregister and
             // fail, so that followers stop waiting and the next request starts over.

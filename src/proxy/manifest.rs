@@ -222,6 +222,7 @@ impl Proxy {
             if body.len() + chunk.len() > oci::MAX_MANIFEST_SIZE {
                 return Err(too_large((body.len() + chunk.len()) as u64));
             }
+            up.metrics().fetched(chunk.len() as u64);
             body.extend_from_slice(&chunk);
         }
         let digest = match (expected, header_digest) {
@@ -230,6 +231,7 @@ impl Proxy {
             (None, None) => Digest::sha256_of(&body),
         };
         if !digest.verify(&body) {
+            up.note_digest_mismatch(&digest);
             return Err(Error::UpstreamDigestMismatch {
                 upstream: up.name().to_string(),
                 expected: digest,

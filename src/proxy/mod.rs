@@ -13,6 +13,7 @@ mod error;
 mod inflight;
 mod manifest;
 mod pins;
+mod ready;
 mod referrers;
 mod route;
 mod status;
@@ -30,6 +31,7 @@ pub use status::{ImageStatus, PlatformStatus, Status};
 pub use tags::TagList;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::rules::Rules;
 use crate::upstream;
 
@@ -104,26 +106,43 @@ pub struct Proxy {
     /// `[[pin]]` images: reported by `status`, never evicted.
     pins: Vec<crate::config::Pin>,
     inflight: inflight::Inflight,
+    metrics: Arc<Metrics>,
+    /// Whether the store was writable at the last readiness check (see [`ready`]).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
     pub fn new(config: &Config, store: Store) -> Result<Proxy, upstream::Error> {
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::new(store.clone()));
+        metrics.set_store_max(config.quota.max_size);
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| upstream::Client::new(u.clone()).map(Arc::new))
+            .map(|u| upstream::Client::new(u.clone(), &metrics).map(Arc::new))
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
-            store: Arc::new(store),
+            store,
             upstreams,
             rules: Rules::new(config.rules.clone()),
             pins: config.pins.clone(),
-            inflight: inflight::Inflight::default(),
+            inflight: inflight::Inflight::new(metrics.inflight().clone()),
+            metrics,
+            ready: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The configured upstreams, in configuration order.
+    pub fn upstreams(&self) -> &[Arc<upstream::Client>] {
+        &self.upstreams
     }
 
     /// Runs blocking storage work off the async threads.

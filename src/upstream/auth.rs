@@ -17,6 +17,7 @@ use super::Error;
 use super::acr::Exchange;
 use super::token::{self, Token};
 use crate::config::Auth;
+use crate::metrics::UpstreamMetrics;
 /// What the registry asked for in its last challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
@@ -105,10 +106,18 @@ pub struct Authenticator {
     acr: Option<Exchange>,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Counts token fetches and renewals.
+    metrics: UpstreamMetrics,
 }
 
 impl Authenticator {
-    pub fn new(upstream: &str, origin: Url, auth: Auth, acr: Option<Exchange>) -> Self {
+    pub fn new(
+        upstream: &str,
+        origin: Url,
+        auth: Auth,
+        acr: Option<Exchange>,
+        metrics: UpstreamMetrics,
+    ) -> Self {
         Authenticator {
             upstream: upstream.to_string(),
             origin,
@@ -116,6 +125,7 @@ impl Authenticator {
             acr,
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -237,7 +247,20 @@ impl Authenticator {
             .ok_or_else(|| token::protocol(&self.upstream, "token is not a valid header value"))
     }
 
+    /// A new token for `scope` (counted, whether it came or not).
     async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        realm: &Url,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<Token, Error> {
+        let t = self.fetch_uncounted(http, realm, service, scope).await;
+        self.metrics.token_refresh(t.is_ok());
+        t
+    }
+
+    async fn fetch_uncounted(
         &self,
         http: &reqwest::Client,
         realm: &Url,

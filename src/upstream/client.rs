@@ -4,9 +4,9 @@ use http::header::{AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use url::Url;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::Error;
 use super::acr::Exchange;
@@ -14,6 +14,7 @@ use super::auth::Authenticator;
 use super::entra;
 use super::health::Health;
 use crate::config;
+use crate::metrics::{Metrics, UpstreamErrorKind, UpstreamMetrics};
 use ferry_storage::RepoName;
 
 /// Registries chain a redirect or two (login server → data endpoint → storage).
@@ -34,6 +35,9 @@ pub struct Client {
     health: Arc<Health>,
     /// 429 answers seen, for the log.
     rate_limited: AtomicU64,
+    metrics: UpstreamMetrics,
+    /// The last failure and when, for the status page.
+    last_error: Mutex<Option<(SystemTime, String)>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -45,7 +49,8 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    pub fn new(config: config::Upstream) -> Result<Client, Error> {
+    pub fn new(config: config::Upstream, metrics: &Metrics) -> Result<Client, Error> {
+        let metrics = metrics.upstream(&config.name);
         let setup = |detail: String| Error::Protocol {
             upstream: config.name.clone(),
             detail,
@@ -91,15 +96,64 @@ impl Client {
             config.url.clone(),
             config.auth.clone(),
             acr,
+            metrics.clone(),
         ));
-        let health = Health::new(&config.name, config.offline_after_failures);
+        let health = Health::new(&config.name, config.offline_after_failures, metrics.clone());
         Ok(Client {
             config,
             http,
             auth,
             health,
             rate_limited: AtomicU64::new(0),
+            metrics,
+            last_error: Mutex::new(None),
         })
+    }
+
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
+    }
+
+    /// When the upstream went offline, if it counts as offline now.
+    pub fn offline_since(&self) -> Option<SystemTime> {
+        self.health.offline_since()
+    }
+
+    /// The last failure talking to the upstream, and when.
+    pub fn last_error(&self) -> Option<(SystemTime, String)> {
+        self.last_error.lock().expect("last error lock").clone()
+    }
+
+    /// Counts a failure for the metrics and the status page.
+    fn note_error(&self, e: &Error) {
+        let kind = match e {
+            // Not asked at all: the circuit is open, `ferry_upstream_up` says so.
+            Error::Offline { .. } => return,
+            Error::Unreachable { .. } | Error::BrokeOff { .. } => UpstreamErrorKind::Unreachable,
+            Error::Timeout { .. } => UpstreamErrorKind::Timeout,
+            Error::Unauthorized { .. } | Error::Credential { .. } => UpstreamErrorKind::Auth,
+            Error::Denied { .. } | Error::TooManyRequests { .. } | Error::Status { .. } => {
+                UpstreamErrorKind::Status
+            }
+            Error::Protocol { .. } => UpstreamErrorKind::Other,
+        };
+        self.note(kind, e.to_string());
+    }
+
+    fn note(&self, kind: UpstreamErrorKind, message: String) {
+        self.metrics.error(kind);
+        *self.last_error.lock().expect("last error lock") = Some((SystemTime::now(), message));
+    }
+
+    /// Counts bytes from this upstream that did not match their digest.
+    pub fn note_digest_mismatch(&self, digest: &ferry_storage::Digest) {
+        self.note(
+            UpstreamErrorKind::Digest,
+            format!(
+                "upstream {} sent bytes that do not match {digest}",
+                self.name()
+            ),
+        );
     }
 
     pub fn config(&self) -> &config::Upstream {
@@ -143,6 +197,7 @@ impl Client {
                 since: humantime::format_rfc3339_seconds(since).to_string(),
             });
         }
+        let started = Instant::now();
         let attempt = self.send_authenticated(method, repo, path, query, headers);
         let result = match deadline {
             None => attempt.await,
@@ -153,6 +208,10 @@ impl Client {
                 })
             }),
         };
+        self.metrics.answered_after(started.elapsed());
+        if let Err(e) = &result {
+            self.note_error(e);
+        }
         match &result {
             Err(e) if e.is_unavailable() => {
                 if self.health.record_failure() {
@@ -293,12 +352,14 @@ impl Client {
         }
     }
 
-    /// Maps an error reading a response body.
+    /// Maps (and counts) an error reading a response body.
     pub fn body_error(&self, e: &reqwest::Error) -> Error {
-        match Error::from_reqwest(&self.config.name, e) {
+        let e = match Error::from_reqwest(&self.config.name, e) {
             Error::Unreachable { upstream, detail } => Error::BrokeOff { upstream, detail },
             other => other,
-        }
+        };
+        self.note_error(&e);
+        e
     }
 }
 
@@ -328,7 +389,9 @@ mod tests {
             ca_file.display()
         );
         let config = config::Config::parse("t", &text, &[]).unwrap();
-        Client::new(config.upstreams[0].clone()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ferry_storage::Store::open(dir.path()).unwrap());
+        Client::new(config.upstreams[0].clone(), &Metrics::new(store)).unwrap();
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use url::Url;
 
+use crate::metrics::UpstreamMetrics;
+
 const FIRST_PROBE: Duration = Duration::from_secs(1);
 const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -21,14 +23,18 @@ pub struct Health {
     upstream: String,
     threshold: u32,
     state: Mutex<State>,
+    /// `ferry_upstream_up`, set on every change.
+    metrics: UpstreamMetrics,
 }
 
 impl Health {
-    pub fn new(upstream: &str, threshold: u32) -> Arc<Health> {
+    pub fn new(upstream: &str, threshold: u32, metrics: UpstreamMetrics) -> Arc<Health> {
+        metrics.set_up(true);
         Arc::new(Health {
             upstream: upstream.to_string(),
             threshold: threshold.max(1),
             state: Mutex::default(),
+            metrics,
         })
     }
 
@@ -42,6 +48,7 @@ impl Health {
         if let Some(since) = s.offline_since.take() {
             let down = SystemTime::now().duration_since(since).unwrap_or_default();
             tracing::info!(upstream = %self.upstream, down_secs = down.as_secs(), "upstream answers again; back online");
+            self.metrics.set_up(true);
         }
         s.failures = 0;
     }
@@ -53,6 +60,7 @@ impl Health {
         s.failures = s.failures.saturating_add(1);
         if s.offline_since.is_none() && s.failures >= self.threshold {
             s.offline_since = Some(SystemTime::now());
+            self.metrics.set_up(false);
             tracing::warn!(upstream = %self.upstream, failures = s.failures, "upstream unreachable; serving from cache and probing it in the background");
             return true;
         }
@@ -86,14 +94,27 @@ mod tests {
 
     #[test]
     fn goes_offline_after_the_threshold_and_back() {
-        let h = Health::new("u", 2);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ferry_storage::Store::open(dir.path()).unwrap());
+        let metrics = crate::metrics::Metrics::new(store);
+        let h = Health::new("u", 2, metrics.upstream("u"));
+        let up = || {
+            metrics
+                .encode(false)
+                .0
+                .lines()
+                .any(|l| l == "ferry_upstream_up{upstream=\"u\"} 1")
+        };
+        assert!(up());
         assert!(!h.record_failure());
         assert!(h.offline_since().is_none());
         assert!(h.record_failure());
         assert!(h.offline_since().is_some());
+        assert!(!up(), "the circuit opened");
         assert!(!h.record_failure(), "already offline: no second probe");
         h.record_success();
         assert!(h.offline_since().is_none());
+        assert!(up());
         assert!(!h.record_failure());
     }
 }

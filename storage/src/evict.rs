@@ -84,7 +84,9 @@ impl Store {
         let raw_before = self.blobs.usage().raw();
         let snap = Snapshot::take(self)?;
         let used = snap.bytes();
-        self.blobs.usage().rebase(raw_before, used);
+        self.blobs
+            .usage()
+            .rebase(raw_before, used, snap.files.len());
         let mut report = EvictReport {
             used_before: used,
             goal: goal(used),

@@ -45,7 +45,7 @@ pub use index::{BlobRecord, Index, ManifestRecord, Repo, TagRecord};
 pub use layout::Layout;
 pub use lease::Lease;
 pub use name::{NameError, Reference, RepoName, Tag, TagError};
-pub use usage::Usage;
+pub use usage::{Usage, UsageCounts};
 
 /// The blob store and the index, opened together under one root.
 #[derive(Debug)]
@@ -120,6 +120,24 @@ impl Store {
         Ok(fs2::available_space(self.layout.root())?)
     }
 
+    /// Whether a blob could be stored now: creates, writes and removes a small file in
+    /// `staging/`, where every ingest starts. Fails on a full or read-only file
+    /// system, or a store directory that is gone or not writable.
+    pub fn check_writable(&self) -> Result<()> {
+        static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self
+            .layout
+            .staging_dir()
+            .join(format!("writable-{}-{n}", std::process::id()));
+        // A byte, not just a name: a full file system still creates empty files.
+        let written = std::fs::write(&path, b"ferry");
+        let removed = std::fs::remove_file(&path);
+        written?;
+        removed?;
+        Ok(())
+    }
+
     /// Writes the access times noted since the last flush into the index (see
     /// [`AccessTimes`]); how many were written.
     pub fn flush_access(&self) -> Result<usize> {
@@ -156,5 +174,38 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.index.blob(&d).unwrap().map(|r| r.size), Some(5));
         assert!(store.fsck(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn usage_counts_blobs_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let usage = store.blobs.usage();
+        let (a, b) = (Digest::sha256_of(b"layer"), Digest::sha256_of(b"config!"));
+        store.blobs.put(&a, b"layer").unwrap();
+        store.blobs.put(&b, b"config!").unwrap();
+        // The same blob committed again (two racing fetches) is one blob.
+        store.blobs.put(&a, b"layer").unwrap();
+        assert_eq!((usage.blobs(), usage.bytes()), (2, 12));
+        store.blobs.delete(&a).unwrap();
+        assert_eq!((usage.blobs(), usage.bytes()), (1, 7));
+        // A walk corrects drift: here a blob removed behind the store's back.
+        std::fs::remove_file(store.layout().blob(&b)).unwrap();
+        let before = usage.raw();
+        let walk = store.blobs.walk().unwrap();
+        usage.rebase(before, walk.bytes(), walk.files.len());
+        assert_eq!((usage.blobs(), usage.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn check_writable_leaves_nothing_and_fails_without_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.check_writable().unwrap();
+        store.check_writable().unwrap();
+        let staging = store.layout().staging_dir();
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+        std::fs::remove_dir(&staging).unwrap();
+        assert!(store.check_writable().is_err());
     }
 }

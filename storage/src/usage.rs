@@ -1,5 +1,6 @@
-//! How many bytes the blob store holds, as a running count, so that the quota can be
-//! checked after every stored blob without walking the store.
+//! How many bytes (and blobs) the blob store holds, as a running count, so that the
+//! quota can be checked after every stored blob, and the metrics read at every scrape,
+//! without walking the store.
 //!
 //! Commits add, deletes subtract. The count starts at zero and is corrected against a
 //! walk of `blobs/` ([`Usage::rebase`]) at startup and on every eviction pass, which
@@ -13,6 +14,7 @@ type Listener = Box<dyn Fn() + Send + Sync>;
 #[derive(Default)]
 pub struct Usage {
     bytes: AtomicI64,
+    blobs: AtomicI64,
     on_growth: OnceLock<Listener>,
 }
 
@@ -20,6 +22,7 @@ impl std::fmt::Debug for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Usage")
             .field("bytes", &self.bytes.load(Ordering::Relaxed))
+            .field("blobs", &self.blobs.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -27,12 +30,20 @@ impl std::fmt::Debug for Usage {
 impl Usage {
     /// Bytes under `blobs/`, as far as this process counted.
     pub fn bytes(&self) -> u64 {
-        self.raw().max(0) as u64
+        self.bytes.load(Ordering::Relaxed).max(0) as u64
     }
 
-    /// The raw count, to pass back to [`Usage::rebase`] after a walk.
-    pub fn raw(&self) -> i64 {
-        self.bytes.load(Ordering::Relaxed)
+    /// Blobs under `blobs/`, as far as this process counted.
+    pub fn blobs(&self) -> u64 {
+        self.blobs.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// The raw counts, to pass back to [`Usage::rebase`] after a walk.
+    pub fn raw(&self) -> UsageCounts {
+        UsageCounts {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            blobs: self.blobs.load(Ordering::Relaxed),
+        }
     }
 
     /// Sets `f` to be called (on the committing thread) after every blob stored; the
@@ -41,15 +52,18 @@ impl Usage {
         self.on_growth.set(Box::new(f)).is_ok()
     }
 
-    /// Corrects the count to `walked` bytes, found by a walk that started when the
-    /// count was `raw_before`: what was added or removed during the walk is kept.
-    pub fn rebase(&self, raw_before: i64, walked: u64) {
+    /// Corrects the counts to `bytes` and `blobs`, found by a walk that started when
+    /// the counts were `before`: what was added or removed during the walk is kept.
+    pub fn rebase(&self, before: UsageCounts, bytes: u64, blobs: usize) {
         self.bytes
-            .fetch_add(walked as i64 - raw_before, Ordering::Relaxed);
+            .fetch_add(bytes as i64 - before.bytes, Ordering::Relaxed);
+        self.blobs
+            .fetch_add(blobs as i64 - before.blobs, Ordering::Relaxed);
     }
 
     pub(crate) fn added(&self, n: u64) {
         self.bytes.fetch_add(n as i64, Ordering::Relaxed);
+        self.blobs.fetch_add(1, Ordering::Relaxed);
         if let Some(f) = self.on_growth.get() {
             f();
         }
@@ -57,5 +71,13 @@ impl Usage {
 
     pub(crate) fn removed(&self, n: u64) {
         self.bytes.fetch_sub(n as i64, Ordering::Relaxed);
+        self.blobs.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The counts at one moment, for [`Usage::rebase`].
+#[derive(Debug, Clone, Copy)]
+pub struct UsageCounts {
+    bytes: i64,
+    blobs: i64,
 }

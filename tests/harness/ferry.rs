@@ -377,6 +377,19 @@ impl Ferry {
         format!("http://{}", self.addr)
     }
 
+    /// The `[tls]` listener's `127.0.0.1:PORT`, from the last `listening on https://`
+    /// line (Ferry logs it before the plain one). Panics if there is none.
+    pub fn tls_addr(&self) -> String {
+        let log = self.log();
+        let (_, after) = log
+            .rsplit_once("listening on https://")
+            .unwrap_or_else(|| panic!("ferry logged no `listening on https://` line\n{log}"));
+        after
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+            .collect()
+    }
+
     /// `[storage] root`.
     pub fn storage_root(&self) -> PathBuf {
         self.store.clone()

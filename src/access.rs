@@ -1,0 +1,650 @@
+//! Who may pull what.
+//!
+//! - Anonymous clients (nodes) may pull everything unless an upstream's `allow` /
+//!   `deny` patterns say otherwise; they match the repository at that upstream.
+//! - Users from an htpasswd file (bcrypt only) authenticate with Basic auth; their
+//!   `[[access.user]]` patterns match `<registry>/<repository>`. A user without such a
+//!   table may pull everything.
+//! - Every decision is made on the upstream and repository a request is actually
+//!   served from, after routing and cache rules, so a rule cannot route around a deny.
+//!   A `deny` match wins over any `allow`.
+//!
+//! The [`Policy`] is built from a [`Config`] and held in an [`Access`], which swaps it
+//! whole (a config reload calls [`Access::replace`]); the htpasswd file is re-read when
+//! it changes. Successful bcrypt checks are remembered (keyed by a keyed hash of user
+//! and password, bounded), so a node pulling 40 layers pays for one bcrypt, not 40.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use sha2::Digest as _;
+
+use crate::config::Config;
+use crate::secret::Secret;
+
+/// Successful verifications remembered at most.
+const VERIFIED_CACHE: usize = 1024;
+/// bcrypt checks running at once: a flood of wrong passwords may not take every
+/// blocking thread.
+const CONCURRENT_BCRYPT: usize = 4;
+
+/// Why a request may not proceed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Anonymous, denied, while users exist: logging in may help.
+    #[error("authentication required: anonymous clients may not pull {image}")]
+    AuthRequired { image: String },
+    #[error("access denied: {who} may not pull {image}")]
+    Denied { who: String, image: String },
+    /// Credentials that do not verify (unknown user, wrong password, malformed).
+    #[error("invalid credentials{}", user.as_ref().map(|u| format!(" for user `{u}`")).unwrap_or_default())]
+    BadCredentials { user: Option<String> },
+}
+
+/// A repository pattern: `*` matches within one path component, `**` any depth.
+#[derive(Clone)]
+pub struct Pattern {
+    text: String,
+    matcher: globset::GlobMatcher,
+}
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Pattern, String> {
+        if text.is_empty() {
+            return Err("an empty pattern matches nothing".into());
+        }
+        if text.starts_with('/') || text.ends_with('/') {
+            return Err(format!("`{text}` may not start or end with `/`"));
+        }
+        let glob = globset::GlobBuilder::new(text)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("`{text}` is not a pattern: {}", e.kind()))?;
+        Ok(Pattern {
+            text: text.to_string(),
+            matcher: glob.compile_matcher(),
+        })
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        self.matcher.is_match(name)
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.text)
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// One principal's patterns.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// `None`: everything not denied.
+    pub allow: Option<Vec<Pattern>>,
+    pub deny: Vec<Pattern>,
+}
+
+impl Rules {
+    /// Whether `name` is allowed: no deny matches and (no allow list, or one matches).
+    pub fn permits(&self, name: &str) -> bool {
+        !self.deny.iter().any(|p| p.matches(name))
+            && self
+                .allow
+                .as_ref()
+                .is_none_or(|a| a.iter().any(|p| p.matches(name)))
+    }
+
+    /// Whether these rules restrict anything.
+    pub fn is_open(&self) -> bool {
+        self.allow.is_none() && self.deny.is_empty()
+    }
+
+    /// `allow [..] deny [..]` for `ferry config check`.
+    pub fn describe(&self) -> String {
+        let list = |v: &[Pattern]| {
+            v.iter()
+                .map(|p| p.text.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let allow = match &self.allow {
+            None => "everything".to_string(),
+            Some(a) => list(a),
+        };
+        if self.deny.is_empty() {
+            format!("allow {allow}")
+        } else {
+            format!("allow {allow}; deny {}", list(&self.deny))
+        }
+    }
+}
+
+/// Why an htpasswd file was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct HtpasswdError {
+    path: PathBuf,
+    line: Option<usize>,
+    message: String,
+}
+
+/// The users of an htpasswd file: name → bcrypt hash. Its `Debug` shows names only.
+#[derive(Clone)]
+pub struct Htpasswd {
+    path: PathBuf,
+    stamp: Option<(SystemTime, u64)>,
+    entries: Arc<HashMap<String, String>>,
+}
+
+impl fmt::Debug for Htpasswd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Htpasswd")
+            .field("path", &self.path)
+            .field("users", &self.users())
+            .finish()
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl Htpasswd {
+    /// Reads and checks `path`: `user:hash` lines, `#` comments, bcrypt hashes only.
+    pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
+        let stamp = stamp(path);
+        let text = std::fs::read_to_string(path).map_err(|e| HtpasswdError {
+            path: path.to_owned(),
+            line: None,
+            message: format!("cannot read the htpasswd file: {e}"),
+        })?;
+        let entries = Self::parse(&text).map_err(|(line, message)| HtpasswdError {
+            path: path.to_owned(),
+            line: Some(line),
+            message,
+        })?;
+        Ok(Htpasswd {
+            path: path.to_owned(),
+            stamp,
+            entries: Arc::new(entries),
+        })
+    }
+
+    fn parse(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
+        let mut entries = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((user, hash)) = line.split_once(':') else {
+                return Err((n, "not a `user:hash` line".into()));
+            };
+            if user.is_empty() {
+                return Err((n, "the user name is empty".into()));
+            }
+            if let Some(kind) = not_bcrypt(hash) {
+                return Err((
+                    n,
+                    format!(
+                        "user `{user}` has {kind}; Ferry accepts bcrypt hashes only (create them with `htpasswd -B`)"
+                    ),
+                ));
+            }
+            if hash.parse::<bcrypt::HashParts>().is_err() {
+                return Err((n, format!("user `{user}`: malformed bcrypt hash")));
+            }
+            if entries.insert(user.to_string(), hash.to_string()).is_some() {
+                return Err((n, format!("user `{user}` is listed twice")));
+            }
+        }
+        Ok(entries)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// User names, sorted.
+    pub fn users(&self) -> Vec<&str> {
+        let mut u: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        u.sort_unstable();
+        u
+    }
+
+    pub fn has_user(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
+
+/// What a hash that is not bcrypt is, for the error; `None` if it looks like bcrypt.
+fn not_bcrypt(hash: &str) -> Option<&'static str> {
+    if ["$2a$", "$2b$", "$2x$", "$2y$"]
+        .iter()
+        .any(|p| hash.starts_with(p))
+    {
+        return None;
+    }
+    Some(if hash.starts_with("$apr1$") {
+        "an MD5 (apr1) hash"
+    } else if hash.starts_with("{SHA}") {
+        "a SHA-1 hash"
+    } else if hash.starts_with("$1$") {
+        "an MD5-crypt hash"
+    } else if hash.starts_with("$5$") || hash.starts_with("$6$") {
+        "a SHA-crypt hash"
+    } else {
+        "a crypt(3) or plain-text password"
+    })
+}
+
+/// The credentials a request carries, as the API read them.
+#[derive(Debug)]
+pub enum Credentials {
+    /// None, or Basic with an empty user name (what podman sends when it has none).
+    None,
+    Basic {
+        user: String,
+        password: Secret,
+    },
+    /// Ferry's own `[[pin]]` refresher.
+    Internal(Secret),
+    /// An `Authorization` header Ferry cannot read as any of those.
+    Malformed,
+}
+
+/// Who a request is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Anonymous,
+    User(String),
+    /// Ferry itself (pinned images): the operator configured those pulls.
+    Internal,
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Anonymous => f.write_str("anonymous"),
+            Identity::User(u) => write!(f, "user `{u}`"),
+            Identity::Internal => f.write_str("ferry (pin refresh)"),
+        }
+    }
+}
+
+/// The access policy of one configuration.
+pub struct Policy {
+    /// Anonymous rules by upstream name.
+    anonymous: HashMap<String, Rules>,
+    /// `[[access.user]]` rules by user name.
+    users: HashMap<String, Rules>,
+    htpasswd: Option<Mutex<Htpasswd>>,
+    verified: Mutex<Verified>,
+    /// Keys the verification cache, so its keys say nothing about passwords.
+    cache_key: [u8; 32],
+}
+
+/// Successful verifications: cache key → the hash it verified against.
+#[derive(Default)]
+struct Verified {
+    map: HashMap<[u8; 32], (String, String)>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Policy {
+    pub fn new(config: &Config) -> Policy {
+        let mut cache_key = [0u8; 32];
+        getrandom::fill(&mut cache_key).expect("the OS random source works");
+        Policy {
+            anonymous: config
+                .upstreams
+                .iter()
+                .map(|u| (u.name.clone(), u.anonymous.clone()))
+                .collect(),
+            users: config
+                .access
+                .users
+                .iter()
+                .map(|u| (u.name.clone(), u.rules.clone()))
+                .collect(),
+            htpasswd: config.access.htpasswd.clone().map(Mutex::new),
+            verified: Mutex::default(),
+            cache_key,
+        }
+    }
+
+    /// Whether users can log in (then anonymous denials invite them to).
+    pub fn has_users(&self) -> bool {
+        self.htpasswd.is_some()
+    }
+
+    /// The current htpasswd entries, re-read if the file changed. A changed file that
+    /// cannot be used is reported once and the previous entries kept.
+    fn entries(&self) -> Option<Arc<HashMap<String, String>>> {
+        let mut h = self.htpasswd.as_ref()?.lock().expect("htpasswd lock");
+        let now = stamp(&h.path);
+        if now.is_some() && now != h.stamp {
+            match Htpasswd::load(&h.path) {
+                Ok(new) => {
+                    tracing::info!(file = %h.path.display(), users = new.entries.len(), "htpasswd file changed; using the new users");
+                    *h = new;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "htpasswd file changed but cannot be used; keeping the previous users");
+                    h.stamp = now;
+                }
+            }
+        }
+        Some(h.entries.clone())
+    }
+
+    fn cache_key(&self, user: &str, password: &Secret) -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(self.cache_key);
+        h.update((user.len() as u64).to_le_bytes());
+        h.update(user.as_bytes());
+        h.update(password.expose().as_bytes());
+        h.finalize().into()
+    }
+
+    fn remember(&self, key: [u8; 32], user: &str, hash: &str) {
+        let mut v = self.verified.lock().expect("cache lock");
+        if v.map
+            .insert(key, (user.to_string(), hash.to_string()))
+            .is_none()
+        {
+            v.order.push_back(key);
+        }
+        while v.order.len() > VERIFIED_CACHE {
+            if let Some(old) = v.order.pop_front() {
+                v.map.remove(&old);
+            }
+        }
+    }
+
+    fn recalled(&self, key: &[u8; 32], user: &str, hash: &str) -> bool {
+        // A changed hash (new password in the file) no longer counts.
+        self.verified
+            .lock()
+            .expect("cache lock")
+            .map
+            .get(key)
+            .is_some_and(|(u, h)| u == user && h == hash)
+    }
+
+    fn rules(&self, who: &Identity, upstream: &str) -> Option<&Rules> {
+        match who {
+            Identity::Anonymous => self.anonymous.get(upstream),
+            Identity::User(u) => self.users.get(u),
+            Identity::Internal => None,
+        }
+    }
+}
+
+/// The access gate the API consults; holds the current [`Policy`], swappable.
+pub struct Access {
+    policy: ArcSwap<Policy>,
+    /// What Ferry's own pin refresher sends as a bearer token: random per process.
+    internal: Secret,
+    bcrypt: tokio::sync::Semaphore,
+}
+
+impl Access {
+    pub fn new(config: &Config) -> Access {
+        let mut token = [0u8; 32];
+        getrandom::fill(&mut token).expect("the OS random source works");
+        Access {
+            policy: ArcSwap::from_pointee(Policy::new(config)),
+            internal: Secret::new(hex::encode(token)),
+            bcrypt: tokio::sync::Semaphore::new(CONCURRENT_BCRYPT),
+        }
+    }
+
+    /// Installs the policy of a new configuration; requests already checked keep
+    /// their answer, the next ones get the new policy.
+    pub fn replace(&self, config: &Config) {
+        self.policy.store(Arc::new(Policy::new(config)));
+    }
+
+    /// Whether users can log in: clients are then told they may send Basic credentials.
+    pub fn has_users(&self) -> bool {
+        self.policy.load().has_users()
+    }
+
+    /// The bearer token Ferry's own pin refresher authenticates with.
+    pub fn internal_token(&self) -> &Secret {
+        &self.internal
+    }
+
+    /// Who `credentials` are. Without users configured, credentials are ignored (a
+    /// node may send the real registry's credentials to its mirror).
+    pub async fn identify(&self, credentials: Credentials) -> Result<Identity, Error> {
+        if let Credentials::Internal(token) = &credentials
+            && constant_time_eq(token.expose().as_bytes(), self.internal.expose().as_bytes())
+        {
+            return Ok(Identity::Internal);
+        }
+        let policy = self.policy.load_full();
+        let Some(entries) = policy.entries() else {
+            return Ok(Identity::Anonymous);
+        };
+        let (user, password) = match credentials {
+            Credentials::None => return Ok(Identity::Anonymous),
+            Credentials::Basic { user, password } => (user, password),
+            Credentials::Internal(_) | Credentials::Malformed => {
+                return Err(Error::BadCredentials { user: None });
+            }
+        };
+        let bad = || Error::BadCredentials {
+            user: Some(user.clone()),
+        };
+        let Some(hash) = entries.get(&user).cloned() else {
+            return Err(bad());
+        };
+        let key = policy.cache_key(&user, &password);
+        if policy.recalled(&key, &user, &hash) {
+            return Ok(Identity::User(user));
+        }
+        let ok = {
+            let _permit = self.bcrypt.acquire().await.expect("never closed");
+            let h = hash.clone();
+            tokio::task::spawn_blocking(move || bcrypt::verify(password.expose(), &h))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(false)
+        };
+        if !ok {
+            return Err(bad());
+        }
+        policy.remember(key, &user, &hash);
+        Ok(Identity::User(user))
+    }
+
+    /// Whether `who` may pull `repository` of the upstream `upstream` (serving
+    /// `registry`).
+    pub fn check(
+        &self,
+        who: &Identity,
+        upstream: &str,
+        registry: &str,
+        repository: &str,
+    ) -> Result<(), Error> {
+        let policy = self.policy.load();
+        let full = format!("{registry}/{repository}");
+        let permitted = match policy.rules(who, upstream) {
+            None => true,
+            Some(rules) => match who {
+                Identity::User(_) => rules.permits(&full),
+                _ => rules.permits(repository),
+            },
+        };
+        match (permitted, who) {
+            (true, _) => Ok(()),
+            (false, Identity::Anonymous) if policy.has_users() => {
+                Err(Error::AuthRequired { image: full })
+            }
+            (false, who) => Err(Error::Denied {
+                who: who.to_string(),
+                image: full,
+            }),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(allow: Option<&[&str]>, deny: &[&str]) -> Rules {
+        Rules {
+            allow: allow.map(|a| a.iter().map(|p| Pattern::parse(p).unwrap()).collect()),
+            deny: deny.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn patterns() {
+        let r = rules(Some(&["library/*", "team/**"]), &["team/secret/**"]);
+        assert!(r.permits("library/nginx"));
+        assert!(!r.permits("library/x/y"), "* stays within one component");
+        assert!(r.permits("team/a"));
+        assert!(r.permits("team/a/b/c"));
+        assert!(!r.permits("team/secret/app"), "deny wins");
+        assert!(!r.permits("other/app"));
+        let open = rules(None, &["private/*"]);
+        assert!(open.permits("anything/at/all"));
+        assert!(!open.permits("private/app"));
+        let r = rules(Some(&["contoso.azurecr.io/aks-*/**"]), &[]);
+        assert!(r.permits("contoso.azurecr.io/aks-managed-repository/oss/pause"));
+        assert!(!r.permits("ghcr.io/aks-x/y"));
+        assert!(Pattern::parse("").is_err());
+        assert!(Pattern::parse("/x").is_err());
+        assert!(Pattern::parse("a/[").is_err());
+    }
+
+    /// A config with two upstreams, anonymous rules on one, and (optionally) a user.
+    fn access(with_user: bool) -> (tempfile::TempDir, Access) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from(
+            "[[upstream]]\nname = \"docker\"\nregistry = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
+             [[upstream]]\nname = \"acr\"\nregistry = \"contoso.azurecr.io\"\nurl = \"https://contoso.azurecr.io\"\n\
+             allow = [\"public/**\"]\ndeny = [\"public/secret\"]\n",
+        );
+        if with_user {
+            let h = dir.path().join("htpasswd");
+            std::fs::write(&h, format!("ci:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
+            text += &format!(
+                "[access]\nhtpasswd = \"{}\"\n[[access.user]]\nname = \"ci\"\ndeny = [\"docker.io/library/busybox\"]\n",
+                h.display()
+            );
+        }
+        let config = Config::parse("t", &text, &[]).unwrap();
+        (dir, Access::new(&config))
+    }
+
+    #[tokio::test]
+    async fn decisions() {
+        let anon = Identity::Anonymous;
+        let (_d, open) = access(false);
+        assert!(
+            open.check(&anon, "docker", "docker.io", "library/busybox")
+                .is_ok()
+        );
+        assert!(
+            open.check(&anon, "acr", "contoso.azurecr.io", "public/a/b")
+                .is_ok()
+        );
+        assert!(matches!(
+            open.check(&anon, "acr", "contoso.azurecr.io", "public/secret"),
+            Err(Error::Denied { .. })
+        ));
+        assert!(matches!(
+            open.check(&anon, "acr", "contoso.azurecr.io", "private/app"),
+            Err(Error::Denied { .. })
+        ));
+        // Without users, credentials are ignored.
+        let basic = || Credentials::Basic {
+            user: "ci".into(),
+            password: Secret::new("pw"),
+        };
+        assert_eq!(open.identify(basic()).await.unwrap(), anon);
+
+        let (_d, users) = access(true);
+        assert!(matches!(
+            users.check(&anon, "acr", "contoso.azurecr.io", "private/app"),
+            Err(Error::AuthRequired { .. })
+        ));
+        let ci = users.identify(basic()).await.unwrap();
+        assert_eq!(ci, Identity::User("ci".into()));
+        // Remembered: the second check does not need bcrypt (same answer either way).
+        assert_eq!(users.identify(basic()).await.unwrap(), ci);
+        assert!(
+            users
+                .check(&ci, "acr", "contoso.azurecr.io", "private/app")
+                .is_ok()
+        );
+        assert!(matches!(
+            users.check(&ci, "docker", "docker.io", "library/busybox"),
+            Err(Error::Denied { .. })
+        ));
+        let wrong = Credentials::Basic {
+            user: "ci".into(),
+            password: Secret::new("nope"),
+        };
+        assert!(matches!(
+            users.identify(wrong).await,
+            Err(Error::BadCredentials { .. })
+        ));
+        let internal = Credentials::Internal(users.internal_token().clone());
+        assert_eq!(users.identify(internal).await.unwrap(), Identity::Internal);
+        assert!(matches!(
+            users
+                .identify(Credentials::Internal(Secret::new("guess")))
+                .await,
+            Err(Error::BadCredentials { .. })
+        ));
+    }
+
+    #[test]
+    fn htpasswd_bcrypt_only() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let ok = Htpasswd::parse(&format!("# users\n\nci:{hash}\n")).unwrap();
+        assert!(ok.contains_key("ci"));
+        for (line, kind) in [
+            ("bob:$apr1$abc$def", "MD5 (apr1)"),
+            ("bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "SHA-1"),
+            ("bob:plain", "plain-text"),
+            ("bob:$6$salt$hash", "SHA-crypt"),
+        ] {
+            let (n, e) = Htpasswd::parse(&format!("ci:{hash}\n{line}\n")).unwrap_err();
+            assert_eq!(n, 2, "{e}");
+            assert!(
+                e.contains(kind) && e.contains("bob") && e.contains("bcrypt"),
+                "{e}"
+            );
+        }
+        assert_eq!(Htpasswd::parse("nocolon\n").unwrap_err().0, 1);
+        let (n, e) = Htpasswd::parse(&format!("ci:{hash}\nci:{hash}\n")).unwrap_err();
+        assert!(n == 2 && e.contains("twice"), "{e}");
+        let (_, e) = Htpasswd::parse("ci:$2y$05$short\n").unwrap_err();
+        assert!(e.contains("malformed"), "{e}");
+    }
+}
