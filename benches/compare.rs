@@ -582,9 +582,22 @@ impl Bench {
         self.settle(&srv);
 
         let mark = self.up_log.mark();
+        let pids = srv.pids();
+        let cpu0 = proc::cpu_ticks(&pids);
         let Some(cold) = self.skopeo_pull(&srv.addr, &image) else {
             return;
         };
+        // What the server itself spent: on a 2-core machine a proxy's CPU is taken from
+        // the client and the upstream, so it is what decides a cold pull's speed.
+        let cpu = (proc::cpu_ticks(&pids) - cpu0) as f64 / proc::clk_tck();
+        self.add(
+            &format!("cold_pull_{key}_cpu"),
+            &format!("cold pull {key}: server CPU"),
+            "CPU-s/GB",
+            Better::Lower,
+            peer,
+            cpu / (image.total_bytes() as f64 / 1e9),
+        );
         self.add(
             &format!("cold_pull_{key}_mbps"),
             &format!("cold pull {key} ({desc})"),

@@ -17,7 +17,7 @@ use super::{CacheStatus, Error, Proxy, Result, Target};
 /// How many times one blob download is resumed after its connection broke.
 const MAX_RESUMES: u32 = 5;
 /// Upstream bytes are written to the store in pieces of about this size.
-const WRITE_CHUNK: usize = 1024 * 1024;
+const WRITE_CHUNK: usize = 512 * 1024;
 /// Readers of stored blobs read this much at a time.
 const FILE_READ_CHUNK: usize = 128 * 1024;
 
@@ -407,9 +407,16 @@ enum Pumped {
     Storage(StorageError),
 }
 
+/// The piece being hashed and written on the blocking pool, with the ingest it holds.
+type Writing = tokio::task::JoinHandle<(ferry_storage::Ingest, Result<(), StorageError>)>;
+
 /// Streams `resp`'s body (after discarding its first `skip` bytes) into `ingest` in
 /// pieces of [`WRITE_CHUNK`], calling `progress` with the bytes written after each.
 /// Every byte received counts in `metrics`, discarded ones too: they crossed the link.
+///
+/// A piece is hashed and written on the blocking pool while the next one arrives, so
+/// that receiving and hashing run side by side rather than taking turns; pieces are
+/// still written one after the other, in order.
 async fn pump(
     resp: crate::upstream::Response,
     mut skip: u64,
@@ -420,6 +427,7 @@ async fn pump(
 ) -> Result<(), Pumped> {
     let mut body = resp.bytes_stream();
     let mut pending = Vec::with_capacity(WRITE_CHUNK);
+    let mut writing: Option<Writing> = None;
     loop {
         // Bytes that arrived before a failure are kept: the resume starts after them.
         let (chunk, failure) = match body.next().await {
@@ -436,26 +444,40 @@ async fn pump(
             pending.extend_from_slice(&chunk);
         }
         if pending.len() >= WRITE_CHUNK || (at_end && !pending.is_empty()) {
+            settle(&mut writing, ingest, size, &progress).await?;
             let mut ing = ingest.take().expect("ingest present between writes");
             let data = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_CHUNK));
-            let (ing, res) = tokio::task::spawn_blocking(move || {
+            writing = Some(tokio::task::spawn_blocking(move || {
                 let res = ing.write(&data);
                 (ing, res)
-            })
-            .await
-            .map_err(|e| Pumped::Storage(io::Error::other(e).into()))?;
-            let written = ing.written();
-            *ingest = Some(ing);
-            res.map_err(Pumped::Storage)?;
-            progress(written.min(size));
-        }
-        if let Some(e) = failure {
-            return Err(Pumped::Upstream(e));
+            }));
         }
         if at_end {
-            return Ok(());
+            settle(&mut writing, ingest, size, &progress).await?;
+            return failure.map_or(Ok(()), |e| Err(Pumped::Upstream(e)));
         }
     }
+}
+
+/// Waits for the piece being written, if any: puts its ingest back and reports
+/// progress, or the storage error.
+async fn settle(
+    writing: &mut Option<Writing>,
+    ingest: &mut Option<ferry_storage::Ingest>,
+    size: u64,
+    progress: &impl Fn(u64),
+) -> Result<(), Pumped> {
+    let Some(w) = writing.take() else {
+        return Ok(());
+    };
+    let (ing, res) = w
+        .await
+        .map_err(|e| Pumped::Storage(io::Error::other(e).into()))?;
+    let written = ing.written();
+    *ingest = Some(ing);
+    res.map_err(Pumped::Storage)?;
+    progress(written.min(size));
+    Ok(())
 }
 
 /// A whole-blob `GET`: the response, its size, and no bytes to skip.
