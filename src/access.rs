@@ -75,6 +75,13 @@ impl Pattern {
     }
 }
 
+/// Patterns are equal when they are written the same.
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.text == other.text
+    }
+}
+
 impl fmt::Debug for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.text)
@@ -88,7 +95,7 @@ impl fmt::Display for Pattern {
 }
 
 /// One principal's patterns.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rules {
     /// `None`: everything not denied.
     pub allow: Option<Vec<Pattern>>,

@@ -26,11 +26,15 @@ const DEFAULT_TAG_TTL: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_PIN_REFRESH: Duration = Duration::from_secs(6 * 3600);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A validated configuration. Nothing in it needs checking again.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `[server] shutdown_timeout`: how long a stopping server lets requests in flight
+    /// finish before it cuts them.
+    pub shutdown_timeout: Duration,
     pub storage_root: PathBuf,
     pub upstreams: Vec<Upstream>,
     /// Cache rules, checked against ACR's constraints.
@@ -61,7 +65,7 @@ pub struct AccessUser {
 }
 
 /// `[tls]`: HTTPS from PEM files, reloaded when they change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     pub listen: SocketAddr,
     pub cert_file: PathBuf,
@@ -69,7 +73,7 @@ pub struct Tls {
 }
 
 /// A `[[pin]]`: images to keep in the store, refreshed every `refresh`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pin {
     pub images: Vec<ImageName>,
     pub refresh: Duration,
@@ -86,7 +90,8 @@ pub struct Quota {
     pub min_free: Option<u64>,
 }
 
-#[derive(Debug, Clone)]
+/// Equal when a client built for one serves the other (a reload keeps the client).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// Short name: the store's key for this upstream and a path prefix clients may use.
     pub name: String,
@@ -126,7 +131,7 @@ impl Upstream {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Auth {
     /// No credentials; the registry's anonymous bearer-token flow still applies.
     Anonymous,
@@ -142,7 +147,7 @@ pub enum Auth {
 }
 
 /// An Entra ID identity for an Azure Container Registry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entra {
     /// `None`: `AZURE_AUTHORITY_HOST`, else the public cloud.
     pub authority_host: Option<Url>,
@@ -153,7 +158,7 @@ pub struct Entra {
     pub credential: EntraCredential,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EntraCredential {
     ClientSecret(SecretSource),
     /// A PEM file with the certificate and its (RSA) private key.
@@ -277,6 +282,7 @@ struct RawRule {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -404,8 +410,9 @@ impl Config {
     /// A human summary of what was understood, for `ferry config check`.
     pub fn describe(&self) -> String {
         let mut out = format!(
-            "listen: {}\nstorage root: {}\nupstreams:\n",
+            "listen: {} (shutdown_timeout {})\nstorage root: {}\nupstreams:\n",
             self.listen,
+            humantime::format_duration(self.shutdown_timeout),
             self.storage_root.display()
         );
         for u in &self.upstreams {
@@ -469,7 +476,7 @@ impl Config {
     }
 }
 
-/// `FERRY_SERVER_LISTEN`, `FERRY_STORAGE_ROOT` (`_MAX_SIZE`, `_MIN_FREE`), and per upstream (name upper-cased,
+/// `FERRY_SERVER_LISTEN` (`_SHUTDOWN_TIMEOUT`), `FERRY_STORAGE_ROOT` (`_MAX_SIZE`, `_MIN_FREE`), and per upstream (name upper-cased,
 /// `-` and `.` as `_`) `FERRY_UPSTREAM_<NAME>_<KEY>` for every key, `AUTH_<KEY>` for
 /// the auth table. An override for an upstream that the file does not define is an
 /// error rather than silently ignored.
@@ -494,6 +501,7 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
         };
         match rest {
             "SERVER_LISTEN" => set(&mut raw.server.listen, value),
+            "SERVER_SHUTDOWN_TIMEOUT" => set(&mut raw.server.shutdown_timeout, value),
             "STORAGE_ROOT" => set(&mut raw.storage.root, value),
             "STORAGE_MAX_SIZE" => set(&mut raw.storage.max_size, value),
             "STORAGE_MIN_FREE" => set(&mut raw.storage.min_free, value),
@@ -579,6 +587,18 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
                 Some(s.span()),
                 format!(
                     "server.listen: `{}` is not an address like 127.0.0.1:5000 ({e})",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
+    let shutdown_timeout = match raw.server.shutdown_timeout {
+        None => DEFAULT_SHUTDOWN_TIMEOUT,
+        Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
+            src.error(
+                Some(s.span()),
+                format!(
+                    "server.shutdown_timeout: `{}` is not a duration like 30s ({e})",
                     s.get_ref()
                 ),
             )
@@ -841,6 +861,7 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
         ));
     }
     let mut rule_list = Vec::new();
+    let mut rule_spans = Vec::new();
     for r in raw.rule {
         let name = r.name.get_ref();
         if !upstreams.iter().any(|u| &u.name == r.upstream.get_ref()) {
@@ -860,8 +881,16 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
         )
         .map_err(|e| src.error(Some(r.name.span()), format!("rule `{name}`: {e}")))?;
         rule_list.push(rule);
+        rule_spans.push(r.name.span());
     }
-    rules::check(&rule_list).map_err(|e| src.error(None, e))?;
+    if let Err(e) = rules::check(&rule_list) {
+        // Named at the first rule that makes the set invalid (the later of a
+        // conflicting pair), so the error has a line.
+        let at = (1..=rule_list.len())
+            .find(|&n| rules::check(&rule_list[..n]).is_err())
+            .map(|n| rule_spans[n - 1].clone());
+        return Err(src.error(at, e));
+    }
     let mut pins = Vec::new();
     for p in raw.pin {
         let images = p
@@ -903,6 +932,7 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
     let tls = raw.tls.map(|t| validate_tls(t, src)).transpose()?;
     Ok(Config {
         listen,
+        shutdown_timeout,
         storage_root,
         upstreams,
         rules: rule_list,
@@ -1284,6 +1314,26 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_timeout() {
+        assert_eq!(parse("").unwrap().shutdown_timeout, Duration::from_secs(30));
+        let c = parse("[server]\nshutdown_timeout = \"5s\"\n").unwrap();
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        let e = parse("[server]\nshutdown_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:2") && e.contains("server.shutdown_timeout"),
+            "{e}"
+        );
+        let env = vec![(
+            "FERRY_SERVER_SHUTDOWN_TIMEOUT".to_string(),
+            "1m".to_string(),
+        )];
+        let c = Config::parse("t", "", &env).unwrap();
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
     fn storage_limits() {
         let c = parse("[storage]\nmax_size = \"200GiB\"\nmin_free = \"5G\"\n").unwrap();
         assert_eq!(c.quota.max_size, Some(200 << 30));
@@ -1448,6 +1498,7 @@ mod tests {
             e.contains("aks-managed-mcr") && e.contains("other") && e.contains("overlap"),
             "{e}"
         );
+        assert!(e.contains("test.toml:10:"), "at the later rule: {e}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Data flows one way: [`api`] (HTTP handlers) → [`proxy`] (cache logic) →
 //! `ferry_storage` (blobs and index) and [`upstream`] (registry clients). Nothing
-//! calls back up. [`config`] is read once and validated into an immutable
-//! [`config::Config`]; [`serve`] starts the server on it.
+//! calls back up. [`config`] is read and validated into an immutable
+//! [`config::Config`]; [`serve`] starts the server on it, swaps in a new one when told
+//! to reload ([`reload`], [`signals`]) and drains when told to stop ([`shutdown`]).
 //!
 //! Beside that path: [`rules`] (ACR-style cache rules, used by routing), [`quota`]
 //! (the server's housekeeping: startup check, access times, eviction), and the
@@ -23,15 +24,22 @@ pub mod oci;
 pub mod prefetch;
 pub mod proxy;
 pub mod quota;
+pub mod reload;
 pub mod rules;
 pub mod secret;
+pub mod shutdown;
+pub mod signals;
 pub mod tls;
 pub mod upstream;
 
-use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
 
 use config::Config;
+use signals::Controls;
 
 /// Why Ferry could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -54,20 +62,23 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Opens the store, binds the listener and serves until `shutdown` completes, then
-/// finishes in-flight requests.
-pub async fn serve(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    serve_and_report(config, shutdown, |_| {}).await
+/// What hyper may queue for one HTTP/1 connection (and read of a request head).
+/// Its default, ~400 KiB, is what 64 parallel downloads of warm blobs would hold in
+/// memory when chunks come straight from the page cache faster than the socket
+/// drains; 64 KiB keeps every connection to about one chunk in flight.
+pub(crate) const HTTP1_MAX_BUF: usize = 64 * 1024;
+
+/// Opens the store, binds the listeners and serves until `controls` asks it to stop
+/// (see [`shutdown`]), reloading the configuration when they ask that (see [`reload`]).
+pub async fn serve(config: Config, controls: Controls) -> Result<(), ServeError> {
+    serve_and_report(config, controls, |_| {}).await
 }
 
 /// [`serve`], telling `on_listening` the bound address (for an in-process Ferry on
 /// port 0, as `ferry prefetch` runs one).
 pub async fn serve_and_report(
     config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    controls: Controls,
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServeError> {
     let root = config.storage_root.clone();
@@ -102,31 +113,98 @@ pub async fn serve_and_report(
     on_listening(addr);
     // Held in an `Access` so that a config reload can swap the policy in place.
     let access = Arc::new(access::Access::new(&config));
-    refresh_pins(&config.pins, addr, access.internal_token());
+    let pins = refresh_pins(&config.pins, addr, access.internal_token());
     let housekeeping = quota::Housekeeping::start(proxy.clone(), config.quota);
     let app = api::router(proxy.clone(), access.clone());
-    // One shutdown for both listeners.
-    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
-    let plain = axum::serve(listener, app.clone()).with_graceful_shutdown(shutdown.clone());
-    match tls {
-        Some(t) => {
-            let (plain, secure) = tokio::join!(plain, t.serve(app, shutdown));
-            plain?;
-            secure?;
+    // One control over both listeners: one drain, one count of open connections.
+    let control = axum_server::Control::new();
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(
+        {
+            let mut plain = axum_server::from_tcp(listener.into_std()?)?;
+            plain.http_builder().http1().max_buf_size(HTTP1_MAX_BUF);
+            plain
         }
-        None => plain.await?,
+        .handle(axum_server::Handle::with_control(control.clone()))
+        .serve(app.clone().into_make_service()),
+    );
+    if let Some(t) = tls {
+        servers.spawn(t.serve(app, axum_server::Handle::with_control(control.clone())));
     }
+    let Controls {
+        mut stop,
+        reload: reloads,
+        source,
+    } = controls;
+    let running = Arc::new(ArcSwap::from_pointee(config));
+    let reloader = tokio::spawn(
+        reload::Reloader::new(source, running.clone(), proxy.clone(), access).run(reloads),
+    );
+    // Until asked to stop, or a listener ends on its own: it failed.
+    let failed = tokio::select! {
+        _ = stop.next() => None,
+        Some(ended) = servers.join_next() => Some(match ended {
+            Ok(Ok(())) => std::io::Error::other("a listener stopped unasked"),
+            Ok(Err(e)) => e,
+            Err(e) => std::io::Error::other(e),
+        }),
+    };
+    let started = Instant::now();
+    reloader.abort();
+    for p in pins {
+        p.abort();
+    }
+    let cut = match &failed {
+        None => {
+            let timeout = running.load().shutdown_timeout;
+            shutdown::drain(&control, &proxy, timeout, &mut stop).await
+        }
+        Some(_) => {
+            let cut = shutdown::Cut {
+                connections: control.connection_count(),
+                fetches: proxy.metrics().inflight().get(),
+                reason: Some("a listener failed"),
+            };
+            control.shutdown();
+            cut
+        }
+    };
+    while servers.join_next().await.is_some() {}
     housekeeping.stop().await;
     if let Err(e) = proxy.store().index.flush() {
         tracing::warn!(error = %e, "could not flush the index on shutdown");
     }
-    tracing::info!("stopped");
-    Ok(())
+    let took = humantime::format_duration(std::time::Duration::from_millis(
+        started.elapsed().as_millis() as u64,
+    ));
+    match cut.reason {
+        None => tracing::info!(
+            took = %took,
+            "stopped: every request in flight finished; index flushed"
+        ),
+        Some(reason) => tracing::warn!(
+            took = %took,
+            cut_connections = cut.connections,
+            cut_fetches = cut.fetches,
+            "stopped: {reason}; cut {} connection(s) and {} upstream fetch(es) still running; index flushed",
+            cut.connections,
+            cut.fetches
+        ),
+    }
+    match failed {
+        Some(e) => Err(ServeError::Io(e)),
+        None => Ok(()),
+    }
 }
 
 /// Keeps `[[pin]]` images fetched — at start, then every `refresh` — through this
-/// Ferry's own API on loopback, so they enter the store as any pull does.
-fn refresh_pins(pins: &[config::Pin], addr: std::net::SocketAddr, token: &secret::Secret) {
+/// Ferry's own API on loopback, so they enter the store as any pull does. Returns the
+/// refresh tasks, to end them when the server stops.
+fn refresh_pins(
+    pins: &[config::Pin],
+    addr: std::net::SocketAddr,
+    token: &secret::Secret,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let ip = match addr.ip() {
         ip if !ip.is_unspecified() => ip,
         std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -137,9 +215,10 @@ fn refresh_pins(pins: &[config::Pin], addr: std::net::SocketAddr, token: &secret
         std::net::SocketAddr::new(ip, addr.port())
     ))
     .expect("a socket address makes a URL");
+    let mut tasks = Vec::new();
     for pin in pins.iter().cloned() {
         let prefetcher = prefetch::Prefetcher::new(base.clone(), false).with_bearer(token.clone());
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             loop {
                 for image in &pin.images {
                     if let Err(e) = prefetcher.pull(image, pin.platform.as_ref()).await {
@@ -148,28 +227,7 @@ fn refresh_pins(pins: &[config::Pin], addr: std::net::SocketAddr, token: &secret
                 }
                 tokio::time::sleep(pin.refresh).await;
             }
-        });
+        }));
     }
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    tasks
 }

@@ -34,10 +34,19 @@ fn run(args: Args) -> anyhow::Result<()> {
             print!("configuration is valid\n{}", config.describe());
             Ok(())
         }
-        Command::Serve { config } => {
-            let config = Config::load(config.as_deref(), &env)?;
+        Command::Serve { config: path } => {
+            let config = Config::load(path.as_deref(), &env)?;
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(ferry::serve(config, ferry::shutdown_signal()))?;
+            let served = runtime.block_on(async {
+                let source = path.map(|path| ferry::signals::ConfigSource { path, env });
+                let controls = ferry::signals::Controls::from_signals(source)?;
+                ferry::serve(config, controls).await
+            });
+            // Blocking work still running after the drain (a startup store check on a
+            // large store) is not waited for: the index is flushed, what such work
+            // leaves is what a crash would, and the store recovers from that at open.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            served?;
             Ok(())
         }
         Command::Export {

@@ -78,9 +78,9 @@ pub async fn pull_in_process(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::serve_and_report(
         config,
-        async move {
+        crate::signals::Controls::stop_on(async move {
             let _ = stop_rx.await;
-        },
+        }),
         move |addr| {
             let _ = addr_tx.send(addr);
         },

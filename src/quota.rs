@@ -120,7 +120,14 @@ async fn run(
     wake: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    startup_check(&proxy).await;
+    // A stop during the check (it reads every blob's size) need not wait for it.
+    tokio::select! {
+        _ = startup_check(&proxy) => {}
+        _ = stopped.changed() => {
+            flush_access(&proxy).await;
+            return;
+        }
+    }
     let mut last_flush = Instant::now();
     let mut next_pass = Instant::now();
     let mut retry = RETRY_MIN;

@@ -40,6 +40,14 @@ struct Loaded {
     secret: Secret,
 }
 
+/// The same file (which each source re-reads itself when it changes), or environment
+/// variables holding the same value.
+impl PartialEq for SecretSource {
+    fn eq(&self, other: &SecretSource) -> bool {
+        self.path == other.path && (self.path.is_some() || self.current() == other.current())
+    }
+}
+
 impl fmt::Debug for SecretSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.path {

@@ -3,7 +3,6 @@
 //! Kubernetes Secret mounts replace them in place). A changed pair that does not load
 //! is refused with a warning and the previous one keeps serving.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -65,27 +64,23 @@ impl Listener {
         self.listener.local_addr()
     }
 
-    /// Serves `app` until `shutdown` completes, then lets open connections finish.
+    /// Serves `app` until `handle` shuts it down (see `crate::shutdown`).
     pub async fn serve(
         self,
         app: Router,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        handle: axum_server::Handle<SocketAddr>,
     ) -> std::io::Result<()> {
-        let handle = axum_server::Handle::new();
-        let stopper = handle.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stopper.graceful_shutdown(None);
-        });
         let watcher = tokio::spawn(watch(
             self.rustls.clone(),
             self.files.cert_file.clone(),
             self.files.key_file.clone(),
         ));
-        let served = axum_server::from_tcp_rustls(self.listener, self.rustls)?
-            .handle(handle)
-            .serve(app.into_make_service())
-            .await;
+        let mut server = axum_server::from_tcp_rustls(self.listener, self.rustls)?;
+        server
+            .http_builder()
+            .http1()
+            .max_buf_size(crate::HTTP1_MAX_BUF);
+        let served = server.handle(handle).serve(app.into_make_service()).await;
         watcher.abort();
         served
     }

@@ -46,6 +46,10 @@ mod node_config;
 /// `/metrics` after real pulls (checked by `promtool`), `/healthz` and `/readyz` on a
 /// store that fills up, `X-Request-Id`, and the status page in headless Chromium.
 mod observability;
+/// SIGTERM drains in-flight downloads (a stalled one is cut at the deadline); SIGHUP
+/// and config file changes reload upstreams, rules, access and secrets; invalid
+/// configs are refused.
+mod operations;
 /// Pulling one platform of an index fetches nothing of the other.
 mod platforms;
 /// `ferry prefetch` and `[[pin]]` fill the store ahead of need.

@@ -15,6 +15,7 @@ mod manifest;
 mod pins;
 mod ready;
 mod referrers;
+mod reload;
 mod route;
 mod status;
 mod tags;
@@ -27,6 +28,7 @@ pub use blob::{Blob, ByteRange};
 pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use referrers::Referrers;
+pub use reload::Reloaded;
 pub use status::{ImageStatus, PlatformStatus, Status};
 pub use tags::TagList;
 
@@ -99,10 +101,17 @@ impl Target {
     }
 }
 
-pub struct Proxy {
-    store: Arc<Store>,
+/// What a configuration reload replaces, swapped whole: the upstream clients and the
+/// cache rules. A request takes the snapshot when it is routed and keeps the client it
+/// got (a fetch already running finishes on it).
+pub struct Settings {
     upstreams: Vec<Arc<upstream::Client>>,
     rules: Rules,
+}
+
+pub struct Proxy {
+    store: Arc<Store>,
+    settings: arc_swap::ArcSwap<Settings>,
     /// `[[pin]]` images: reported by `status`, never evicted.
     pins: Vec<crate::config::Pin>,
     inflight: inflight::Inflight,
@@ -123,8 +132,10 @@ impl Proxy {
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
             store,
-            upstreams,
-            rules: Rules::new(config.rules.clone()),
+            settings: arc_swap::ArcSwap::from_pointee(Settings {
+                upstreams,
+                rules: Rules::new(config.rules.clone()),
+            }),
             pins: config.pins.clone(),
             inflight: inflight::Inflight::new(metrics.inflight().clone()),
             metrics,
@@ -141,8 +152,8 @@ impl Proxy {
     }
 
     /// The configured upstreams, in configuration order.
-    pub fn upstreams(&self) -> &[Arc<upstream::Client>] {
-        &self.upstreams
+    pub fn upstreams(&self) -> Vec<Arc<upstream::Client>> {
+        self.settings.load().upstreams.clone()
     }
 
     /// Runs blocking storage work off the async threads.

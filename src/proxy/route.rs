@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ferry_storage::{Repo, RepoName};
 
-use super::{Error, Proxy, Result, Target};
+use super::{Error, Proxy, Result, Settings, Target};
 use crate::upstream;
 
 impl Proxy {
@@ -18,6 +18,12 @@ impl Proxy {
     /// 3. Otherwise the upstream serving that registry; with no registry named, the
     ///    upstream marked `default`.
     pub fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<Target> {
+        self.settings.load().route(name, ns)
+    }
+}
+
+impl Settings {
+    fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<Target> {
         let (registry, path) = if let Some(ns) = ns {
             (Some(ns.to_ascii_lowercase()), name.clone())
         } else if let Some((first, rest)) = name.split_first()

@@ -47,10 +47,10 @@ impl Proxy {
     /// The readiness of everything tagged in the store, and of the pinned images.
     pub fn status(&self) -> Result<Status> {
         let mut images = Vec::new();
+        let upstreams = self.upstreams();
         for entry in self.store.index.scan_tags()? {
             let Ok(e) = entry.value else { continue };
-            let registry = self
-                .upstreams
+            let registry = upstreams
                 .iter()
                 .find(|u| u.name() == e.repo.upstream)
                 .map_or(e.repo.upstream.clone(), |u| u.config().registry.clone());

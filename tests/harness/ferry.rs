@@ -459,6 +459,71 @@ impl Ferry {
         clean
     }
 
+    /// Sends `signal` (`HUP`, `TERM`, `INT`) to the process and returns at once.
+    pub fn signal(&mut self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("ferry is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own and returns its exit
+    /// status; `None` if it is still running then (it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let status = self.child.as_mut().and_then(|c| c.try_exit_status());
+            if let Some(status) = status {
+                self.child = None;
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Replaces the config file the way a Kubernetes ConfigMap update does (a new file
+    /// renamed over it); restarts use the new text too.
+    pub fn write_config(&mut self, text: &str) {
+        let tmp = self.config_path.with_extension("toml.new");
+        std::fs::write(&tmp, text).expect("write the new ferry config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename the new ferry config");
+        self.config = text.to_owned();
+    }
+
+    /// Waits up to `timeout` for a log line, after the first `from` bytes of the log,
+    /// that contains every one of `needles`; returns it, or `None`.
+    pub fn wait_for_log(&self, from: usize, needles: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            let found = log
+                .get(from..)
+                .unwrap_or("")
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)));
+            if let Some(line) = found {
+                return Some(line.to_owned());
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills (SIGKILL) and reaps the process.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
