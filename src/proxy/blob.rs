@@ -12,14 +12,12 @@ use http::{HeaderMap, Method, StatusCode};
 use ferry_storage::{Digest, Error as StorageError};
 
 use super::inflight::{Joined, Leader, State};
-use super::{CacheStatus, Error, Proxy, Result, Target};
+use super::{CacheStatus, Error, Proxy, Result, Target, chunks};
 
 /// How many times one blob download is resumed after its connection broke.
 const MAX_RESUMES: u32 = 5;
 /// Upstream bytes are written to the store in pieces of about this size.
 const WRITE_CHUNK: usize = 512 * 1024;
-/// Readers of stored blobs read this much at a time.
-const FILE_READ_CHUNK: usize = 128 * 1024;
 
 /// A blob ready to serve.
 pub struct Blob {
@@ -179,14 +177,10 @@ impl Proxy {
         let body = if want_body {
             let path = self.store.layout().blob(digest);
             let len = if size == 0 { 0 } else { end + 1 - start };
-            let file = tokio::task::spawn_blocking(move || {
-                let mut file = std::fs::File::open(&path)?;
-                io::Seek::seek(&mut file, io::SeekFrom::Start(start))?;
-                Ok::<_, io::Error>(file)
-            })
-            .await
-            .map_err(io::Error::other)??;
-            Some(file_chunks(file, len).boxed())
+            let file = tokio::task::spawn_blocking(move || std::fs::File::open(&path))
+                .await
+                .map_err(io::Error::other)??;
+            Some(chunks::file_chunks(file, start, len).boxed())
         } else {
             None
         };
@@ -367,38 +361,6 @@ impl Proxy {
         .await?;
         Ok((size, file))
     }
-}
-
-/// The next `len` bytes of `file`, read on the blocking pool a chunk at a time
-/// straight into the buffer that becomes the body chunk: one copy, no zero-fill, one
-/// thread hop per chunk.
-fn file_chunks(
-    file: std::fs::File,
-    len: u64,
-) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
-    futures_util::stream::try_unfold((Some(file), len), |(file, left)| async move {
-        let Some(file) = file.filter(|_| left > 0) else {
-            return Ok(None);
-        };
-        let n = left.min(FILE_READ_CHUNK as u64);
-        // Allocated here, on a runtime worker, not on the blocking thread: see
-        // `inflight::chunk_buffer`.
-        let mut buf = super::inflight::chunk_buffer(n);
-        let (file, buf) = tokio::task::spawn_blocking(move || {
-            io::Read::read_to_end(&mut io::Read::take(&file, n), &mut buf)?;
-            Ok::<_, io::Error>((file, buf))
-        })
-        .await
-        .map_err(io::Error::other)??;
-        if buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "stored blob is shorter than its size",
-            ));
-        }
-        let got = buf.len() as u64;
-        Ok(Some((Bytes::from(buf), (Some(file), left - got))))
-    })
 }
 
 /// How a body stopped short of its end.

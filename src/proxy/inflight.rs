@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -24,9 +23,6 @@ use tokio::sync::watch;
 use ferry_storage::{Digest, Repo};
 
 use super::Error;
-
-/// How much a reader takes from the staged file at a time.
-const READ_CHUNK: u64 = 128 * 1024;
 
 type Key = (Repo, Digest);
 
@@ -231,43 +227,10 @@ impl Fetch {
                     .await
                     .map_err(|_| io::Error::other("blob fetch abandoned"))?;
             };
-            let n = READ_CHUNK.min(readable - pos).min(end + 1 - pos);
-            let mut buf = chunk_buffer(n);
-            let buf = tokio::task::spawn_blocking(move || {
-                let got =
-                    io::Read::read_to_end(&mut io::Read::take(FileAt(&file, pos), n), &mut buf)?;
-                if (got as u64) < n {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "staged blob is shorter than published",
-                    ));
-                }
-                Ok(buf)
-            })
-            .await
-            .map_err(io::Error::other)??;
-            Ok(Some((Bytes::from(buf), (rx, pos + n))))
+            let n = super::chunks::CHUNK.min(readable - pos).min(end + 1 - pos);
+            let chunk = super::chunks::read_chunk(&file, pos, n).await?;
+            let next = pos + chunk.len() as u64;
+            Ok(Some((chunk, (rx, next))))
         })
-    }
-}
-
-/// An empty buffer for a body chunk of `n` bytes.
-///
-/// Call it on a runtime worker, never inside `spawn_blocking`: glibc gives each thread
-/// that allocates its own malloc arena and keeps freed chunks there, so buffers
-/// allocated on dozens of blocking threads (one per concurrent download) would pin
-/// tens of MiB of freed memory. Allocated on the few workers, they are reused.
-pub(super) fn chunk_buffer(n: u64) -> Vec<u8> {
-    Vec::with_capacity(n as usize)
-}
-
-/// Reads `file` from `pos` on with `pread`, so readers share one descriptor.
-struct FileAt<'a>(&'a File, u64);
-
-impl io::Read for FileAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.0.read_at(buf, self.1)?;
-        self.1 += n as u64;
-        Ok(n)
     }
 }
