@@ -252,10 +252,32 @@ def dashboard(path, metrics_file=None):
     print(f"k8s-validate: {path}: {len(exprs)} queries over {len(used)} metrics")
 
 
+def render(kustomization_dir):
+    """A stand-in for `kubectl kustomize` on the base alone: its resources in order,
+    in its namespace, with its image substitutions (no patches, no components)."""
+    base = Path(kustomization_dir)
+    k = yaml.safe_load((base / "kustomization.yaml").read_text())
+    images = {i["name"]: f'{i.get("newName", i["name"])}:{i["newTag"]}' for i in k.get("images", [])}
+    docs = []
+    for resource in k["resources"]:
+        for obj in load_all(base / resource):
+            if obj["kind"] != "Namespace" and "namespace" in k:
+                obj["metadata"]["namespace"] = k["namespace"]
+            for _, spec in pod_specs([obj]):
+                for c in containers(spec):
+                    name = c["image"].split(":")[0]
+                    if name in images:
+                        c["image"] = images[name]
+            docs.append(obj)
+    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "manifests":
         manifests(rest[0], rest[1], rest[2:])
+    elif command == "render":
+        render(*rest)
     elif command == "dashboard":
         dashboard(*rest)
     else:

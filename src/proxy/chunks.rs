@@ -7,7 +7,8 @@
 //! the disk; only then does the read go to the blocking pool.
 
 use std::fs::File;
-use std::io::{self, IoSliceMut};
+use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -25,10 +26,11 @@ pub async fn read_chunk(file: &Arc<File>, pos: u64, n: u64) -> io::Result<Bytes>
     // buffers allocated on dozens of blocking threads (one per concurrent download)
     // would pin tens of MiB of freed memory. Allocated on the few workers, they are
     // reused.
-    let mut buf = vec![0u8; n as usize];
+    let mut buf = Vec::with_capacity(n as usize);
     let got = match read_cached(file, &mut buf, pos) {
         Some(got) => got,
         None => {
+            buf.resize(n as usize, 0);
             let file = file.clone();
             let (b, got) = tokio::task::spawn_blocking(move || {
                 let got = file.read_at(&mut buf, pos)?;
@@ -67,18 +69,34 @@ pub fn file_chunks(
     })
 }
 
-/// What the page cache holds of `buf.len()` bytes at `pos`, read without blocking;
-/// `None` when the read would wait for the disk, or the kernel or filesystem cannot
-/// say (no `RWF_NOWAIT`), or at the end of the file: the blocking read decides then.
-fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> Option<usize> {
-    rustix::io::preadv2(
-        file,
-        &mut [IoSliceMut::new(buf)],
-        pos,
-        rustix::io::ReadWriteFlags::NOWAIT,
-    )
-    .ok()
-    .filter(|&n| n > 0)
+/// Fills `buf`'s spare capacity with what the page cache holds at `pos`, read
+/// without blocking, and returns how much that was; `None` when the read would wait
+/// for the disk, or the kernel or filesystem cannot say (no `RWF_NOWAIT`), or at the
+/// end of the file: the blocking read decides then.
+fn read_cached(file: &File, buf: &mut Vec<u8>, pos: u64) -> Option<usize> {
+    let spare = buf.spare_capacity_mut();
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    // SAFETY: the kernel writes at most `iov_len` bytes into the spare capacity `iov`
+    // points to, which `buf` owns and nothing else aliases; the length is set to no
+    // more than what it reports written. Reading into uninitialised memory (rather
+    // than zeroing a buffer first) is the point: zeroing costs a second pass over
+    // every byte served.
+    let got = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            i64::try_from(pos).ok()?,
+            libc::RWF_NOWAIT,
+        )
+    };
+    let got = usize::try_from(got).ok().filter(|&n| n > 0)?;
+    // SAFETY: see above; `got <= iov_len <= capacity`.
+    unsafe { buf.set_len(got) };
+    Some(got)
 }
 
 #[cfg(test)]
