@@ -446,6 +446,16 @@ impl Metrics {
         }
     }
 
+    /// Drops the `ferry_upstream_up` series of an upstream a reload removed: a gone
+    /// upstream is neither up nor down, and its last value would otherwise stay for
+    /// as long as the process runs. Its clients still running keep a gauge no one
+    /// scrapes. Its counters stay: they are totals of what did happen.
+    pub fn forget_upstream(&self, name: &str) {
+        self.upstream_up.remove(&UpstreamLabels {
+            upstream: name.to_string(),
+        });
+    }
+
     /// The gauge of blob downloads in flight.
     pub fn inflight(&self) -> &Gauge {
         &self.inflight
@@ -677,6 +687,34 @@ mod tests {
         let (open, content_type) = m.encode(true);
         assert!(content_type.starts_with("application/openmetrics-text"));
         assert!(open.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_forgotten_upstream_has_no_up_series_until_it_comes_back() {
+        let (_dir, m) = metrics();
+        let _kept = m.upstream("kept");
+        let gone = m.upstream("gone");
+        m.forget_upstream("gone");
+        // Its old client may still run a request that trips the circuit.
+        gone.set_up(false);
+        let up = |m: &Metrics| -> Vec<String> {
+            let (text, _) = m.encode(false);
+            text.lines()
+                .filter(|l| l.starts_with("ferry_upstream_up{"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(up(&m), ["ferry_upstream_up{upstream=\"kept\"} 1"]);
+        let _back = m.upstream("gone");
+        let mut after = up(&m);
+        after.sort();
+        assert_eq!(
+            after,
+            [
+                "ferry_upstream_up{upstream=\"gone\"} 1",
+                "ferry_upstream_up{upstream=\"kept\"} 1",
+            ]
+        );
     }
 
     #[test]

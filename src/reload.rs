@@ -180,6 +180,9 @@ impl Reloader {
                 return;
             }
         };
+        for name in &reloaded.removed {
+            self.proxy.metrics().forget_upstream(name);
+        }
         self.access.replace(&new);
         let restart = needs_restart(&running, &new);
         if !restart.is_empty() {

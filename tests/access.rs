@@ -15,6 +15,7 @@ use crate::harness::http::media;
 use crate::harness::images::{PushedImage, push_image_http};
 use crate::harness::process::{require_binary, run_ok, run_with_timeout};
 use crate::harness::registry::{Registry, RegistryAuth};
+use crate::harness::skopeo;
 use crate::support::{Fetched, send};
 
 const USER: &str = "ci-puller";
@@ -199,14 +200,7 @@ fn skopeo_copy(
     extra: &[&str],
     dest: &Path,
 ) -> std::process::Output {
-    let mut cmd = Command::new(require_binary("skopeo", "skopeo"));
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--src-tls-verify=false",
-        "--retry-times",
-        "0",
-    ]);
+    let mut cmd = skopeo::copy();
     cmd.args(extra);
     cmd.arg(format!(
         "docker://{}/{LOCAL}/{}",

@@ -2,7 +2,6 @@
 //! credentials and anonymously. Clients of Ferry need no credentials; a wrong upstream
 //! password is a 401 for the client and the password never shows up anywhere.
 
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -10,8 +9,9 @@ use base64::Engine as _;
 use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL, Upstream};
 use crate::harness::http::media;
 use crate::harness::images::{PushedImage, push_image};
-use crate::harness::process::{require_binary, run_ok};
+use crate::harness::process::run_ok;
 use crate::harness::registry::{Registry, RegistryAuth};
+use crate::harness::skopeo;
 use crate::harness::token_server::{TokenServer, TokenServerOptions};
 use crate::support::{Fetched, blob_url, get, manifest_url};
 
@@ -84,16 +84,9 @@ async fn basic_auth_upstream() {
 
     // A real client, with no credentials of its own.
     let dest = crate::harness::temp_dir("skopeo-dir");
-    let mut cmd = Command::new(require_binary("skopeo", "skopeo"));
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--src-tls-verify=false",
-        "--retry-times",
-        "0",
-    ])
-    .arg(format!("docker://{}/{LOCAL}/team/app:v1", ferry.addr()))
-    .arg(format!("dir:{}", dest.path().join("img").display()));
+    let mut cmd = skopeo::copy();
+    cmd.arg(format!("docker://{}/{LOCAL}/team/app:v1", ferry.addr()))
+        .arg(format!("dir:{}", dest.path().join("img").display()));
     run_ok(cmd, Duration::from_secs(120));
     assert_eq!(
         std::fs::read(dest.path().join("img/manifest.json")).unwrap(),

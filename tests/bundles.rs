@@ -11,8 +11,9 @@ use crate::harness::containerd::{Containerd, mirror_hosts_toml};
 use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL, LOCAL_REGISTRY, Upstream};
 use crate::harness::http::media;
 use crate::harness::images::{PushedImage, PushedIndex, push_image, push_index};
-use crate::harness::process::{require_binary, run_ok, run_with_timeout, tail_str};
+use crate::harness::process::{run_ok, run_with_timeout, tail_str};
 use crate::harness::registry::{Registry, RegistryAuth};
+use crate::harness::skopeo;
 use crate::harness::{block_on, digest_hex, temp_dir};
 use crate::support::{blob_url, get, manifest_url};
 
@@ -90,15 +91,8 @@ fn far_site() -> Ferry {
 
 /// `skopeo copy [--all] <src> <dest>` (no TLS anywhere).
 fn skopeo_copy(src: &str, dest: &str, all: bool) {
-    let mut cmd = Command::new(require_binary("skopeo", "skopeo"));
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        "--retry-times",
-        "0",
-    ]);
+    let mut cmd = skopeo::copy();
+    cmd.arg("--dest-tls-verify=false");
     if all {
         cmd.arg("--all");
     }

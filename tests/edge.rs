@@ -1,15 +1,15 @@
 //! An edge site's day: the link to the upstream drops, and every node keeps pulling
 //! what Ferry has cached, without waiting on the dead upstream.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::containerd::{Containerd, mirror_hosts_toml};
 use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL, LOCAL_REGISTRY, Upstream};
 use crate::harness::http::media;
 use crate::harness::images::{PushedImage, push_image, push_index};
-use crate::harness::process::{require_binary, run_ok};
+use crate::harness::process::run_ok;
 use crate::harness::registry::{Registry, RegistryAuth};
+use crate::harness::skopeo;
 use crate::support::{get, manifest_url};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -52,16 +52,9 @@ fn pull_everything(ferry: &Ferry, images: &[&PushedImage]) -> Duration {
             format!("{}@{}", img.repo, img.manifest_digest),
         ] {
             let dest = tempfile::tempdir().unwrap();
-            let mut cmd = Command::new(require_binary("skopeo", "skopeo"));
-            cmd.args([
-                "--insecure-policy",
-                "copy",
-                "--src-tls-verify=false",
-                "--retry-times",
-                "0",
-            ])
-            .arg(format!("docker://{}/{LOCAL}/{source}", ferry.addr()))
-            .arg(format!("dir:{}", dest.path().display()));
+            let mut cmd = skopeo::copy();
+            cmd.arg(format!("docker://{}/{LOCAL}/{source}", ferry.addr()))
+                .arg(format!("dir:{}", dest.path().display()));
             run_ok(cmd, Duration::from_secs(120));
             for blob in img.blobs() {
                 let path = dest.path().join(crate::harness::digest_hex(&blob.digest));

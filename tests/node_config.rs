@@ -12,7 +12,7 @@ use crate::harness::containerd::Containerd;
 use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL_REGISTRY, Upstream};
 use crate::harness::http::media;
 use crate::harness::images::{PushedImage, push_image};
-use crate::harness::process::{run_with_timeout, tail_str};
+use crate::harness::process::{run_with_timeout, tail_str, without_proxy_env};
 use crate::harness::registry::{Registry, RegistryAuth};
 use crate::harness::{block_on, temp_dir};
 use crate::support::{ferry_cli, get};
@@ -258,16 +258,7 @@ impl Podman {
             .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
             .args(["--events-backend", "none"])
             .args(args);
-        for var in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
+        without_proxy_env(&mut cmd);
         cmd
     }
 
@@ -305,6 +296,24 @@ impl Podman {
     }
 }
 
+/// `ferry node-config --format registries-conf --mirror <ferry> --write <dir>
+/// [--fallback]`; returns stdout.
+fn write_registries_conf(ferry: &Ferry, dir: &Path, fallback: bool) -> String {
+    let (mirror, dir) = (ferry.url(), dir.display().to_string());
+    let mut args = vec![
+        "--format",
+        "registries-conf",
+        "--mirror",
+        &mirror,
+        "--write",
+        &dir,
+    ];
+    if fallback {
+        args.push("--fallback");
+    }
+    node_config_ok(ferry, &args)
+}
+
 /// podman pulls through a generated `registries.conf` by names only Ferry can serve
 /// (`.invalid` never resolves; Docker Hub is not reachable from here) and by the
 /// registry's own reachable address, which without `--fallback` it never asks:
@@ -326,17 +335,7 @@ fn podman_pulls_through_generated_registries_conf() {
         .start();
     let out_dir = temp_dir("nodeconf");
     let conf = out_dir.path().join("registries.conf");
-    let out = node_config_ok(
-        &ferry,
-        &[
-            "--format",
-            "registries-conf",
-            "--mirror",
-            &ferry.url(),
-            "--write",
-            &out_dir.path().display().to_string(),
-        ],
-    );
+    let out = write_registries_conf(&ferry, out_dir.path(), false);
     assert!(out.contains(&format!("wrote {}", conf.display())), "{out}");
     let Some(podman) = Podman::new(&conf) else {
         return;
@@ -388,18 +387,7 @@ fn podman_pulls_through_generated_registries_conf() {
     assert_eq!(direct_requests(&registry, seeded), Vec::<String>::new());
 
     // The --fallback form (Ferry as a [[registry.mirror]]) serves as well.
-    node_config_ok(
-        &ferry,
-        &[
-            "--format",
-            "registries-conf",
-            "--mirror",
-            &ferry.url(),
-            "--write",
-            &out_dir.path().display().to_string(),
-            "--fallback",
-        ],
-    );
+    write_registries_conf(&ferry, out_dir.path(), true);
     assert!(
         std::fs::read_to_string(&conf)
             .unwrap()
@@ -410,17 +398,7 @@ fn podman_pulls_through_generated_registries_conf() {
     assert_eq!(podman.digest(&reference), v2.manifest_digest);
 
     // Ferry down, no fallback: the pull fails rather than going anywhere else.
-    node_config_ok(
-        &ferry,
-        &[
-            "--format",
-            "registries-conf",
-            "--mirror",
-            &ferry.url(),
-            "--write",
-            &out_dir.path().display().to_string(),
-        ],
-    );
+    write_registries_conf(&ferry, out_dir.path(), false);
     ferry.stop();
     let out = podman.pull("docker.io/library/alpine:latest");
     assert!(!out.status.success(), "pulled with Ferry down");

@@ -13,6 +13,7 @@ use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL, LOCAL_REGISTRY, Upstream
 use crate::harness::images::{PushedImage, push_image, push_image_http};
 use crate::harness::process::{require_binary, run_ok, run_with_timeout};
 use crate::harness::registry::{Registry, RegistryAuth};
+use crate::harness::skopeo;
 use crate::harness::smallfs::SmallFs;
 use crate::harness::token_server::{TokenServer, TokenServerOptions};
 use crate::support::{Fetched, blob_url, get, manifest_url, send};
@@ -57,14 +58,7 @@ async fn scrape(ferry: &Ferry) -> Scrape {
 
 /// `skopeo copy docker://<ferry>/local/<reference> dir:<dest>`: a real client's pull.
 fn skopeo_pull(ferry: &Ferry, reference: &str, dest: &Path) {
-    let mut cmd = Command::new(require_binary("skopeo", "skopeo"));
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--src-tls-verify=false",
-        "--retry-times",
-        "0",
-    ]);
+    let mut cmd = skopeo::copy();
     cmd.arg(format!("docker://{}/{LOCAL}/{reference}", ferry.addr()));
     cmd.arg(format!("dir:{}", dest.display()));
     run_ok(cmd, Duration::from_secs(120));

@@ -179,6 +179,20 @@ fn assert_manifest_ok(got: &(u16, Vec<u8>), img: &PushedImage, what: &str) {
     assert_eq!(got.1, img.manifest, "{what}: the upstream's manifest bytes");
 }
 
+/// The `ferry_upstream_up` samples on `/metrics`, sorted.
+async fn upstream_up(ferry: &Ferry) -> Vec<String> {
+    let r = get(&format!("{}/metrics", ferry.url()), &[]).await;
+    assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
+    let mut up: Vec<String> = String::from_utf8(r.body)
+        .expect("metrics are text")
+        .lines()
+        .filter(|l| l.starts_with("ferry_upstream_up{"))
+        .map(str::to_owned)
+        .collect();
+    up.sort();
+    up
+}
+
 /// An HTTP/1.1 keep-alive connection, to show it survives a reload.
 struct KeepAlive {
     stream: TcpStream,
@@ -370,7 +384,7 @@ async fn a_second_sigterm_cuts_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sighup_adds_an_upstream_and_a_rule_without_dropping_connections() {
+async fn sighup_adds_and_removes_an_upstream_and_a_rule_without_dropping_connections() {
     let (registry, _proxy, big, mut ferry) = throttled_setup(6 << 20, 2 << 20, &[]);
     let second = Registry::start(RegistryAuth::None);
     let app = push_image_http(&second, "team/app", "1", &[20_000]);
@@ -393,6 +407,7 @@ async fn sighup_adds_an_upstream_and_a_rule_without_dropping_connections() {
 
     // A new upstream, a rule onto it, and a changed `local` (its client is replaced
     // while the download runs on the old one).
+    let original = ferry.config().to_owned();
     let second_url = second.url();
     let mark = reconfigure(&mut ferry, true, |text| {
         format!(
@@ -429,6 +444,32 @@ async fn sighup_adds_an_upstream_and_a_rule_without_dropping_connections() {
         log_lines(&ferry, mark, &["configuration refused"]).is_empty(),
         "{}",
         &ferry.log()[mark..]
+    );
+    assert_eq!(
+        upstream_up(&ferry).await,
+        [
+            "ferry_upstream_up{upstream=\"local\"} 1",
+            "ferry_upstream_up{upstream=\"second\"} 1",
+        ],
+        "the added upstream is reported up"
+    );
+
+    // Back to the first file: `second` and its rule are gone, and so is its series
+    // (a removed upstream is neither up nor down).
+    let mark = reconfigure(&mut ferry, true, |_| original);
+    let line = expect_log(&ferry, mark, &["configuration reloaded"]);
+    assert!(
+        line.contains("upstreams_removed=second") && line.contains("rules=0"),
+        "the reload line says what was removed: {line}"
+    );
+    for url in [&new_upstream, &by_rule] {
+        let (status, _) = manifest_status(url).await;
+        assert_eq!(status, 404, "after the removal, {url} names no upstream");
+    }
+    assert_eq!(
+        upstream_up(&ferry).await,
+        ["ferry_upstream_up{upstream=\"local\"} 1"],
+        "the removed upstream's series is gone from /metrics"
     );
 }
 

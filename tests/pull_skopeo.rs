@@ -9,18 +9,12 @@ use crate::harness::http::media;
 use crate::harness::images::{PushedImage, push_docker_v2s2, push_image, push_index};
 use crate::harness::process::{require_binary, run_ok};
 use crate::harness::registry::Registry;
+use crate::harness::skopeo;
 use crate::support::{get, local_setup, manifest_url};
 
 /// `skopeo copy [--all] docker://<ferry>/local/<reference> dir:<dest>`.
 fn copy_through_ferry(ferry: &Ferry, reference: &str, dest: &Path, all: bool) {
-    let mut cmd = Command::new(require_binary("skopeo", "skopeo"));
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--src-tls-verify=false",
-        "--retry-times",
-        "0",
-    ]);
+    let mut cmd = skopeo::copy();
     if all {
         cmd.arg("--all");
     }

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::process::ChildGuard;
+use super::process::{ChildGuard, without_proxy_env};
 
 /// The short name of the usual test upstream (a path prefix: `/v2/local/<repo>/…`).
 pub const LOCAL: &str = "local";
@@ -293,18 +293,7 @@ impl Ferry {
         if std::env::var_os("FERRY_LOG").is_none() {
             cmd.env("FERRY_LOG", "info,ferry=debug,ferry_storage=debug");
         }
-        // Everything the tests start is on loopback: a proxy from the environment
-        // must not come between Ferry and them.
-        for var in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
+        without_proxy_env(&mut cmd);
         cmd.env("NO_COLOR", "1");
         // Settings of the test suite itself (`FERRY_CRASH_ROUNDS`, …) are not Ferry's,
         // which refuses unknown `FERRY_*` variables.

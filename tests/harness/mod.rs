@@ -23,7 +23,8 @@
 //!
 //! [`images`] builds OCI image layouts in Rust and pushes them with skopeo (or plain
 //! HTTP, for artifacts and for tests that push many images); [`http`] holds the small
-//! registry client the tests and the pushers share.
+//! registry client the tests and the pushers share; [`skopeo::copy`] starts a real
+//! client's pull.
 //!
 //! Loops are bounded in count and time; a missing binary panics naming its Debian
 //! package. Nothing here touches the internet.
@@ -39,6 +40,7 @@ pub mod http;
 pub mod images;
 pub mod process;
 pub mod registry;
+pub mod skopeo;
 pub mod smallfs;
 pub mod static_registry;
 pub mod token_server;

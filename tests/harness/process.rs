@@ -27,6 +27,23 @@ pub fn require_binary(binary: &str, debian_package: &str) -> PathBuf {
     })
 }
 
+/// Clears the proxy variables (`HTTP_PROXY`, `https_proxy`, `ALL_PROXY`, …) from `cmd`'s
+/// environment: everything the tests start is on loopback, and a proxy set for the
+/// machine must not come between a client and it.
+pub fn without_proxy_env(cmd: &mut Command) -> &mut Command {
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// A port on 127.0.0.1 that was free a moment ago. Only for programs that cannot bind
 /// port 0 themselves; callers retry on "address already in use".
 pub fn free_port() -> u16 {
