@@ -1,8 +1,9 @@
 //! The access policy as clients meet it: per-upstream anonymous `allow`/`deny`
 //! patterns (403 DENIED, or 401 with a Basic challenge once users exist), decided on
 //! the repository actually fetched so a cache rule cannot route around a deny; htpasswd
-//! (bcrypt) users pulling with `skopeo copy --src-creds` and `skopeo login`; wrong
-//! passwords refused and never logged; non-bcrypt htpasswd lines refused at load.
+//! (bcrypt) users pulling with `skopeo copy --src-creds`, `skopeo login` and `podman
+//! login`; wrong passwords refused and never logged; non-bcrypt htpasswd lines refused
+//! at load.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +14,7 @@ use base64::Engine as _;
 use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL, LOCAL_REGISTRY, Upstream};
 use crate::harness::http::media;
 use crate::harness::images::{PushedImage, push_image_http};
+use crate::harness::podman::Podman;
 use crate::harness::process::{require_binary, run_ok, run_with_timeout};
 use crate::harness::registry::{Registry, RegistryAuth};
 use crate::harness::skopeo;
@@ -245,20 +247,26 @@ fn skopeo_login(ferry: &Ferry, authfile: &Path, password: &str) -> std::process:
     run_with_timeout(cmd, Duration::from_secs(60))
 }
 
+/// Ferry in front of `registry`: anonymous may pull `public/*` only, [`USER`] (from
+/// an htpasswd file in `dir`) `private/**` only.
+fn ferry_with_user(registry: &Registry, dir: &Path) -> Ferry {
+    let htpasswd = write_htpasswd(dir, PASSWORD);
+    FerryBuilder::new()
+        .upstream(Upstream::local(&registry.url()).raw(r#"allow = ["public/*"]"#))
+        .extra_toml(&format!(
+            "[access]\nhtpasswd = \"{}\"\n\n[[access.user]]\nname = \"{USER}\"\nallow = [\"{LOCAL_REGISTRY}/private/**\"]\n",
+            htpasswd.display()
+        ))
+        .start()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn htpasswd_user_pulls_what_anonymous_cannot() {
     let registry = Registry::start(RegistryAuth::None);
     let public = push_image_http(&registry, "public/app", "1", &[50_000]);
     let private = push_image_http(&registry, "private/app", "1", &[80_000, 30_000]);
     let dir = crate::harness::temp_dir("access");
-    let htpasswd = write_htpasswd(dir.path(), PASSWORD);
-    let ferry = FerryBuilder::new()
-        .upstream(Upstream::local(&registry.url()).raw(r#"allow = ["public/*"]"#))
-        .extra_toml(&format!(
-            "[access]\nhtpasswd = \"{}\"\n\n[[access.user]]\nname = \"{USER}\"\nallow = [\"{LOCAL_REGISTRY}/private/**\"]\n",
-            htpasswd.display()
-        ))
-        .start();
+    let ferry = ferry_with_user(&registry, dir.path());
 
     // Anonymous: public pulls, private asks for credentials.
     let r = manifest(&ferry, "public/app", "1", None).await;
@@ -334,7 +342,12 @@ async fn htpasswd_user_pulls_what_anonymous_cannot() {
     );
     assert_copied(&copied, &dest, &private);
 
-    // No form of either password reaches the log.
+    assert_passwords_not_logged(&ferry);
+}
+
+/// No form of either password reaches Ferry's log, though the wrong one is logged
+/// as a refusal.
+fn assert_passwords_not_logged(ferry: &Ferry) {
     let b64 = base64::engine::general_purpose::STANDARD;
     let log = ferry.log();
     for p in [PASSWORD, WRONG_PASSWORD] {
@@ -350,9 +363,76 @@ async fn htpasswd_user_pulls_what_anonymous_cannot() {
         }
     }
     assert!(
-        !warnings_about(&ferry, "invalid credentials").is_empty(),
+        !warnings_about(ferry, "invalid credentials").is_empty(),
         "wrong passwords are logged (without the password)"
     );
+}
+
+/// `podman login` against Ferry: a wrong password is refused and stores nothing in
+/// the `--authfile`; the right one is stored, and `podman pull` with that file gets
+/// an image anonymous may not pull (which it could not before), by the reference a
+/// podman user without Ferry's `registries.conf` types: `<ferry>/<registry>/<repo>`.
+#[test]
+fn podman_login_then_pulls_what_anonymous_cannot() {
+    let Some(podman) = Podman::new(None) else {
+        return;
+    };
+    let registry = Registry::start(RegistryAuth::None);
+    let private = push_image_http(&registry, "private/app", "1", &[80_000, 30_000]);
+    let dir = crate::harness::temp_dir("access");
+    let ferry = ferry_with_user(&registry, dir.path());
+    let reference = format!("{}/{LOCAL_REGISTRY}/{}", ferry.addr(), private.reference());
+    let authfile = dir.path().join("podman-auth.json");
+    let authfile_arg = authfile.display().to_string();
+    let login = |password: &str| {
+        run_with_timeout(
+            podman.command(&[
+                "login",
+                "--tls-verify=false",
+                "--authfile",
+                &authfile_arg,
+                "-u",
+                USER,
+                "-p",
+                password,
+                ferry.addr(),
+            ]),
+            Duration::from_secs(60),
+        )
+    };
+
+    // Anonymous (podman's own auth file is empty): refused for want of credentials.
+    let anonymous = podman.pull(&["--tls-verify=false"], &reference);
+    assert_unauthorized(&anonymous, "anonymous podman pull of a private image");
+
+    let refused = login(WRONG_PASSWORD);
+    assert_unauthorized(&refused, "podman login with a wrong password");
+    assert!(
+        !authfile.exists(),
+        "a refused login stored nothing:\n{}",
+        std::fs::read_to_string(&authfile).unwrap_or_default()
+    );
+
+    let login = login(PASSWORD);
+    assert!(
+        login.status.success(),
+        "podman login: {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let stored = std::fs::read_to_string(&authfile).unwrap_or_default();
+    assert!(
+        stored.contains(ferry.addr()),
+        "podman login stored credentials for {}:\n{stored}",
+        ferry.addr()
+    );
+    podman.pull_ok(
+        &["--tls-verify=false", "--authfile", &authfile_arg],
+        &reference,
+        &ferry,
+    );
+    assert_eq!(podman.digest(&reference), private.manifest_digest);
+
+    assert_passwords_not_logged(&ferry);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -404,13 +484,8 @@ async fn a_changed_htpasswd_file_applies_without_restart() {
 
 /// `ferry config check <file>`, with no `FERRY_*` variables from the test's environment.
 fn config_check(file: &Path) -> Command {
-    let mut cmd = Command::new(Ferry::binary());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FERRY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("NO_COLOR", "1").args(["config", "check"]).arg(file);
+    let mut cmd = Ferry::cli_command();
+    cmd.args(["config", "check"]).arg(file);
     cmd
 }
 

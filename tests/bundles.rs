@@ -22,13 +22,8 @@ const UNREACHABLE: &str = "http://127.0.0.1:1";
 
 /// `ferry <args>`, with no `FERRY_*` variables inherited, bounded to 120 s.
 fn ferry(args: &[&str]) -> Output {
-    let mut cmd = Command::new(Ferry::binary());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FERRY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("NO_COLOR", "1").args(args);
+    let mut cmd = Ferry::cli_command();
+    cmd.args(args);
     run_with_timeout(cmd, Duration::from_secs(120))
 }
 

@@ -18,13 +18,8 @@ use crate::support::{blob_url, get, manifest_url};
 
 /// `ferry <args>` with no `FERRY_*` variables inherited from the test's environment.
 fn ferry_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(Ferry::binary());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FERRY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("NO_COLOR", "1").args(args);
+    let mut cmd = Ferry::cli_command();
+    cmd.args(args);
     cmd
 }
 

@@ -10,7 +10,8 @@ mod harness;
 /// Shared fixtures and assertions for the test modules.
 mod support;
 
-/// Anonymous allow/deny per upstream, htpasswd users with skopeo, denials logged once.
+/// Anonymous allow/deny per upstream, htpasswd users with skopeo and `podman login`,
+/// denials logged once.
 mod access;
 /// A private ACR over Private Link (emulated Entra ID, ACR front, data endpoint).
 mod acr;
@@ -41,7 +42,8 @@ mod full_disk;
 /// Range, late GET and HEAD joining a blob download in flight: one upstream GET.
 mod inflight;
 /// `ferry node-config`: containerd (`ctr`) and podman pull through the files it
-/// writes; without `--fallback` neither goes to a registry directly.
+/// writes; without `--fallback` neither goes to a registry directly; the examples in
+/// `docker/` are exactly what it writes.
 mod node_config;
 /// `/metrics` after real pulls (checked by `promtool`), `/healthz` and `/readyz` on a
 /// store that fills up, `X-Request-Id`, and the status page in headless Chromium.

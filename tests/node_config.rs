@@ -2,17 +2,20 @@
 //! (`ctr` with the generated `certs.d` tree as its hosts dir) and a real podman (the
 //! generated `registries.conf` as `CONTAINERS_REGISTRIES_CONF`), which pull through
 //! Ferry by the registry names nodes use; without `--fallback` neither goes to a
-//! registry directly. Bad input fails clearly and writes nothing.
+//! registry directly. Bad input fails clearly and writes nothing. The examples shipped
+//! in `docker/` (containerd `certs.d`, podman `registries.conf`, k3s
+//! `registries.yaml`) are byte for byte what it writes for the shipped configs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use crate::harness::containerd::Containerd;
 use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL_REGISTRY, Upstream};
 use crate::harness::http::media;
 use crate::harness::images::{PushedImage, push_image};
-use crate::harness::process::{run_with_timeout, tail_str, without_proxy_env};
+use crate::harness::podman::Podman;
+use crate::harness::process::{run_with_timeout, tail_str};
 use crate::harness::registry::{Registry, RegistryAuth};
 use crate::harness::{block_on, temp_dir};
 use crate::support::{ferry_cli, get};
@@ -189,113 +192,6 @@ fn containerd_pulls_through_generated_hosts_toml() {
     );
 }
 
-/// podman as root without network namespaces, cgroups or the host's storage: every
-/// path it writes is in `dir`, the registries config is the generated one.
-struct Podman {
-    dir: tempfile::TempDir,
-    registries_conf: PathBuf,
-}
-
-impl Podman {
-    /// `None` (having said why) only when podman is missing and the tests do not run
-    /// as root, so nothing could install it; as root a missing podman is a failure.
-    fn new(registries_conf: &Path) -> Option<Podman> {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("podman").is_file()));
-        if !found && unsafe { libc::geteuid() } != 0 {
-            eprintln!(
-                "SKIPPED: podman is not installed and the tests do not run as root \
-                 (tests/run.sh installs Debian's `podman` when run as root)"
-            );
-            return None;
-        }
-        crate::harness::process::require_binary("podman", "podman");
-        let dir = temp_dir("podman");
-        let d = dir.path();
-        std::fs::write(
-            d.join("storage.conf"),
-            format!(
-                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-                d.join("root").display(),
-                d.join("runroot").display()
-            ),
-        )
-        .unwrap();
-        // No journald, no systemd cgroups: a pull needs neither.
-        std::fs::write(
-            d.join("containers.conf"),
-            format!(
-                "[engine]\nevents_logger = \"none\"\ncgroup_manager = \"cgroupfs\"\n\
-                 [network]\nnetwork_config_dir = \"{}\"\n",
-                d.join("networks").display()
-            ),
-        )
-        .unwrap();
-        std::fs::create_dir_all(d.join("xdg")).unwrap();
-        // No credentials: podman refuses an auth file it is pointed at that is missing.
-        std::fs::write(d.join("auth.json"), "{}").unwrap();
-        Some(Podman {
-            dir,
-            registries_conf: registries_conf.to_path_buf(),
-        })
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let d = self.dir.path();
-        let mut cmd = Command::new("podman");
-        cmd.env("CONTAINERS_REGISTRIES_CONF", &self.registries_conf)
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", d.join("storage.conf"))
-            .env("XDG_RUNTIME_DIR", d.join("xdg"))
-            .env("REGISTRY_AUTH_FILE", d.join("auth.json"))
-            .env("HOME", d)
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("runroot"))
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
-            .args(["--events-backend", "none"])
-            .args(args);
-        without_proxy_env(&mut cmd);
-        cmd
-    }
-
-    fn pull(&self, reference: &str) -> Output {
-        run_with_timeout(
-            self.command(&["pull", "--quiet", reference]),
-            Duration::from_secs(120),
-        )
-    }
-
-    fn pull_ok(&self, reference: &str, ferry: &Ferry) {
-        let out = self.pull(reference);
-        assert!(
-            out.status.success(),
-            "podman pull {reference} failed ({})\nstderr:\n{}\nregistries.conf:\n{}\n--- ferry log (tail) ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&self.registries_conf).unwrap_or_default(),
-            tail_str(&ferry.log(), 40),
-        );
-    }
-
-    /// The manifest digest podman recorded for `reference`.
-    fn digest(&self, reference: &str) -> String {
-        let out = run_with_timeout(
-            self.command(&["image", "inspect", "--format", "{{.Digest}}", reference]),
-            Duration::from_secs(30),
-        );
-        assert!(
-            out.status.success(),
-            "podman image inspect {reference}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
 /// `ferry node-config --format registries-conf --mirror <ferry> --write <dir>
 /// [--fallback]`; returns stdout.
 fn write_registries_conf(ferry: &Ferry, dir: &Path, fallback: bool) -> String {
@@ -337,7 +233,7 @@ fn podman_pulls_through_generated_registries_conf() {
     let conf = out_dir.path().join("registries.conf");
     let out = write_registries_conf(&ferry, out_dir.path(), false);
     assert!(out.contains(&format!("wrote {}", conf.display())), "{out}");
-    let Some(podman) = Podman::new(&conf) else {
+    let Some(podman) = Podman::new(Some(&conf)) else {
         return;
     };
 
@@ -373,7 +269,7 @@ fn podman_pulls_through_generated_registries_conf() {
             "v1",
         ),
     ] {
-        podman.pull_ok(&reference, &ferry);
+        podman.pull_ok(&[], &reference, &ferry);
         assert_eq!(
             podman.digest(&reference),
             img.manifest_digest,
@@ -394,27 +290,21 @@ fn podman_pulls_through_generated_registries_conf() {
             .contains("[[registry.mirror]]")
     );
     let reference = format!("{LOCAL_REGISTRY}/team/app:v2");
-    podman.pull_ok(&reference, &ferry);
+    podman.pull_ok(&[], &reference, &ferry);
     assert_eq!(podman.digest(&reference), v2.manifest_digest);
 
     // Ferry down, no fallback: the pull fails rather than going anywhere else.
     write_registries_conf(&ferry, out_dir.path(), false);
     ferry.stop();
-    let out = podman.pull("docker.io/library/alpine:latest");
+    let out = podman.pull(&[], "docker.io/library/alpine:latest");
     assert!(!out.status.success(), "pulled with Ferry down");
     assert_eq!(direct_requests(&registry, seeded), Vec::<String>::new());
 }
 
 /// Runs `ferry node-config <args>` on `config` (no `FERRY_*` from the environment).
 fn node_config(config: &Path, args: &[&str]) -> (Output, String) {
-    let mut cmd = Command::new(Ferry::binary());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FERRY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-        .arg("node-config")
+    let mut cmd = Ferry::cli_command();
+    cmd.arg("node-config")
         .arg("--config")
         .arg(config)
         .args(args);
@@ -551,4 +441,162 @@ fn bad_input_is_refused_and_nothing_is_written() {
             format!("{LOCAL_REGISTRY}/hosts.toml").as_str(),
         ]
     );
+}
+
+/// The repository root: the shipped examples and the commands in their comments use
+/// paths relative to it.
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `ferry <args>` run in the repository root, as a maintainer regenerates the
+/// examples; panics unless it exits 0. Returns stdout.
+fn ferry_in_repo(args: &[&str]) -> Vec<u8> {
+    let mut cmd = Ferry::cli_command();
+    cmd.current_dir(repo_root()).args(args);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "ferry {} failed ({})\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Where `shipped` and `generated` first differ, for the failure message.
+fn first_difference(shipped: &str, generated: &str) -> String {
+    let (a, b): (Vec<&str>, Vec<&str>) = (shipped.lines().collect(), generated.lines().collect());
+    let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) else {
+        return "they differ only in line endings or the final newline".to_string();
+    };
+    let show = |l: Option<&&str>| l.map_or("<end of file>".to_string(), |l| format!("{l:?}"));
+    format!(
+        "first difference at line {}:\n  shipped:   {}\n  generated: {}",
+        i + 1,
+        show(a.get(i)),
+        show(b.get(i))
+    )
+}
+
+/// A single-file example: its leading comment lines (up to the generated marker)
+/// are its own and must name `command`; everything from the marker on is exactly
+/// what `command` prints.
+fn assert_example_is_generated(example: &str, command: &[&str]) {
+    let shown = format!("ferry {}", command.join(" "));
+    let shipped = std::fs::read_to_string(repo_root().join(example))
+        .unwrap_or_else(|e| panic!("{example}: {e}"));
+    let generated = String::from_utf8(ferry_in_repo(command)).expect("UTF-8 output");
+    let regenerate = |preamble_lines: usize| {
+        format!(
+            "regenerate it from the repository root, keeping its {preamble_lines} own comment \
+             line(s) at the top:\n  {{ head -n {preamble_lines} {example}; cargo run -q -- {}; }} \
+             > {example}.new && mv {example}.new {example}",
+            command.join(" ")
+        )
+    };
+    let marker = shipped
+        .lines()
+        .position(|l| l.starts_with("# Generated by ferry node-config"))
+        .unwrap_or_else(|| {
+            panic!(
+                "{example} has no `# Generated by ferry node-config` line: it must be its own \
+                 comment lines, naming the command, followed by what `{shown}` prints; \
+                 regenerate it from the repository root with `cargo run -q -- {}`, then put \
+                 those comment lines back on top",
+                command.join(" ")
+            )
+        });
+    let preamble: String = shipped.split_inclusive('\n').take(marker).collect();
+    assert!(
+        preamble.lines().all(|l| l.starts_with('#')),
+        "{example}: only comment lines may come before the generated part:\n{preamble}"
+    );
+    assert!(
+        preamble.contains(&shown),
+        "{example}: its comment must name the command that makes it, `{shown}`:\n{preamble}"
+    );
+    let expected = format!("{preamble}{generated}");
+    assert!(
+        shipped == expected,
+        "{example} is not what `{shown}` prints now ({}); {}",
+        first_difference(&shipped, &expected),
+        regenerate(marker)
+    );
+}
+
+/// The examples in `docker/` are what `ferry node-config` writes for the shipped
+/// configs, byte for byte, so they never drift from the generator. The configs name
+/// secret files that do not exist here; node-config needs no secrets and goes on.
+#[test]
+fn shipped_examples_are_what_node_config_writes() {
+    assert_example_is_generated(
+        "docker/podman/registries.conf",
+        &[
+            "node-config",
+            "--config",
+            "docker/ferry.toml",
+            "--format",
+            "registries-conf",
+            "--mirror",
+            "http://10.0.0.50:5000",
+        ],
+    );
+    assert_example_is_generated(
+        "docker/k3s/registries.yaml",
+        &[
+            "node-config",
+            "--config",
+            "docker/ferry.toml",
+            "--format",
+            "k3s",
+            "--mirror",
+            "http://10.0.0.50:5000",
+        ],
+    );
+
+    // containerd: a tree of hosts.toml files, made by the command its README gives.
+    let shipped_dir = repo_root().join("docker/containerd/certs.d");
+    let documented = "ferry node-config --config docker/ferry-acr.toml --mirror \
+                      http://10.0.0.50:5000 --write docker/containerd/certs.d";
+    let readme = std::fs::read_to_string(repo_root().join("docker/containerd/README.md")).unwrap();
+    assert!(
+        readme.contains(documented),
+        "docker/containerd/README.md must give the command that makes certs.d, `{documented}`"
+    );
+    let regenerate = "regenerate it from the repository root with:\n  rm -r docker/containerd/certs.d && \
+                      cargo run -q -- node-config --config docker/ferry-acr.toml --mirror \
+                      http://10.0.0.50:5000 --write docker/containerd/certs.d";
+    let out = temp_dir("nodeconf-examples");
+    let out_arg = out.path().display().to_string();
+    ferry_in_repo(&[
+        "node-config",
+        "--config",
+        "docker/ferry-acr.toml",
+        "--mirror",
+        "http://10.0.0.50:5000",
+        "--write",
+        &out_arg,
+    ]);
+    let files = listing(out.path());
+    assert!(
+        files.contains(&"contoso.azurecr.io/hosts.toml".to_string())
+            && files.contains(&"mcr.microsoft.com/hosts.toml".to_string()),
+        "node-config wrote the ACR's and the rule's registry: {files:?}"
+    );
+    assert_eq!(
+        listing(&shipped_dir),
+        files,
+        "docker/containerd/certs.d holds other files than `{documented}` writes; {regenerate}"
+    );
+    for file in &files {
+        let shipped = std::fs::read_to_string(shipped_dir.join(file)).unwrap();
+        let generated = std::fs::read_to_string(out.path().join(file)).unwrap();
+        assert!(
+            shipped == generated,
+            "docker/containerd/certs.d/{file} is not what `{documented}` writes now ({}); {regenerate}",
+            first_difference(&shipped, &generated)
+        );
+    }
 }

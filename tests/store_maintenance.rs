@@ -5,40 +5,14 @@
 //! references once it is older than the grace period. Neither command runs on a store
 //! a server has open.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
 use crate::harness::images::{PushedImage, push_image};
-use crate::harness::process::run_with_timeout;
 use crate::harness::registry::{Registry, RegistryAuth};
 use crate::harness::{digest_hex, sha256_digest};
-use crate::support::{blob_url, files_under, get, local_setup, manifest_url};
-
-/// `ferry <args> --config <ferry's config>`, with no `FERRY_*` variables inherited.
-fn ferry_cli(ferry: &Ferry, args: &[&str]) -> (Output, String) {
-    let mut cmd = Command::new(Ferry::binary());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FERRY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-        .args(args)
-        .arg("--config")
-        .arg(ferry.config_path());
-    let out = run_with_timeout(cmd, Duration::from_secs(120));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !text.contains("panicked"),
-        "ferry {args:?} panicked\n{text}"
-    );
-    (out, text)
-}
+use crate::support::{blob_url, ferry_cli, files_under, get, local_setup, manifest_url};
 
 /// A clean failure: non-zero, not a panic (101), not a signal.
 fn assert_failed(out: &Output, text: &str, what: &str) {

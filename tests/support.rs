@@ -154,16 +154,8 @@ pub fn store_holds(dir: &Path, bytes: &[u8]) -> bool {
 /// bounded to 120 s. Returns the output and stdout + stderr as text; panics if the
 /// command panicked.
 pub fn ferry_cli(ferry: &Ferry, args: &[&str]) -> (std::process::Output, String) {
-    let mut cmd = std::process::Command::new(Ferry::binary());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("FERRY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("NO_COLOR", "1")
-        .args(args)
-        .arg("--config")
-        .arg(ferry.config_path());
+    let mut cmd = Ferry::cli_command();
+    cmd.args(args).arg("--config").arg(ferry.config_path());
     let out = crate::harness::process::run_with_timeout(cmd, std::time::Duration::from_secs(120));
     let text = format!(
         "{}{}",

@@ -284,6 +284,22 @@ impl Ferry {
         env!("CARGO_BIN_EXE_ferry")
     }
 
+    /// The binary for a one-off command (`config check`, `node-config`, `fsck`, …),
+    /// the caller adds the arguments. None of the test environment's `FERRY_*`
+    /// variables reach it (Ferry would apply them, or refuse the suite's own such as
+    /// `FERRY_CRASH_ROUNDS`), and `NO_COLOR=1` keeps escape codes out of the output
+    /// the tests read.
+    pub fn cli_command() -> Command {
+        let mut cmd = Command::new(Ferry::binary());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("FERRY_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("NO_COLOR", "1");
+        cmd
+    }
+
     fn spawn(&mut self) {
         self.starts += 1;
         let mut cmd = Command::new(Ferry::binary());

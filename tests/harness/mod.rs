@@ -24,7 +24,7 @@
 //! [`images`] builds OCI image layouts in Rust and pushes them with skopeo (or plain
 //! HTTP, for artifacts and for tests that push many images); [`http`] holds the small
 //! registry client the tests and the pushers share; [`skopeo::copy`] starts a real
-//! client's pull.
+//! client's pull, and [`podman::Podman`] is podman with its storage in a temp dir.
 //!
 //! Loops are bounded in count and time; a missing binary panics naming its Debian
 //! package. Nothing here touches the internet.
@@ -38,6 +38,7 @@ pub mod ferry;
 pub mod front;
 pub mod http;
 pub mod images;
+pub mod podman;
 pub mod process;
 pub mod registry;
 pub mod skopeo;
