@@ -205,15 +205,18 @@ impl Blobs {
             .truncate(false)
             .open(&path)?;
         let mut hasher = expected.algorithm().hasher();
-        let mut buf = vec![0u8; 1 << 20];
         let mut written = 0u64;
-        loop {
-            let n = io::Read::read(&mut file, &mut buf)?;
-            if n == 0 {
-                break;
+        // Nearly always a new, empty file: no buffer for that.
+        if file.metadata()?.len() > 0 {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = io::Read::read(&mut file, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                written += n as u64;
             }
-            hasher.update(&buf[..n]);
-            written += n as u64;
         }
         if written > 0 {
             tracing::info!(digest = %expected, bytes = written, "resuming an interrupted download");
