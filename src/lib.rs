@@ -44,10 +44,11 @@ use signals::Controls;
 /// Why Ferry could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot open the store at {path}: {source}")]
+    // Not `source`: the message holds the cause already, and `{:#}` would repeat it.
+    #[error("cannot open the store at {path}: {error}")]
     Store {
         path: String,
-        source: ferry_storage::Error,
+        error: ferry_storage::Error,
     },
     #[error("cannot set up upstream clients: {0}")]
     Upstream(#[from] upstream::Error),
@@ -85,9 +86,9 @@ pub async fn serve_and_report(
     let store = tokio::task::spawn_blocking(move || ferry_storage::Store::open(&root))
         .await
         .map_err(std::io::Error::other)?
-        .map_err(|source| ServeError::Store {
+        .map_err(|error| ServeError::Store {
             path: config.storage_root.display().to_string(),
-            source,
+            error,
         })?;
     let proxy = Arc::new(proxy::Proxy::new(&config, store)?);
     let listener = tokio::net::TcpListener::bind(config.listen)

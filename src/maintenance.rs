@@ -16,10 +16,11 @@ use crate::bytesize::Human;
 pub enum MaintenanceError {
     #[error("there is no store at {path} (check [storage] root)")]
     NoStore { path: String },
-    #[error("cannot open the store at {path}: {source}")]
+    // Not `source`: the message holds the cause already, and `{:#}` would repeat it.
+    #[error("cannot open the store at {path}: {error}")]
     Open {
         path: String,
-        source: ferry_storage::Error,
+        error: ferry_storage::Error,
     },
     #[error("{0}")]
     Storage(#[from] ferry_storage::Error),
@@ -41,9 +42,9 @@ fn open(root: &Path, as_found: bool) -> Result<Store, MaintenanceError> {
     } else {
         Store::open(root)
     };
-    opened.map_err(|source| MaintenanceError::Open {
+    opened.map_err(|error| MaintenanceError::Open {
         path: root.display().to_string(),
-        source,
+        error,
     })
 }
 

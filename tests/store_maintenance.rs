@@ -3,7 +3,8 @@
 //! keeps the store under its limit while clients pull concurrently, without a wrong
 //! byte served and keeping the recent images; `ferry gc` removes what no manifest
 //! references once it is older than the grace period. Neither command runs on a store
-//! a server has open.
+//! a server has open. No command runs on a store of a format it does not understand
+//! (what an upgraded Ferry may have left before a rollback), and none touches it.
 
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -375,4 +376,99 @@ async fn pinned_images_survive_eviction_even_when_least_recently_used() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Every file under the store and its bytes.
+fn store_files(root: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    files_under(root)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+            (p, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn a_store_of_a_newer_format_is_refused_by_every_command_and_left_untouched() {
+    let (registry, mut ferry) = local_setup();
+    let app = push_image(&registry, "team/app", "v1", &[200 << 10]);
+    let url = ferry.url();
+    crate::harness::block_on(async { pull(&url, &app).await });
+    assert!(ferry.terminate(), "ferry stopped on SIGTERM");
+    let root = ferry.storage_root();
+    let marker = root.join("format");
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("a new store has a format marker"),
+        "ferry-store 1\n"
+    );
+    assert!(
+        !ferry.log().contains("predates format markers"),
+        "a new store is no old one\n{}",
+        ferry.log()
+    );
+
+    // What a newer Ferry may leave behind after a rollback.
+    std::fs::write(&marker, "ferry-store 2\n").unwrap();
+    let before = store_files(&root);
+    let expected = format!(
+        "the store at {} has format 2; this Ferry understands format 1: run a Ferry that does, or use another storage root",
+        root.display()
+    );
+    let work = crate::harness::temp_dir("format");
+    let bundle = work.path().join("app.tar");
+    let bundle_arg = bundle.display().to_string();
+    let commands: [&[&str]; 6] = [
+        &["serve"],
+        &["fsck"],
+        &["fsck", "--repair"],
+        &["gc"],
+        &["status"],
+        &["export", "--output", &bundle_arg, "local/team/app:v1"],
+    ];
+    for args in commands {
+        let started = Instant::now();
+        let (out, text) = ferry_cli(&ferry, args);
+        assert_failed(&out, &text, &format!("ferry {args:?} on a format-2 store"));
+        assert_eq!(
+            text.matches(&expected).count(),
+            1,
+            "ferry {args:?} should say, once, that the store's format is not its own\n{text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "ferry {args:?} took {:?} to refuse",
+            started.elapsed()
+        );
+        assert!(
+            store_files(&root) == before,
+            "ferry {args:?} changed the files of a store it refused"
+        );
+    }
+
+    // The refused store is whole: marked back, it serves from the store as before.
+    std::fs::write(&marker, "ferry-store 1\n").unwrap();
+    ferry.start_again();
+    let url = ferry.url();
+    let caches = crate::harness::block_on(async { pull(&url, &app).await });
+    assert!(caches.iter().all(|c| c == "HIT"), "{caches:?}");
+    assert!(ferry.terminate());
+
+    // A store made before markers existed is format 1: marked at the next start, said
+    // once, and served as before.
+    std::fs::remove_file(&marker).unwrap();
+    ferry.start_again();
+    let url = ferry.url();
+    let caches = crate::harness::block_on(async { pull(&url, &app).await });
+    assert!(caches.iter().all(|c| c == "HIT"), "{caches:?}");
+    ferry.restart();
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ferry-store 1\n");
+    assert_eq!(
+        ferry.log().matches("predates format markers").count(),
+        1,
+        "marking an old store is logged once\n{}",
+        crate::harness::process::tail_str(&ferry.log(), 40)
+    );
+    assert!(ferry.terminate());
+    crate::support::assert_fsck_clean(&ferry, "a store marked at start");
 }

@@ -21,6 +21,16 @@ pub enum Error {
         "the store at {path} is in use by another process (is `ferry serve` running on it?); stop it first"
     )]
     Locked { path: String },
+    #[error(
+        "the store at {path} has format {found}; this Ferry understands format {}: run a Ferry that does, or use another storage root",
+        crate::format::FORMAT
+    )]
+    Format { path: String, found: u32 },
+    #[error(
+        "the store's format marker {path} is unreadable ({reason}); not knowing the store's layout, Ferry leaves it alone: restore the file (a store this Ferry made reads `ferry-store {}`), or use another storage root",
+        crate::format::FORMAT
+    )]
+    FormatUnreadable { path: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

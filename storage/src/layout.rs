@@ -9,6 +9,7 @@
 //!                              verified like any ingest when completed)
 //!   index/                     the sled database (tags, links, metadata)
 //!   lock                       held (flock) by the one process that has the store open
+//!   format                     `ferry-store 1`: the layout and index encoding in use
 //! ```
 //!
 //! Paths under `blobs/` are derived only from a validated [`Digest`], whose hex part
@@ -64,5 +65,10 @@ impl Layout {
 
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
+    }
+
+    /// The store's format marker (see `format.rs`); like the lock, never moved.
+    pub fn format_file(&self) -> PathBuf {
+        self.root.join("format")
     }
 }

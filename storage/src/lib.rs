@@ -7,6 +7,8 @@
 //!   access times). A crash at any point leaves a store that opens cleanly.
 //! - Every path derives from a validated [`Digest`] through [`Layout`].
 //! - One process has a store open at a time (a lock file, taken first).
+//! - A store of a format this Ferry does not understand is refused untouched (a
+//!   marker file, read right after the lock; see [`format`]).
 //! - Maintenance reasons over the files and the index together: [`Store::fsck`]
 //!   (re-hash and cross-check, optionally repair), [`Store::gc`] (unreferenced blobs),
 //!   [`Store::evict`] (least recently used images, sparing leased blobs).
@@ -18,6 +20,7 @@ mod blobs;
 mod digest;
 mod error;
 mod evict;
+mod format;
 mod fsck;
 mod gc;
 pub mod index;
@@ -58,7 +61,8 @@ pub struct Store {
 
 impl Store {
     /// Opens the store, sweeping what an earlier run left in `staging/`. Fails with
-    /// [`Error::Locked`] while another process has it open.
+    /// [`Error::Locked`] while another process has it open, and with [`Error::Format`]
+    /// or [`Error::FormatUnreadable`] on a store of another format.
     pub fn open(root: &Path) -> Result<Store> {
         Self::open_with(root, true)
     }
@@ -73,6 +77,8 @@ impl Store {
         std::fs::create_dir_all(layout.root())?;
         // The lock first: staged files belong to whoever holds it.
         let lock = lock::StoreLock::acquire(&layout.lock_file())?;
+        // Before anything reads or sweeps what a store of another format may hold.
+        format::check(&layout)?;
         let index = Index::open(&layout.index_dir())?;
         let blobs = if sweep {
             Blobs::open_store(layout.clone())?
