@@ -584,9 +584,21 @@ impl Bench {
         let mark = self.up_log.mark();
         let pids = srv.pids();
         let cpu0 = proc::cpu_ticks(&pids);
+        let machine0 = proc::machine_ticks();
         let Some(cold) = self.skopeo_pull(&srv.addr, &image) else {
             return;
         };
+        let machine1 = proc::machine_ticks();
+        // Near 100%, the pull was bound by the CPUs (client, upstream and server
+        // together), and a server's own CPU comes straight out of the client's share.
+        self.add(
+            &format!("cold_pull_{key}_busy"),
+            &format!("cold pull {key}: machine CPU busy"),
+            "%",
+            Better::Lower,
+            peer,
+            100.0 * (machine1.0 - machine0.0) as f64 / (machine1.1 - machine0.1).max(1) as f64,
+        );
         // What the server itself spent: on a 2-core machine a proxy's CPU is taken from
         // the client and the upstream, so it is what decides a cold pull's speed.
         let cpu = (proc::cpu_ticks(&pids) - cpu0) as f64 / proc::clk_tck();

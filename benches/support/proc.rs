@@ -274,6 +274,24 @@ pub fn cpu_ticks(pids: &[u32]) -> u64 {
 }
 
 /// A `kB` line of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.
+/// The whole machine's (busy, total) CPU ticks so far, from the first line of
+/// `/proc/stat`: to tell whether a run was bound by the CPUs, whoever used them.
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 pub fn status_bytes(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
