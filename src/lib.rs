@@ -17,6 +17,7 @@ pub mod bundle;
 pub mod bytesize;
 pub mod cli;
 pub mod config;
+mod filestamp;
 pub mod maintenance;
 pub mod metrics;
 pub mod nodeconfig;
@@ -63,11 +64,14 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// What hyper may queue for one HTTP/1 connection (and read of a request head).
-/// Its default, ~400 KiB, is what 64 parallel downloads of warm blobs would hold in
-/// memory when chunks come straight from the page cache faster than the socket
-/// drains; 64 KiB keeps every connection to about one chunk in flight.
-pub(crate) const HTTP1_MAX_BUF: usize = 64 * 1024;
+/// Bounds what hyper may queue for one HTTP/1 connection (and read of a request
+/// head), on every listener. Its default, ~400 KiB, is what 64 parallel downloads of
+/// warm blobs would hold in memory when chunks come straight from the page cache
+/// faster than the socket drains; 64 KiB keeps every connection to about one chunk in
+/// flight.
+pub(crate) fn limit_http1_buffers<A>(server: &mut axum_server::Server<std::net::SocketAddr, A>) {
+    server.http_builder().http1().max_buf_size(64 * 1024);
+}
 
 /// Opens the store, binds the listeners and serves until `controls` asks it to stop
 /// (see [`shutdown`]), reloading the configuration when they ask that (see [`reload`]).
@@ -120,14 +124,12 @@ pub async fn serve_and_report(
     // One control over both listeners: one drain, one count of open connections.
     let control = axum_server::Control::new();
     let mut servers = tokio::task::JoinSet::new();
+    let mut plain = axum_server::from_tcp(listener.into_std()?)?;
+    limit_http1_buffers(&mut plain);
     servers.spawn(
-        {
-            let mut plain = axum_server::from_tcp(listener.into_std()?)?;
-            plain.http_builder().http1().max_buf_size(HTTP1_MAX_BUF);
-            plain
-        }
-        .handle(axum_server::Handle::with_control(control.clone()))
-        .serve(app.clone().into_make_service()),
+        plain
+            .handle(axum_server::Handle::with_control(control.clone()))
+            .serve(app.clone().into_make_service()),
     );
     if let Some(t) = tls {
         servers.spawn(t.serve(app, axum_server::Handle::with_control(control.clone())));

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
@@ -21,6 +21,7 @@ use sha2::Digest as _;
 
 use crate::access::Access;
 use crate::config::Config;
+use crate::filestamp::{self, FileStamp};
 use crate::proxy::Proxy;
 use crate::signals::ConfigSource;
 
@@ -30,18 +31,13 @@ pub const POLL: Duration = Duration::from_secs(2);
 /// What the file held when it was last read: its stamp and a hash of its content.
 #[derive(Clone, Copy)]
 struct Seen {
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<FileStamp>,
     hash: Option<[u8; 32]>,
-}
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 /// Reads the file once: its stamp, content hash and text (or why it cannot be read).
 fn read(path: &Path) -> (Seen, Result<String, String>) {
-    let stamp = stamp(path);
+    let stamp = filestamp::of(path);
     match std::fs::read(path) {
         Ok(bytes) => {
             let hash = sha2::Sha256::digest(&bytes).into();
@@ -114,7 +110,7 @@ impl Reloader {
                     last_stamp = seen.stamp;
                 }
                 _ = tick.tick() => {
-                    let now = stamp(&path);
+                    let now = filestamp::of(&path);
                     if now != last_stamp {
                         // Changing still, maybe: look again next time.
                         last_stamp = now;

@@ -1,9 +1,9 @@
 //! Credentials in memory and on disk. Neither type ever prints its value.
 
+use crate::filestamp::{self, FileStamp};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 /// A credential. Its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct SecretSource {
 }
 
 struct Loaded {
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<FileStamp>,
     secret: Secret,
 }
 
@@ -57,11 +57,6 @@ impl fmt::Debug for SecretSource {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
 fn read(path: &Path) -> Result<Secret, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
@@ -76,7 +71,7 @@ impl SecretSource {
     /// Reads the secret from a file now; an unreadable or empty file is an error.
     pub fn from_file(path: impl Into<PathBuf>) -> Result<SecretSource, String> {
         let path = path.into();
-        let stamp = stamp(&path);
+        let stamp = filestamp::of(&path);
         let secret = read(&path)?;
         Ok(SecretSource {
             path: Some(path),
@@ -108,7 +103,7 @@ impl SecretSource {
         let Some(path) = &self.path else {
             return state.secret.clone();
         };
-        let now = stamp(path);
+        let now = filestamp::of(path);
         if now.is_some() && now != state.stamp {
             match read(path) {
                 Ok(secret) => {

@@ -5,12 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 
 use crate::config::Tls;
+use crate::filestamp::{self, FileStamp};
 
 /// How often the certificate files are looked at.
 const POLL: Duration = Duration::from_secs(2);
@@ -76,10 +77,7 @@ impl Listener {
             self.files.key_file.clone(),
         ));
         let mut server = axum_server::from_tcp_rustls(self.listener, self.rustls)?;
-        server
-            .http_builder()
-            .http1()
-            .max_buf_size(crate::HTTP1_MAX_BUF);
+        crate::limit_http1_buffers(&mut server);
         let served = server.handle(handle).serve(app.into_make_service()).await;
         watcher.abort();
         served
@@ -87,11 +85,8 @@ impl Listener {
 }
 
 /// Modification time and length of both files; a change in either is a new pair.
-fn stamps(cert: &Path, key: &Path) -> [Option<(SystemTime, u64)>; 2] {
-    [cert, key].map(|p| {
-        let m = std::fs::metadata(p).ok()?;
-        Some((m.modified().ok()?, m.len()))
-    })
+fn stamps(cert: &Path, key: &Path) -> [Option<FileStamp>; 2] {
+    [cert, key].map(filestamp::of)
 }
 
 /// Polls the files and reloads the pair when they change.
