@@ -18,12 +18,12 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use sha2::Digest as _;
 
 use crate::config::Config;
+use crate::filestamp::{self, FileStamp};
 use crate::secret::Secret;
 
 /// Successful verifications remembered at most.
@@ -150,7 +150,7 @@ pub struct HtpasswdError {
 #[derive(Clone)]
 pub struct Htpasswd {
     path: PathBuf,
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<FileStamp>,
     entries: Arc<HashMap<String, String>>,
 }
 
@@ -163,15 +163,10 @@ impl fmt::Debug for Htpasswd {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
 impl Htpasswd {
     /// Reads and checks `path`: `user:hash` lines, `#` comments, bcrypt hashes only.
     pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
-        let stamp = stamp(path);
+        let stamp = filestamp::of(path);
         let text = std::fs::read_to_string(path).map_err(|e| HtpasswdError {
             path: path.to_owned(),
             line: None,
@@ -342,7 +337,7 @@ impl Policy {
     /// cannot be used is reported once and the previous entries kept.
     fn entries(&self) -> Option<Arc<HashMap<String, String>>> {
         let mut h = self.htpasswd.as_ref()?.lock().expect("htpasswd lock");
-        let now = stamp(&h.path);
+        let now = filestamp::of(&h.path);
         if now.is_some() && now != h.stamp {
             match Htpasswd::load(&h.path) {
                 Ok(new) => {
@@ -445,15 +440,20 @@ impl Access {
             return Ok(Identity::Internal);
         }
         let policy = self.policy.load_full();
-        let Some(entries) = policy.entries() else {
+        // Without users, credentials are ignored; a request without any (a node) is
+        // anonymous without a look at the htpasswd file.
+        if !policy.has_users() {
             return Ok(Identity::Anonymous);
-        };
+        }
         let (user, password) = match credentials {
             Credentials::None => return Ok(Identity::Anonymous),
             Credentials::Basic { user, password } => (user, password),
             Credentials::Internal(_) | Credentials::Malformed => {
                 return Err(Error::BadCredentials { user: None });
             }
+        };
+        let Some(entries) = policy.entries() else {
+            return Ok(Identity::Anonymous);
         };
         let bad = || Error::BadCredentials {
             user: Some(user.clone()),
@@ -491,22 +491,22 @@ impl Access {
         repository: &str,
     ) -> Result<(), Error> {
         let policy = self.policy.load();
-        let full = format!("{registry}/{repository}");
+        let full = || format!("{registry}/{repository}");
         let permitted = match policy.rules(who, upstream) {
             None => true,
             Some(rules) => match who {
-                Identity::User(_) => rules.permits(&full),
+                Identity::User(_) => rules.permits(&full()),
                 _ => rules.permits(repository),
             },
         };
         match (permitted, who) {
             (true, _) => Ok(()),
             (false, Identity::Anonymous) if policy.has_users() => {
-                Err(Error::AuthRequired { image: full })
+                Err(Error::AuthRequired { image: full() })
             }
             (false, who) => Err(Error::Denied {
                 who: who.to_string(),
-                image: full,
+                image: full(),
             }),
         }
     }
