@@ -162,6 +162,27 @@ pub struct Record {
 }
 
 impl Record {
+    /// A request as it arrived, answered 200 unless the endpoint says otherwise.
+    pub(super) fn arrived(
+        endpoint: Endpoint,
+        method: &http::Method,
+        target: String,
+        headers: &http::HeaderMap,
+        at: Instant,
+    ) -> Record {
+        Record {
+            endpoint,
+            method: method.to_string(),
+            target,
+            headers: header_list(headers),
+            status: 200,
+            at,
+            detail: String::new(),
+            scopes: Vec::new(),
+            client_id: None,
+        }
+    }
+
     /// Header `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -1208,6 +1229,24 @@ fn unexpired(claims: &Value) -> bool {
     claims["exp"].as_f64().is_some_and(|exp| exp > now_f64())
 }
 
+/// `token`'s claims if it verifies with `key` and has not expired; else the 401 an
+/// exchange or token endpoint answers, naming `what` the token is.
+fn valid_claims(
+    token: &str,
+    key: &jsonwebtoken::DecodingKey,
+    alg: jsonwebtoken::Algorithm,
+    aud: Option<&str>,
+    what: &str,
+) -> Result<Value, (StatusCode, String)> {
+    let unauth = |m: String| (StatusCode::UNAUTHORIZED, m);
+    let claims = verify(token, key, alg, aud)
+        .map_err(|e| unauth(format!("the {what} is not valid: {e}")))?;
+    if !unexpired(&claims) {
+        return Err(unauth(format!("the {what} has expired")));
+    }
+    Ok(claims)
+}
+
 fn acr_unauthorized(message: &str) -> Response {
     oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
 }
@@ -1219,17 +1258,13 @@ async fn exchange(State(emu): State<Arc<Emu>>, req: Request) -> Response {
         .await
         .unwrap_or_default();
     let pairs = form_pairs(&body);
-    let rec = Record {
-        endpoint: Endpoint::Exchange,
-        method: parts.method.to_string(),
-        target: parts.uri.to_string(),
-        headers: header_list(&parts.headers),
-        status: 200,
+    let rec = Record::arrived(
+        Endpoint::Exchange,
+        &parts.method,
+        parts.uri.to_string(),
+        &parts.headers,
         at,
-        detail: String::new(),
-        scopes: Vec::new(),
-        client_id: None,
-    };
+    );
     let result = (|| -> Result<Response, (StatusCode, String)> {
         let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
         let unauth = |m: &str| (StatusCode::UNAUTHORIZED, m.to_owned());
@@ -1238,16 +1273,13 @@ async fn exchange(State(emu): State<Arc<Emu>>, req: Request) -> Response {
             return Err(bad("access_token is required"));
         };
         emu.remember(aad);
-        let claims = verify(
+        let claims = valid_claims(
             aad,
             &emu.keys.entra_dec,
             jsonwebtoken::Algorithm::RS256,
             Some(ACR_RESOURCE),
-        )
-        .map_err(|e| unauth(&format!("the AAD access token is not valid: {e}")))?;
-        if !unexpired(&claims) {
-            return Err(unauth("the AAD access token has expired"));
-        }
+            "AAD access token",
+        )?;
         let tid = claims["tid"].as_str().unwrap_or("");
         if let Some(t) = first(&pairs, "tenant")
             && t != tid
@@ -1345,34 +1377,29 @@ async fn token_post(State(emu): State<Arc<Emu>>, req: Request) -> Response {
         .flat_map(|(_, v)| v.split(' ').filter(|s| !s.is_empty()).map(str::to_owned))
         .collect();
     let rec = Record {
-        endpoint: Endpoint::Token,
-        method: parts.method.to_string(),
-        target: parts.uri.to_string(),
-        headers: header_list(&parts.headers),
-        status: 200,
-        at,
-        detail: String::new(),
         scopes: scopes.clone(),
-        client_id: None,
+        ..Record::arrived(
+            Endpoint::Token,
+            &parts.method,
+            parts.uri.to_string(),
+            &parts.headers,
+            at,
+        )
     };
     let result = (|| -> Result<Response, (StatusCode, String)> {
         let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
-        let unauth = |m: &str| (StatusCode::UNAUTHORIZED, m.to_owned());
         check_grant_and_service(&pairs, "refresh_token")?;
         let Some(refresh) = first(&pairs, "refresh_token") else {
             return Err(bad("refresh_token is required"));
         };
         emu.remember(refresh);
-        let claims = verify(
+        let claims = valid_claims(
             refresh,
             &emu.keys.refresh_dec,
             jsonwebtoken::Algorithm::ES256,
             Some(REGISTRY_HOST),
-        )
-        .map_err(|e| unauth(&format!("the refresh token is not valid: {e}")))?;
-        if !unexpired(&claims) {
-            return Err(unauth("the refresh token has expired"));
-        }
+            "refresh token",
+        )?;
         // Every identity here holds pull (AcrPull) on every repository, nothing else.
         let mut access = Vec::new();
         for s in &scopes {
@@ -1403,30 +1430,30 @@ async fn token_post(State(emu): State<Arc<Emu>>, req: Request) -> Response {
 /// to use the documented exchange → POST flow. Recorded, and refused.
 async fn token_get(State(emu): State<Arc<Emu>>, req: Request) -> Response {
     emu.record(Record {
-        endpoint: Endpoint::Token,
-        method: req.method().to_string(),
-        target: req.uri().to_string(),
-        headers: header_list(req.headers()),
         status: 401,
-        at: Instant::now(),
         detail: "GET /oauth2/token is not emulated".to_owned(),
-        scopes: Vec::new(),
-        client_id: None,
+        ..Record::arrived(
+            Endpoint::Token,
+            req.method(),
+            req.uri().to_string(),
+            req.headers(),
+            Instant::now(),
+        )
     });
     acr_unauthorized("the emulator only answers POST /oauth2/token with a refresh token")
 }
 
 async fn not_found_front(State(emu): State<Arc<Emu>>, req: Request) -> Response {
     emu.record(Record {
-        endpoint: Endpoint::Other,
-        method: req.method().to_string(),
-        target: req.uri().to_string(),
-        headers: header_list(req.headers()),
         status: 404,
-        at: Instant::now(),
         detail: "no such endpoint".to_owned(),
-        scopes: Vec::new(),
-        client_id: None,
+        ..Record::arrived(
+            Endpoint::Other,
+            req.method(),
+            req.uri().to_string(),
+            req.headers(),
+            Instant::now(),
+        )
     });
     oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
 }
@@ -1469,15 +1496,14 @@ async fn front(State(emu): State<Arc<Emu>>, req: Request) -> Response {
         return not_found_front(State(emu), req).await;
     }
     let mut rec = Record {
-        endpoint: Endpoint::Registry,
-        method: req.method().to_string(),
-        target: target.clone(),
-        headers: header_list(req.headers()),
         status: 0,
-        at,
-        detail: String::new(),
-        scopes: Vec::new(),
-        client_id: None,
+        ..Record::arrived(
+            Endpoint::Registry,
+            req.method(),
+            target.clone(),
+            req.headers(),
+            at,
+        )
     };
     let bearer = req
         .headers()
@@ -1681,19 +1707,17 @@ async fn data(State(emu): State<Arc<Emu>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let rec = Record {
-        endpoint: Endpoint::Data,
-        method: req.method().to_string(),
-        target: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| path.clone()),
-        headers: header_list(req.headers()),
         status: 0,
-        at,
-        detail: String::new(),
-        scopes: Vec::new(),
-        client_id: None,
+        ..Record::arrived(
+            Endpoint::Data,
+            req.method(),
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| path.clone()),
+            req.headers(),
+            at,
+        )
     };
     let finish = |mut rec: Record, resp: Response, detail: &str| {
         rec.status = resp.status().as_u16();

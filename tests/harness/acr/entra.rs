@@ -11,8 +11,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::{
-    ACR_RESOURCE, ACR_SCOPE, Emu, Endpoint, Record, first, form_pairs, guid, header_list,
-    json_response, now_secs, query_pairs, unexpired, verify,
+    ACR_RESOURCE, ACR_SCOPE, Emu, Endpoint, Record, first, form_pairs, guid, json_response,
+    now_secs, query_pairs, unexpired, verify,
 };
 
 /// `client_assertion_type` for certificates and federated tokens.
@@ -198,19 +198,19 @@ pub(super) async fn token(State(emu): State<Arc<Emu>>, req: Request) -> Response
         .map(str::to_owned)
         .or_else(|| basic.as_ref().map(|(u, _)| u.clone()));
     let mut rec = Record {
-        endpoint: Endpoint::Entra,
-        method: parts.method.to_string(),
-        target: parts.uri.to_string(),
-        headers: header_list(&parts.headers),
-        status: 200,
-        at,
-        detail: String::new(),
         scopes: pairs
             .iter()
             .filter(|(k, _)| k == "scope")
             .map(|(_, v)| v.clone())
             .collect(),
         client_id: client_id.clone(),
+        ..Record::arrived(
+            Endpoint::Entra,
+            &parts.method,
+            parts.uri.to_string(),
+            &parts.headers,
+            at,
+        )
     };
     let ids = &emu.ids;
     let result: Result<(&str, &str), (StatusCode, &str, u32, String)> = (|| {
@@ -360,18 +360,18 @@ pub(super) async fn managed_identity(State(emu): State<Arc<Emu>>, req: Request) 
     let ids = &emu.ids;
     let client_id = first(&q, "client_id").map(str::to_owned);
     let mut rec = Record {
-        endpoint: Endpoint::ManagedIdentity,
-        method: req.method().to_string(),
-        target: req.uri().to_string(),
-        headers: header_list(req.headers()),
-        status: 200,
-        at,
-        detail: String::new(),
         scopes: first(&q, "resource")
             .map(str::to_owned)
             .into_iter()
             .collect(),
         client_id: client_id.clone(),
+        ..Record::arrived(
+            Endpoint::ManagedIdentity,
+            req.method(),
+            req.uri().to_string(),
+            req.headers(),
+            at,
+        )
     };
     let identity_header = req
         .headers()
