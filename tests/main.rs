@@ -10,6 +10,9 @@ mod harness;
 /// Shared fixtures and assertions for the test modules.
 mod support;
 
+/// Attacks and accidents against the real binary: hostile clients and upstreams, a
+/// damaged store, careless configuration (issue 11).
+mod adversary;
 /// Anonymous allow/deny per upstream, htpasswd users with skopeo and `podman login`,
 /// denials logged once.
 mod access;

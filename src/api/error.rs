@@ -90,7 +90,10 @@ impl ApiError {
                     U::Status { status, .. } if *status >= 500 => {
                         ("UNAVAILABLE", StatusCode::BAD_GATEWAY)
                     }
-                    U::Status { .. } | U::Protocol { .. } => ("UNKNOWN", StatusCode::BAD_GATEWAY),
+                    U::Status { .. }
+                    | U::Protocol { .. }
+                    | U::TooLarge { .. }
+                    | U::TooSlow { .. } => ("UNKNOWN", StatusCode::BAD_GATEWAY),
                 },
             },
         }

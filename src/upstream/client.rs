@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::Error;
 use super::acr::Exchange;
+use super::body;
 use super::auth::Authenticator;
 use super::entra;
 use super::health::Health;
@@ -135,7 +136,9 @@ impl Client {
             Error::Denied { .. } | Error::TooManyRequests { .. } | Error::Status { .. } => {
                 UpstreamErrorKind::Status
             }
-            Error::Protocol { .. } => UpstreamErrorKind::Other,
+            Error::Protocol { .. } | Error::TooLarge { .. } | Error::TooSlow { .. } => {
+                UpstreamErrorKind::Other
+            }
         };
         self.note(kind, e.to_string());
     }
@@ -352,12 +355,32 @@ impl Client {
         }
     }
 
+    /// Reads a body Ferry buffers (see [`body`]), counting its bytes as fetched and
+    /// its failure as this upstream's.
+    pub async fn read_body(
+        &self,
+        resp: Response,
+        what: &'static str,
+        limit: usize,
+    ) -> Result<bytes::Bytes, Error> {
+        let bound = body::Bound {
+            what,
+            limit,
+            deadline: self.config.read_timeout,
+        };
+        let read = body::read(&self.config.name, resp, bound, |n| {
+            self.metrics.fetched(n as u64)
+        })
+        .await;
+        if let Err(e) = &read {
+            self.note_error(e);
+        }
+        read
+    }
+
     /// Maps (and counts) an error reading a response body.
     pub fn body_error(&self, e: &reqwest::Error) -> Error {
-        let e = match Error::from_reqwest(&self.config.name, e) {
-            Error::Unreachable { upstream, detail } => Error::BrokeOff { upstream, detail },
-            other => other,
-        };
+        let e = Error::broke_off(&self.config.name, e);
         self.note_error(&e);
         e
     }

@@ -27,6 +27,18 @@ pub enum Error {
     Status { upstream: String, status: u16 },
     #[error("upstream {upstream} broke the protocol: {detail}")]
     Protocol { upstream: String, detail: String },
+    #[error("upstream {upstream} sent a {what} over the {limit}-byte limit")]
+    TooLarge {
+        upstream: String,
+        what: &'static str,
+        limit: usize,
+    },
+    #[error("upstream {upstream} did not finish sending a {what} within {}", humantime::format_duration(*.deadline))]
+    TooSlow {
+        upstream: String,
+        what: &'static str,
+        deadline: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -64,6 +76,14 @@ impl Error {
                 }
             }
             status => Error::Status { upstream, status },
+        }
+    }
+
+    /// A body that failed mid-way: the upstream answered, then broke off.
+    pub(crate) fn broke_off(upstream: &str, e: &reqwest::Error) -> Error {
+        match Error::from_reqwest(upstream, e) {
+            Error::Unreachable { upstream, detail } => Error::BrokeOff { upstream, detail },
+            other => other,
         }
     }
 

@@ -6,6 +6,7 @@
 
 mod acr;
 mod auth;
+mod body;
 mod client;
 mod entra;
 mod error;

@@ -1,0 +1,1 @@
+//! (issue 11: filled in by the work on this front)
