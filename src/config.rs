@@ -846,6 +846,15 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             anonymous,
         });
     }
+    if upstreams.is_empty() {
+        // Every request, cached images included, is routed through an upstream's
+        // registry name: a file without one (emptied by accident, say) would turn a
+        // running cache into a 404 for everything.
+        return Err(src.error(
+            None,
+            "no [[upstream]] is configured: Ferry routes every image, cached ones included, through an upstream; add one (name and url)",
+        ));
+    }
     if upstreams.iter().filter(|u| u.default).count() > 1 {
         let which: Vec<_> = upstreams
             .iter()
@@ -1260,8 +1269,35 @@ fn validate_auth(a: Spanned<RawAuth>, src: &Source, upstream: &str) -> Result<Au
 mod tests {
     use super::*;
 
+    /// An upstream for tests about other settings: a config needs one.
+    const ONE_UPSTREAM: &str = "\n[[upstream]]\nname = \"t\"\nurl = \"http://127.0.0.1:9\"\n";
+
+    /// Parses `text`, with [`ONE_UPSTREAM`] after it when it names none (appended:
+    /// the line numbers of `text` stay as written).
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse("test.toml", text, &[])
+        parse_with(text, &[])
+    }
+
+    fn parse_with(text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let text = if text.contains("[[upstream]]") {
+            text.to_string()
+        } else {
+            format!("{text}{ONE_UPSTREAM}")
+        };
+        Config::parse("test.toml", &text, env)
+    }
+
+    #[test]
+    fn a_config_without_upstreams_is_refused() {
+        for text in ["", "[server]\nlisten = \"127.0.0.1:5000\"\n"] {
+            let e = Config::parse("test.toml", text, &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("test.toml") && e.contains("no [[upstream]]"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -1329,7 +1365,7 @@ mod tests {
             "FERRY_SERVER_SHUTDOWN_TIMEOUT".to_string(),
             "1m".to_string(),
         )];
-        let c = Config::parse("t", "", &env).unwrap();
+        let c = parse_with("", &env).unwrap();
         assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
     }
 
@@ -1356,10 +1392,10 @@ mod tests {
             .to_string();
         assert!(e.contains("test.toml:2") && e.contains("min_free"), "{e}");
         let env = vec![("FERRY_STORAGE_MAX_SIZE".to_string(), "6MiB".to_string())];
-        let c = Config::parse("t", "[storage]\nmax_size = \"1G\"\n", &env).unwrap();
+        let c = parse_with("[storage]\nmax_size = \"1G\"\n", &env).unwrap();
         assert_eq!(c.quota.max_size, Some(6 << 20));
         let bad = vec![("FERRY_STORAGE_MIN_FREE".to_string(), "x".to_string())];
-        let e = Config::parse("t", "", &bad).unwrap_err().to_string();
+        let e = parse_with("", &bad).unwrap_err().to_string();
         assert!(e.contains("storage.min_free"), "{e}");
     }
 
@@ -1392,7 +1428,7 @@ mod tests {
             "FERRY_UPSTREAM_NOPE_URL".to_string(),
             "http://x".to_string(),
         )];
-        let e = Config::parse("t", "", &bad).unwrap_err().to_string();
+        let e = parse_with("", &bad).unwrap_err().to_string();
         assert!(e.contains("FERRY_UPSTREAM_NOPE_URL"), "{e}");
     }
 
@@ -1552,7 +1588,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         std::fs::write(&h, format!("ci:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
-        let c = Config::parse("t", "", &env).unwrap();
+        let c = parse_with("", &env).unwrap();
         assert_eq!(c.tls.unwrap().listen.to_string(), "127.0.0.1:5443");
         assert_eq!(c.access.htpasswd.unwrap().users(), ["ci"]);
     }
