@@ -15,8 +15,8 @@ use url::Url;
 
 use super::Error;
 use super::acr::Exchange;
-use super::token::{self, Token};
-use crate::config::Auth;
+use super::token::{self, Deadlines, Token};
+use crate::config::{self, Auth};
 use crate::metrics::UpstreamMetrics;
 /// What the registry asked for in its last challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +102,7 @@ pub struct Authenticator {
     upstream: String,
     /// The registry's origin: where ACR credentials may go.
     origin: Url,
+    deadlines: Deadlines,
     auth: Auth,
     acr: Option<Exchange>,
     challenge: Mutex<Option<Challenge>>,
@@ -111,17 +112,12 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(
-        upstream: &str,
-        origin: Url,
-        auth: Auth,
-        acr: Option<Exchange>,
-        metrics: UpstreamMetrics,
-    ) -> Self {
+    pub fn new(config: &config::Upstream, acr: Option<Exchange>, metrics: UpstreamMetrics) -> Self {
         Authenticator {
-            upstream: upstream.to_string(),
-            origin,
-            auth,
+            upstream: config.name.clone(),
+            origin: config.url.clone(),
+            deadlines: Deadlines::of(config),
+            auth: config.auth.clone(),
             acr,
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
@@ -272,10 +268,13 @@ impl Authenticator {
                 let service = service.ok_or_else(|| {
                     token::protocol(&self.upstream, "ACR challenge without a service")
                 })?;
-                acr.access_token(http, &self.origin, realm, service, scope)
+                acr.access_token(http, &self.origin, realm, service, scope, self.deadlines)
                     .await?
             }
-            None => token::fetch(http, &self.upstream, realm, service, scope, self.basic()).await?,
+            None => {
+                let (basic, deadlines) = (self.basic(), self.deadlines);
+                token::fetch(http, &self.upstream, realm, service, scope, basic, deadlines).await?
+            }
         };
         tracing::debug!(upstream = %self.upstream, scope, "fetched a registry token");
         Ok(t)

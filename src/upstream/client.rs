@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::Error;
 use super::acr::Exchange;
-use super::body;
 use super::auth::Authenticator;
+use super::body;
 use super::entra;
 use super::health::Health;
 use crate::config;
@@ -92,13 +92,7 @@ impl Client {
             }
             _ => None,
         };
-        let auth = Arc::new(Authenticator::new(
-            &config.name,
-            config.url.clone(),
-            config.auth.clone(),
-            acr,
-            metrics.clone(),
-        ));
+        let auth = Arc::new(Authenticator::new(&config, acr, metrics.clone()));
         let health = Health::new(&config.name, config.offline_after_failures, metrics.clone());
         Ok(Client {
             config,

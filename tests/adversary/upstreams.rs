@@ -85,6 +85,171 @@ impl Drop for Hostile {
     }
 }
 
+/// `(VmRSS, VmHWM)` of `pid` in MiB.
+fn memory_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            / 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+// ---------------------------------------------------------------------------------
+// Item 3: token answers that never end, drip, or are huge.
+
+/// How a hostile token endpoint answers.
+#[derive(Clone, Copy, Debug)]
+enum TokenAnswer {
+    /// `{"token":"aaaa…` as fast as the connection takes it, never closed (up to
+    /// [`ENDLESS_CAP`] or [`HOSTILE_STREAM_TIME`], to bound the test itself).
+    Endless,
+    /// `{"token":"aaaa…`, one byte every 100 ms: each read is quick, the whole is not.
+    Drip,
+    /// A complete, well-formed answer holding a 100 MiB token, with its
+    /// `Content-Length`.
+    Huge,
+}
+
+const ENDLESS_CAP: u64 = 1 << 30;
+const HUGE_TOKEN: u64 = 100 << 20;
+const HOSTILE_STREAM_TIME: Duration = Duration::from_secs(60);
+
+/// A registry that answers every `/v2/` request `401 Bearer realm=<its own /token>`,
+/// and its token endpoint answering as `answer` says.
+fn token_registry(answer: TokenAnswer) -> Hostile {
+    Hostile::http("127.0.0.1", |addr| {
+        let challenge = format!(r#"Bearer realm="http://{addr}/token",service="hostile""#);
+        axum::Router::new()
+            .route(
+                "/token",
+                axum::routing::get(move || async move { token_answer(answer) }),
+            )
+            .fallback(move || {
+                let challenge = challenge.clone();
+                async move {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        [
+                            (header::WWW_AUTHENTICATE, challenge),
+                            (header::CONTENT_TYPE, "application/json".to_owned()),
+                        ],
+                        r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+                    )
+                }
+            })
+    })
+}
+
+fn token_answer(answer: TokenAnswer) -> Response {
+    const CHUNK: usize = 64 << 10;
+    let filler = Bytes::from(vec![b'a'; CHUNK]);
+    let opening = Bytes::from_static(br#"{"token":""#);
+    let started = Instant::now();
+    let body = match answer {
+        TokenAnswer::Endless => {
+            let chunks = (0..ENDLESS_CAP / CHUNK as u64)
+                .take_while(move |_| started.elapsed() < HOSTILE_STREAM_TIME)
+                .map(move |_| Ok::<_, Infallible>(filler.clone()));
+            Body::from_stream(futures_util::stream::iter(
+                std::iter::once(Ok(opening)).chain(chunks),
+            ))
+        }
+        TokenAnswer::Drip => {
+            let drops = futures_util::stream::unfold(0u32, move |n| async move {
+                if started.elapsed() >= HOSTILE_STREAM_TIME {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((Ok::<_, Infallible>(Bytes::from_static(b"a")), n + 1))
+            });
+            Body::from_stream(futures_util::StreamExt::chain(
+                futures_util::stream::iter([Ok(opening)]),
+                drops,
+            ))
+        }
+        TokenAnswer::Huge => {
+            let closing = Bytes::from_static(br#""}"#);
+            let len = opening.len() as u64 + HUGE_TOKEN + closing.len() as u64;
+            let chunks = (0..HUGE_TOKEN / CHUNK as u64).map(move |_| filler.clone());
+            let parts = std::iter::once(opening)
+                .chain(chunks)
+                .chain(std::iter::once(closing))
+                .map(Ok::<_, Infallible>);
+            return (
+                [
+                    (header::CONTENT_TYPE, "application/json".to_owned()),
+                    (header::CONTENT_LENGTH, len.to_string()),
+                ],
+                Body::from_stream(futures_util::stream::iter(parts)),
+            )
+                .into_response();
+        }
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The read timeout the token tests configure: a hostile answer must be cut within it.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_dripping_and_huge_token_answers_are_cut() {
+    let answers = [
+        ("endless", TokenAnswer::Endless),
+        ("drip", TokenAnswer::Drip),
+        ("huge", TokenAnswer::Huge),
+    ];
+    let servers: Vec<Hostile> = answers.iter().map(|(_, a)| token_registry(*a)).collect();
+    let mut builder = FerryBuilder::new();
+    for ((name, _), server) in answers.iter().zip(&servers) {
+        builder = builder.upstream(
+            Upstream::new(name, &format!("{name}.ferry-test.invalid"), &server.url())
+                .raw(&format!("read_timeout = \"{}s\"", READ_TIMEOUT.as_secs())),
+        );
+    }
+    let ferry = builder.start();
+    let pid = ferry.pid();
+    let (rss_before, _) = memory_mib(pid);
+
+    let pulls = answers.iter().map(|(name, _)| {
+        let url = format!("{}/v2/{name}/team/app/manifests/v1", ferry.url());
+        async move {
+            let started = Instant::now();
+            let r = get(&url, &[media::OCI_MANIFEST]).await;
+            (*name, r, started.elapsed())
+        }
+    });
+    let results = futures_util::future::join_all(pulls).await;
+    let (rss_after, hwm) = memory_mib(pid);
+    eprintln!(
+        "ferry's memory: VmRSS {rss_before} MiB before, {rss_after} MiB after; VmHWM {hwm} MiB"
+    );
+    for (name, r, elapsed) in &results {
+        eprintln!("{name}: {} in {elapsed:?}: {}", r.status.as_u16(), r.text());
+    }
+    for (name, r, elapsed) in &results {
+        let message = r.assert_error(502, "UNKNOWN");
+        assert!(
+            message.contains(&format!("upstream {name}")),
+            "{name}: the error names the upstream: {message}"
+        );
+        assert!(
+            *elapsed < READ_TIMEOUT + Duration::from_secs(3),
+            "{name}: answered after {elapsed:?}, read timeout {READ_TIMEOUT:?}"
+        );
+    }
+    assert!(
+        hwm < 128,
+        "ferry's memory peaked at {hwm} MiB reading token answers"
+    );
+    let mut ferry = ferry;
+    ferry.assert_running();
+}
+
 // ---------------------------------------------------------------------------------
 // Item 9: a redirect URL's signature stays secret.
 
