@@ -2,6 +2,12 @@
 //! (`WWW-Authenticate: Bearer realm=…,service=…` → a token for an exact scope), and
 //! for Entra ID identities, ACR's token exchange ([`super::acr`]).
 //!
+//! Credentials go to a token realm only on the registry's own host or on a host the
+//! operator listed in `realm_hosts`, and never over plain HTTP when the registry itself
+//! is reached over HTTPS: a registry (or whatever answers in its name) that names
+//! another realm does not get them. Without credentials, any realm is asked: an
+//! anonymous token gives nothing away.
+//!
 //! Tokens are cached per scope. A token past three quarters of its life is renewed in
 //! the background while requests keep using it; only an expired (or rejected) token
 //! makes requests wait, and then they share one fetch.
@@ -102,6 +108,8 @@ pub struct Authenticator {
     upstream: String,
     /// The registry's origin: where ACR credentials may go.
     origin: Url,
+    /// Other hosts whose token realm may receive Basic credentials.
+    realm_hosts: Vec<String>,
     deadlines: Deadlines,
     auth: Auth,
     acr: Option<Exchange>,
@@ -116,6 +124,7 @@ impl Authenticator {
         Authenticator {
             upstream: config.name.clone(),
             origin: config.url.clone(),
+            realm_hosts: config.realm_hosts.clone(),
             deadlines: Deadlines::of(config),
             auth: config.auth.clone(),
             acr,
@@ -272,8 +281,26 @@ impl Authenticator {
                     .await?
             }
             None => {
-                let (basic, deadlines) = (self.basic(), self.deadlines);
-                token::fetch(http, &self.upstream, realm, service, scope, basic, deadlines).await?
+                let basic = self.basic();
+                if basic.is_some() {
+                    credentials_may_go_to(realm, &self.origin, &self.realm_hosts).map_err(
+                        |detail| Error::RealmRefused {
+                            upstream: self.upstream.clone(),
+                            detail,
+                        },
+                    )?;
+                }
+                let deadlines = self.deadlines;
+                token::fetch(
+                    http,
+                    &self.upstream,
+                    realm,
+                    service,
+                    scope,
+                    basic,
+                    deadlines,
+                )
+                .await?
             }
         };
         tracing::debug!(upstream = %self.upstream, scope, "fetched a registry token");
@@ -281,9 +308,64 @@ impl Authenticator {
     }
 }
 
+/// Whether Ferry's credentials for the registry at `origin` may go to the token
+/// `realm`; if not, why (for the error). Its own host, or one the operator listed in
+/// `realm_hosts`; and no plain HTTP when the registry is HTTPS (an HTTP registry gets
+/// them in clear text already, the operator chose that).
+fn credentials_may_go_to(realm: &Url, origin: &Url, realm_hosts: &[String]) -> Result<(), String> {
+    let host = realm.host_str().unwrap_or_default();
+    let where_ = realm.origin().ascii_serialization();
+    if realm.host_str() != origin.host_str() && !realm_hosts.iter().any(|h| h == host) {
+        return Err(format!(
+            "{where_}: that host is not the registry's own; if it is the registry's token service, add \"{host}\" to realm_hosts in this [[upstream]]"
+        ));
+    }
+    if realm.scheme() != "https" && origin.scheme() == "https" {
+        return Err(format!(
+            "{where_}: that is plain HTTP, and the registry is reached over HTTPS"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_go_to_own_and_listed_hosts_only() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let hub = url("https://registry-1.docker.io");
+        let listed = ["auth.docker.io".to_string()];
+        let ok = |realm: &str, origin: &Url, hosts: &[String]| {
+            credentials_may_go_to(&url(realm), origin, hosts)
+        };
+        assert_eq!(ok("https://auth.docker.io/token", &hub, &listed), Ok(()));
+        assert_eq!(ok("https://registry-1.docker.io:8443/t", &hub, &[]), Ok(()));
+        let e = ok("https://auth.docker.io/token", &hub, &[]).unwrap_err();
+        assert!(
+            e.contains("auth.docker.io") && e.contains("realm_hosts"),
+            "{e}"
+        );
+        let e = ok("https://evil.example/token", &hub, &listed).unwrap_err();
+        assert!(e.contains("evil.example"), "{e}");
+        // No downgrade, not even to a listed host or to the registry's own.
+        let e = ok("http://auth.docker.io/token", &hub, &listed).unwrap_err();
+        assert!(e.contains("plain HTTP"), "{e}");
+        assert!(ok("http://registry-1.docker.io/token", &hub, &[]).is_err());
+        // A plain HTTP registry: its own host (any port) and listed hosts.
+        let local = url("http://127.0.0.1:5000");
+        assert_eq!(ok("http://127.0.0.1:5001/token", &local, &[]), Ok(()));
+        assert!(ok("http://127.0.0.2:5001/token", &local, &[]).is_err());
+        assert_eq!(
+            ok(
+                "http://127.0.0.2:5001/token",
+                &local,
+                &["127.0.0.2".to_string()]
+            ),
+            Ok(())
+        );
+    }
 
     #[test]
     fn parses_challenges() {

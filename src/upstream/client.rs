@@ -126,7 +126,9 @@ impl Client {
             Error::Offline { .. } => return,
             Error::Unreachable { .. } | Error::BrokeOff { .. } => UpstreamErrorKind::Unreachable,
             Error::Timeout { .. } => UpstreamErrorKind::Timeout,
-            Error::Unauthorized { .. } | Error::Credential { .. } => UpstreamErrorKind::Auth,
+            Error::Unauthorized { .. } | Error::Credential { .. } | Error::RealmRefused { .. } => {
+                UpstreamErrorKind::Auth
+            }
             Error::Denied { .. } | Error::TooManyRequests { .. } | Error::Status { .. } => {
                 UpstreamErrorKind::Status
             }

@@ -39,6 +39,9 @@ pub enum Error {
         what: &'static str,
         deadline: std::time::Duration,
     },
+    /// The upstream asked for Ferry's credentials somewhere they do not belong.
+    #[error("upstream {upstream}: Ferry did not send its credentials to the token realm {detail}")]
+    RealmRefused { upstream: String, detail: String },
 }
 
 impl Error {

@@ -251,6 +251,87 @@ async fn endless_dripping_and_huge_token_answers_are_cut() {
 }
 
 // ---------------------------------------------------------------------------------
+// Item 5: a token realm on another host.
+
+const USER: &str = "ferry-bot";
+const PASSWORD: &str = "Realm-S3cret-Pa55word-4b1e";
+
+/// A Distribution with token auth whose realm (a token server that knows Ferry's
+/// account) is on 127.0.0.2, another host than the registry on 127.0.0.1.
+fn registry_with_foreign_realm() -> (TokenServer, Registry, PushedImage) {
+    let tokens = TokenServer::start(TokenServerOptions {
+        users: vec![
+            ("pusher".to_owned(), "pusher-secret-pw".to_owned()),
+            (USER.to_owned(), PASSWORD.to_owned()),
+        ],
+        host: "127.0.0.2".to_owned(),
+        ..Default::default()
+    });
+    let registry = Registry::start(RegistryAuth::token(&tokens));
+    let img = push_image_http(&registry, "team/app", "v1", &[4096]);
+    (tokens, registry, img)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_go_to_a_foreign_token_realm_only_when_listed() {
+    let (tokens, registry, img) = registry_with_foreign_realm();
+    assert!(tokens.realm().starts_with("http://127.0.0.2:"));
+
+    // Not listed: nothing is sent there, and the client learns why.
+    let seen_before = tokens.requests().len();
+    let ferry = FerryBuilder::new()
+        .upstream(Upstream::local(&registry.url()).basic_auth(USER, PASSWORD))
+        .start();
+    let m = get(
+        &manifest_url(&ferry, "team/app", "v1"),
+        &[media::OCI_MANIFEST],
+    )
+    .await;
+    let message = m.assert_error(502, "UNKNOWN");
+    assert!(
+        message.contains("127.0.0.2") && message.contains("realm_hosts"),
+        "the error names the host and the key to set: {message}"
+    );
+    let sent: Vec<_> = tokens.requests().into_iter().skip(seen_before).collect();
+    assert!(
+        sent.iter().all(|r| !r.had_credentials),
+        "Ferry's credentials reached the foreign realm: {sent:?}"
+    );
+    assert!(
+        ferry.log().contains("127.0.0.2") && !ferry.log().contains(PASSWORD),
+        "the refusal is logged, without the password"
+    );
+    drop(ferry);
+
+    // Listed: the operator's word, and the pull works with Ferry's account.
+    let seen_before = tokens.requests().len();
+    let ferry = FerryBuilder::new()
+        .upstream(
+            Upstream::local(&registry.url())
+                .basic_auth(USER, PASSWORD)
+                .raw("realm_hosts = [\"127.0.0.2\"]"),
+        )
+        .start();
+    let m = get(
+        &manifest_url(&ferry, "team/app", "v1"),
+        &[media::OCI_MANIFEST],
+    )
+    .await;
+    assert_eq!(
+        m.status,
+        200,
+        "manifest with the realm allowed: {}",
+        m.text()
+    );
+    assert_eq!(m.body, img.manifest);
+    let sent: Vec<_> = tokens.requests().into_iter().skip(seen_before).collect();
+    assert!(
+        !sent.is_empty() && sent.iter().all(|r| r.account.as_deref() == Some(USER)),
+        "Ferry authenticated to the listed realm: {sent:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
 // Item 9: a redirect URL's signature stays secret.
 
 const SIG: &str = "c2lnbmF0dXJlU0VDUkVUZm9yVGhlQmxvYg";
