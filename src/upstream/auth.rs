@@ -110,6 +110,7 @@ pub struct Authenticator {
     origin: Url,
     /// Other hosts whose token realm may receive Basic credentials.
     realm_hosts: Vec<String>,
+    /// How long its token endpoint may take.
     deadlines: Deadlines,
     auth: Auth,
     acr: Option<Exchange>,
