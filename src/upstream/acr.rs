@@ -14,7 +14,7 @@ use url::Url;
 
 use super::Error;
 use super::entra::ACR_SCOPE;
-use super::token::{self, Deadlines, Token};
+use super::token::{self, Token};
 
 pub struct Exchange {
     upstream: String,
@@ -42,7 +42,7 @@ impl Exchange {
         realm: &Url,
         service: &str,
         scope: &str,
-        deadlines: Deadlines,
+        read_timeout: Duration,
     ) -> Result<Token, Error> {
         if realm.origin() != origin.origin() {
             return Err(token::protocol(
@@ -53,15 +53,19 @@ impl Exchange {
         let mut force = false;
         loop {
             let refresh = self
-                .refresh_token(http, realm, service, force, deadlines)
+                .refresh_token(http, realm, service, force, read_timeout)
                 .await?;
-            let req = http.post(realm.clone()).form(&[
-                ("grant_type", "refresh_token"),
-                ("service", service),
-                ("scope", scope),
-                ("refresh_token", refresh.secret().expose()),
-            ]);
-            let resp = token::send(&self.upstream, req, deadlines).await?;
+            let resp = http
+                .post(realm.clone())
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("service", service),
+                    ("scope", scope),
+                    ("refresh_token", refresh.secret().expose()),
+                ])
+                .send()
+                .await
+                .map_err(|e| Error::from_reqwest(&self.upstream, &e))?;
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED && !force {
                 force = true;
                 continue;
@@ -72,7 +76,7 @@ impl Exchange {
                 access_token: String,
             }
             let answer: Answer =
-                token::read_json(&self.upstream, resp, "ACR token response", deadlines).await?;
+                token::read_json(&self.upstream, resp, "ACR token response", read_timeout).await?;
             let access = token::checked(&self.upstream, "ACR access token", answer.access_token)?;
             return Ok(Token::from_jwt(access, Duration::from_secs(60)));
         }
@@ -84,7 +88,7 @@ impl Exchange {
         realm: &Url,
         service: &str,
         force: bool,
-        deadlines: Deadlines,
+        read_timeout: Duration,
     ) -> Result<Token, Error> {
         let mut cached = self.refresh.lock().await;
         if !force
@@ -110,19 +114,23 @@ impl Exchange {
         let exchange = realm
             .join("/oauth2/exchange")
             .map_err(|_| token::protocol(&self.upstream, "cannot build the exchange URL"))?;
-        let req = http.post(exchange).form(&[
-            ("grant_type", "access_token"),
-            ("service", service),
-            ("access_token", entra.token.secret()),
-        ]);
-        let resp = token::send(&self.upstream, req, deadlines).await?;
+        let resp = http
+            .post(exchange)
+            .form(&[
+                ("grant_type", "access_token"),
+                ("service", service),
+                ("access_token", entra.token.secret()),
+            ])
+            .send()
+            .await
+            .map_err(|e| Error::from_reqwest(&self.upstream, &e))?;
         let resp = token::check_status(&self.upstream, resp)?;
         #[derive(serde::Deserialize)]
         struct Answer {
             refresh_token: String,
         }
         let answer: Answer =
-            token::read_json(&self.upstream, resp, "ACR exchange response", deadlines).await?;
+            token::read_json(&self.upstream, resp, "ACR exchange response", read_timeout).await?;
         let refresh = token::checked(&self.upstream, "ACR refresh token", answer.refresh_token)?;
         tracing::info!(upstream = %self.upstream, "exchanged the Entra ID token for an ACR refresh token");
         let t = Token::from_jwt(refresh, Duration::from_secs(3600));

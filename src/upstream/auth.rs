@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::HeaderValue;
@@ -21,7 +22,7 @@ use url::Url;
 
 use super::Error;
 use super::acr::Exchange;
-use super::token::{self, Deadlines, Token};
+use super::token::{self, Token};
 use crate::config::{self, Auth};
 use crate::metrics::UpstreamMetrics;
 /// What the registry asked for in its last challenge.
@@ -110,8 +111,8 @@ pub struct Authenticator {
     origin: Url,
     /// Other hosts whose token realm may receive Basic credentials.
     realm_hosts: Vec<String>,
-    /// How long its token endpoint may take.
-    deadlines: Deadlines,
+    /// How long a token answer may take to arrive.
+    read_timeout: Duration,
     auth: Auth,
     acr: Option<Exchange>,
     challenge: Mutex<Option<Challenge>>,
@@ -126,7 +127,7 @@ impl Authenticator {
             upstream: config.name.clone(),
             origin: config.url.clone(),
             realm_hosts: config.realm_hosts.clone(),
-            deadlines: Deadlines::of(config),
+            read_timeout: config.read_timeout,
             auth: config.auth.clone(),
             acr,
             challenge: Mutex::new(None),
@@ -278,7 +279,7 @@ impl Authenticator {
                 let service = service.ok_or_else(|| {
                     token::protocol(&self.upstream, "ACR challenge without a service")
                 })?;
-                acr.access_token(http, &self.origin, realm, service, scope, self.deadlines)
+                acr.access_token(http, &self.origin, realm, service, scope, self.read_timeout)
                     .await?
             }
             None => {
@@ -291,7 +292,7 @@ impl Authenticator {
                         },
                     )?;
                 }
-                let deadlines = self.deadlines;
+                let read_timeout = self.read_timeout;
                 token::fetch(
                     http,
                     &self.upstream,
@@ -299,7 +300,7 @@ impl Authenticator {
                     service,
                     scope,
                     basic,
-                    deadlines,
+                    read_timeout,
                 )
                 .await?
             }

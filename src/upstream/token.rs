@@ -96,28 +96,9 @@ const ANSWER_LIMIT: usize = 64 << 10;
 /// practice; front ends refuse much larger headers anyway (nginx's default is 8 KiB).
 const TOKEN_LIMIT: usize = 16 << 10;
 
-/// How long a token endpoint may take: `answer` for its status and headers (reqwest's
-/// read timeout is per read, so headers dripping in would hold a request forever),
-/// then `body` for the rest of its answer.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadlines {
-    pub answer: Duration,
-    pub body: Duration,
-}
-
-impl Deadlines {
-    /// The upstream's own timeouts: connecting and one read's wait for the answer,
-    /// one read's wait for the body.
-    pub fn of(config: &crate::config::Upstream) -> Deadlines {
-        Deadlines {
-            answer: config.connect_timeout + config.read_timeout,
-            body: config.read_timeout,
-        }
-    }
-}
-
 /// Fetches a token for `scope` from a Docker token endpoint, with Basic credentials
-/// when Ferry has them (the caller checked that they may go to `realm`).
+/// when Ferry has them (the caller checked that they may go to `realm`). The answer
+/// must come within `read_timeout` (the upstream's).
 pub async fn fetch(
     http: &reqwest::Client,
     upstream: &str,
@@ -125,7 +106,7 @@ pub async fn fetch(
     service: Option<&str>,
     scope: &str,
     basic: Option<HeaderValue>,
-    deadlines: Deadlines,
+    read_timeout: Duration,
 ) -> Result<Token, Error> {
     let mut url = realm.clone();
     {
@@ -139,7 +120,10 @@ pub async fn fetch(
     if let Some(b) = basic {
         req = req.header(http::header::AUTHORIZATION, b);
     }
-    let resp = send(upstream, req, deadlines).await?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Error::from_reqwest(upstream, &e))?;
     let resp = check_status(upstream, resp)?;
     #[derive(serde::Deserialize)]
     struct TokenResponse {
@@ -147,7 +131,7 @@ pub async fn fetch(
         access_token: Option<String>,
         expires_in: Option<u64>,
     }
-    let body: TokenResponse = read_json(upstream, resp, "token response", deadlines).await?;
+    let body: TokenResponse = read_json(upstream, resp, "token response", read_timeout).await?;
     let value = body
         .token
         .or(body.access_token)
@@ -159,25 +143,6 @@ pub async fn fetch(
         value,
         Duration::from_secs(body.expires_in.unwrap_or(60).max(60)),
     ))
-}
-
-/// Sends a request to a token endpoint and waits at most `deadlines.answer` for its
-/// status and headers.
-pub async fn send(
-    upstream: &str,
-    req: reqwest::RequestBuilder,
-    deadlines: Deadlines,
-) -> Result<reqwest::Response, Error> {
-    match tokio::time::timeout(deadlines.answer, req.send()).await {
-        Ok(sent) => sent.map_err(|e| Error::from_reqwest(upstream, &e)),
-        Err(_) => Err(Error::Timeout {
-            upstream: upstream.to_string(),
-            detail: format!(
-                "its token endpoint did not answer within {}",
-                humantime::format_duration(deadlines.answer)
-            ),
-        }),
-    }
 }
 
 /// `value` if it can be sent as a header as it is: visible ASCII only (the characters
@@ -211,18 +176,19 @@ pub fn check_status(upstream: &str, resp: reqwest::Response) -> Result<reqwest::
     }
 }
 
-/// Reads a token endpoint's JSON answer, bounded by [`ANSWER_LIMIT`] and
-/// `deadlines.body`.
+/// Reads a token endpoint's JSON answer, at most [`ANSWER_LIMIT`] bytes within
+/// `deadline`. reqwest's read timeout bounds the wait for the headers, but on a body
+/// it restarts with every chunk: an answer dripping in would never end.
 pub async fn read_json<T: serde::de::DeserializeOwned>(
     upstream: &str,
     resp: reqwest::Response,
     what: &'static str,
-    deadlines: Deadlines,
+    deadline: Duration,
 ) -> Result<T, Error> {
     let bound = Bound {
         what,
         limit: ANSWER_LIMIT,
-        deadline: deadlines.body,
+        deadline,
     };
     let bytes = body::read(upstream, resp, bound, |_| {}).await?;
     serde_json::from_slice(&bytes)

@@ -1,7 +1,8 @@
 //! What an upstream's answers can do to Ferry (issue 11, items 3, 5 and 9):
 //!
 //! - endless, dripping and 100 MiB token answers: memory stays bounded and the client
-//!   gets a 502 naming the upstream within the read timeout;
+//!   gets a 502 naming the upstream within the read timeout (a 504 within connect and
+//!   read timeout when the headers drip);
 //! - a token realm on another host: Ferry's password does not go there unless the
 //!   operator listed the host in `realm_hosts`;
 //! - a redirect whose URL carries a signature (`sig=`, `se=`): when it fails, the
@@ -160,12 +161,12 @@ fn token_answer(answer: TokenAnswer) -> Response {
             ))
         }
         TokenAnswer::Drip => {
-            let drops = futures_util::stream::unfold(0u32, move |n| async move {
+            let drops = futures_util::stream::unfold((), move |()| async move {
                 if started.elapsed() >= HOSTILE_STREAM_TIME {
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                Some((Ok::<_, Infallible>(Bytes::from_static(b"a")), n + 1))
+                Some((Ok::<_, Infallible>(Bytes::from_static(b"a")), ()))
             });
             Body::from_stream(futures_util::StreamExt::chain(
                 futures_util::stream::iter([Ok(opening)]),
@@ -193,34 +194,87 @@ fn token_answer(answer: TokenAnswer) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// The read timeout the token tests configure: a hostile answer must be cut within it.
+/// A registry like [`token_registry`] whose token endpoint sends its status line,
+/// then its headers one byte every 100 ms. Plain TCP, as no HTTP server library
+/// drips its headers.
+fn header_drip_registry() -> Hostile {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    Hostile::spawn("127.0.0.1", |listener, addr| async move {
+        for _ in 0..100 {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 8192];
+                let mut n = 0;
+                while n < head.len() && !head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    let read =
+                        tokio::time::timeout(Duration::from_secs(10), conn.read(&mut head[n..]));
+                    match read.await {
+                        Ok(Ok(m)) if m > 0 => n += m,
+                        _ => return,
+                    }
+                }
+                if head.starts_with(b"GET /token") {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n").await;
+                    let started = Instant::now();
+                    while started.elapsed() < HOSTILE_STREAM_TIME {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if conn.write_all(b"x").await.is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    let answer = format!(
+                        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"hostile\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                }
+            });
+        }
+    })
+}
+
+/// The timeouts the token tests configure: a hostile answer must be cut within them.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn endless_dripping_and_huge_token_answers_are_cut() {
-    let answers = [
-        ("endless", TokenAnswer::Endless),
-        ("drip", TokenAnswer::Drip),
-        ("huge", TokenAnswer::Huge),
+    // Name, server, and the status and code the client must get: a body past its
+    // bounds is a 502; headers that never end are the upstream timing out, a 504.
+    let upstreams = [
+        (
+            "endless",
+            token_registry(TokenAnswer::Endless),
+            502,
+            "UNKNOWN",
+        ),
+        ("drip", token_registry(TokenAnswer::Drip), 502, "UNKNOWN"),
+        ("huge", token_registry(TokenAnswer::Huge), 502, "UNKNOWN"),
+        ("slowheaders", header_drip_registry(), 504, "UNAVAILABLE"),
     ];
-    let servers: Vec<Hostile> = answers.iter().map(|(_, a)| token_registry(*a)).collect();
     let mut builder = FerryBuilder::new();
-    for ((name, _), server) in answers.iter().zip(&servers) {
+    for (name, server, _, _) in &upstreams {
         builder = builder.upstream(
             Upstream::new(name, &format!("{name}.ferry-test.invalid"), &server.url())
-                .raw(&format!("read_timeout = \"{}s\"", READ_TIMEOUT.as_secs())),
+                .raw(&format!("read_timeout = \"{}s\"", READ_TIMEOUT.as_secs()))
+                .raw(&format!(
+                    "connect_timeout = \"{}s\"",
+                    CONNECT_TIMEOUT.as_secs()
+                )),
         );
     }
-    let ferry = builder.start();
+    let mut ferry = builder.start();
     let pid = ferry.pid();
     let (rss_before, _) = memory_mib(pid);
 
-    let pulls = answers.iter().map(|(name, _)| {
+    let pulls = upstreams.iter().map(|(name, _, status, code)| {
         let url = format!("{}/v2/{name}/team/app/manifests/v1", ferry.url());
         async move {
             let started = Instant::now();
             let r = get(&url, &[media::OCI_MANIFEST]).await;
-            (*name, r, started.elapsed())
+            (*name, r, started.elapsed(), *status, *code)
         }
     });
     let results = futures_util::future::join_all(pulls).await;
@@ -228,17 +282,18 @@ async fn endless_dripping_and_huge_token_answers_are_cut() {
     eprintln!(
         "ferry's memory: VmRSS {rss_before} MiB before, {rss_after} MiB after; VmHWM {hwm} MiB"
     );
-    for (name, r, elapsed) in &results {
+    for (name, r, elapsed, _, _) in &results {
         eprintln!("{name}: {} in {elapsed:?}: {}", r.status.as_u16(), r.text());
     }
-    for (name, r, elapsed) in &results {
-        let message = r.assert_error(502, "UNKNOWN");
+    for (name, r, elapsed, status, code) in &results {
+        let message = r.assert_error(*status, code);
         assert!(
             message.contains(&format!("upstream {name}")),
             "{name}: the error names the upstream: {message}"
         );
+        // Connecting may take its own timeout before the read timeout starts.
         assert!(
-            *elapsed < READ_TIMEOUT + Duration::from_secs(3),
+            *elapsed < CONNECT_TIMEOUT + READ_TIMEOUT + Duration::from_secs(2),
             "{name}: answered after {elapsed:?}, read timeout {READ_TIMEOUT:?}"
         );
     }
@@ -246,7 +301,6 @@ async fn endless_dripping_and_huge_token_answers_are_cut() {
         hwm < 128,
         "ferry's memory peaked at {hwm} MiB reading token answers"
     );
-    let mut ferry = ferry;
     ferry.assert_running();
 }
 
