@@ -120,6 +120,9 @@ pub struct Upstream {
     pub proxy: Option<Url>,
     /// Skips TLS verification. Only ever set explicitly, and logged loudly.
     pub insecure_skip_verify: bool,
+    /// Hosts other than the registry's own whose token realm may receive its
+    /// credentials (Docker Hub's `auth.docker.io`), normalised as URLs print hosts.
+    pub realm_hosts: Vec<String>,
     /// What anonymous clients may pull here: patterns over the repository.
     pub anonymous: Rules,
 }
@@ -312,6 +315,8 @@ struct RawUpstream {
     ca_file: Option<Spanned<String>>,
     proxy: Option<Spanned<String>>,
     insecure_skip_verify: Option<Spanned<bool>>,
+    #[serde(default)]
+    realm_hosts: Vec<Spanned<String>>,
     allow: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     deny: Vec<Spanned<String>>,
@@ -417,12 +422,17 @@ impl Config {
         );
         for u in &self.upstreams {
             out += &format!(
-                "  - {name}: registry {registry} -> {url}{default}\n      auth: {auth}; tag_ttl {ttl}; connect_timeout {ct}; read_timeout {rt}{lib}\n",
+                "  - {name}: registry {registry} -> {url}{default}\n      auth: {auth}{realms}; tag_ttl {ttl}; connect_timeout {ct}; read_timeout {rt}{lib}\n",
                 name = u.name,
                 registry = u.registry,
                 url = u.url,
                 default = if u.default { " (default)" } else { "" },
                 auth = u.auth.describe(),
+                realms = if u.realm_hosts.is_empty() {
+                    String::new()
+                } else {
+                    format!("; token realms also on {}", u.realm_hosts.join(", "))
+                },
                 ttl = humantime::format_duration(u.tag_ttl),
                 ct = humantime::format_duration(u.connect_timeout),
                 rt = humantime::format_duration(u.read_timeout),
@@ -540,6 +550,15 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
                     "PROXY" => set(&mut u.proxy, value),
                     "INSECURE_SKIP_VERIFY" => {
                         u.insecure_skip_verify = Some(Spanned::new(0..0, env_bool(key, value)?))
+                    }
+                    // A comma-separated list; empty clears the file's.
+                    "REALM_HOSTS" => {
+                        u.realm_hosts = value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|h| !h.is_empty())
+                            .map(|h| Spanned::new(0..0, h.to_string()))
+                            .collect()
                     }
                     "DEFAULT" => u.default = Some(Spanned::new(0..0, env_bool(key, value)?)),
                     f if f.starts_with("AUTH_") => {
@@ -827,6 +846,20 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
                     })?,
             ),
         };
+        let mut realm_hosts = Vec::new();
+        for h in u.realm_hosts {
+            let host = url::Host::parse(h.get_ref()).map_err(|_| {
+                src.error(
+                    Some(h.span()),
+                    format!(
+                        "{}: `{}` is not a host name or IP address (no scheme, port or path)",
+                        here("realm_hosts"),
+                        h.get_ref()
+                    ),
+                )
+            })?;
+            realm_hosts.push(host.to_string());
+        }
         let anonymous = rules_of(u.allow, u.deny, src, &format!("upstream `{name}`"))?;
         upstreams.push(Upstream {
             name,
@@ -843,6 +876,7 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             ca_pem,
             proxy,
             insecure_skip_verify: u.insecure_skip_verify.is_some_and(|v| v.into_inner()),
+            realm_hosts,
             anonymous,
         });
     }
@@ -1319,6 +1353,7 @@ mod tests {
         let docker = &c.upstreams[0];
         assert!(docker.default && docker.implicit_library());
         assert_eq!(docker.url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(docker.realm_hosts, ["auth.docker.io"]);
     }
 
     #[test]
@@ -1609,5 +1644,39 @@ mod tests {
         }
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!c.describe().contains("hunter2"));
+    }
+
+    #[test]
+    fn realm_hosts() {
+        let text = "[[upstream]]\nname = \"a\"\nurl = \"https://r.example\"\nrealm_hosts = [\"Auth.Example\", \"10.0.0.1\"]\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.upstreams[0].realm_hosts, ["auth.example", "10.0.0.1"]);
+        assert!(
+            c.describe()
+                .contains("token realms also on auth.example, 10.0.0.1"),
+            "{}",
+            c.describe()
+        );
+        for bad in [
+            "https://auth.example",
+            "auth.example:443",
+            "auth.example/token",
+            "",
+        ] {
+            let text = format!(
+                "[[upstream]]\nname = \"a\"\nurl = \"https://r.example\"\nrealm_hosts = [\"{bad}\"]\n"
+            );
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("test.toml:4") && e.contains("realm_hosts"),
+                "{bad}: {e}"
+            );
+        }
+        let env = vec![(
+            "FERRY_UPSTREAM_A_REALM_HOSTS".to_string(),
+            "x.example, y.example".to_string(),
+        )];
+        let c = Config::parse("t", text, &env).unwrap();
+        assert_eq!(c.upstreams[0].realm_hosts, ["x.example", "y.example"]);
     }
 }

@@ -93,7 +93,8 @@ impl ApiError {
                     U::Status { .. }
                     | U::Protocol { .. }
                     | U::TooLarge { .. }
-                    | U::TooSlow { .. } => ("UNKNOWN", StatusCode::BAD_GATEWAY),
+                    | U::TooSlow { .. }
+                    | U::RealmRefused { .. } => ("UNKNOWN", StatusCode::BAD_GATEWAY),
                 },
             },
         }

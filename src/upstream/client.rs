@@ -92,13 +92,7 @@ impl Client {
             }
             _ => None,
         };
-        let auth = Arc::new(Authenticator::new(
-            &config.name,
-            config.url.clone(),
-            config.auth.clone(),
-            acr,
-            metrics.clone(),
-        ));
+        let auth = Arc::new(Authenticator::new(&config, acr, metrics.clone()));
         let health = Health::new(&config.name, config.offline_after_failures, metrics.clone());
         Ok(Client {
             config,
@@ -132,7 +126,9 @@ impl Client {
             Error::Offline { .. } => return,
             Error::Unreachable { .. } | Error::BrokeOff { .. } => UpstreamErrorKind::Unreachable,
             Error::Timeout { .. } => UpstreamErrorKind::Timeout,
-            Error::Unauthorized { .. } | Error::Credential { .. } => UpstreamErrorKind::Auth,
+            Error::Unauthorized { .. } | Error::Credential { .. } | Error::RealmRefused { .. } => {
+                UpstreamErrorKind::Auth
+            }
             Error::Denied { .. } | Error::TooManyRequests { .. } | Error::Status { .. } => {
                 UpstreamErrorKind::Status
             }

@@ -39,6 +39,9 @@ pub enum Error {
         what: &'static str,
         deadline: std::time::Duration,
     },
+    /// The upstream asked for Ferry's credentials somewhere they do not belong.
+    #[error("upstream {upstream}: Ferry did not send its credentials to the token realm {detail}")]
+    RealmRefused { upstream: String, detail: String },
 }
 
 impl Error {
@@ -88,14 +91,17 @@ impl Error {
     }
 
     pub(crate) fn from_reqwest(upstream: &str, e: &reqwest::Error) -> Error {
-        // reqwest's Display includes the URL, which never holds credentials here
-        // (config refuses userinfo in URLs); the source chain says why.
+        // reqwest's Display includes the URL, whose query may hold a credential (a
+        // redirect's SAS signature): it is printed redacted. The source chain says why.
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
             detail.push_str(": ");
             detail.push_str(&s.to_string());
             source = s.source();
+        }
+        if let Some(url) = e.url() {
+            detail = super::redact::in_text(&detail, url);
         }
         if e.is_timeout() {
             Error::Timeout {

@@ -464,6 +464,14 @@ impl Ferry {
         clean
     }
 
+    /// The process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("ferry is running")
+    }
+
     /// Sends `signal` (`HUP`, `TERM`, `INT`) to the process and returns at once.
     pub fn signal(&mut self, signal: &str) {
         let pid = self
