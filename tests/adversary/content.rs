@@ -124,8 +124,10 @@ fn strings(s: &[&str]) -> Vec<String> {
 }
 
 /// A hostile upstream on 127.0.0.1: `/v2/` answers, `/v2/huge/tags/list` streams a
-/// 15 MiB list of valid tags without a `Content-Length`, `/v2/mixed/tags/list` lists
-/// names that are not tags among tags. Stops when dropped.
+/// 15 MiB list of valid tags without a `Content-Length`, `/v2/many/tags/list` lists
+/// 100,001 tags, `/v2/mixed/tags/list` lists names that are not tags among tags,
+/// `/v2/paged/tags/list` pages its list with `Link`, `/v2/loop/tags/list` links to
+/// itself. Stops when dropped.
 struct TagListUpstream {
     addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
@@ -200,6 +202,40 @@ async fn serve_tag_lists(req: Request) -> Response {
             });
             let body = Body::from_stream(futures_util::stream::iter(chunks));
             (json, body).into_response()
+        }
+        "/v2/many/tags/list" => {
+            // 100,001 tags in about 1.1 MiB: under the size limit, over the count.
+            let tags: Vec<String> = (0..=100_000).map(|i| format!("m{i}")).collect();
+            (json, json!({"name": "many", "tags": tags}).to_string()).into_response()
+        }
+        "/v2/paged/tags/list" => {
+            // Pages of two in no order, each naming the next with `Link`.
+            let query = req.uri().query().unwrap_or("");
+            let (tags, next) = match query {
+                "" => (["p3", "p1"].as_slice(), Some("p1")),
+                q if q.contains("last=p1") => (["p2", "p4"].as_slice(), Some("p4")),
+                _ => (["p0"].as_slice(), None),
+            };
+            let mut resp =
+                (json, json!({"name": "paged", "tags": tags}).to_string()).into_response();
+            if let Some(last) = next {
+                let link = format!(r#"</v2/paged/tags/list?n=2&last={last}>; rel="next""#);
+                resp.headers_mut()
+                    .insert(header::LINK, link.parse().expect("Link value"));
+            }
+            resp
+        }
+        "/v2/loop/tags/list" => {
+            // A `Link` to the same page, forever.
+            let link = r#"</v2/loop/tags/list?n=1&last=l1>; rel="next""#;
+            (
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::LINK, link),
+                ],
+                r#"{"name":"loop","tags":["l1"]}"#,
+            )
+                .into_response()
         }
         _ => (
             StatusCode::NOT_FOUND,
@@ -290,6 +326,44 @@ async fn hostile_tag_lists_are_bounded_and_only_tags_are_listed() {
         store_after < store_before + (4 << 20),
         "store grew from {store_before} to {store_after} bytes"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_pages_are_followed_and_bounded() {
+    let upstream = TagListUpstream::start();
+    let ferry = FerryBuilder::new()
+        .upstream(Upstream::local(&upstream.url()))
+        .start();
+    let url = |repo: &str| format!("{}/v2/{LOCAL}/{repo}/tags/list", ferry.url());
+    // Every page of the upstream's, sorted into one list.
+    let r = get(&url("paged"), &[]).await;
+    assert_eq!(listed(&r), ["p0", "p1", "p2", "p3", "p4"]);
+    let r = get(&format!("{}?n=3", url("paged")), &[]).await;
+    assert_eq!(listed(&r), ["p0", "p1", "p2"]);
+    assert_eq!(
+        next_link(&r).as_deref(),
+        Some(format!("/v2/{LOCAL}/paged/tags/list?n=3&last=p2").as_str())
+    );
+    // A page linking to itself ends the walk.
+    let started = Instant::now();
+    let r = get(&url("loop"), &[]).await;
+    assert_eq!(listed(&r), ["l1"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Over 100,000 tags: refused, naming the upstream, and nothing listed offline.
+    let r = get(&url("many"), &[]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.text().contains("100000 tags") && r.text().contains(LOCAL),
+        "{}",
+        r.text()
+    );
+    drop(upstream);
+    let r = get(&url("many"), &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
 }
 
 /// `bytes` a manifest-shaped JSON object whose config descriptor names a real blob.
