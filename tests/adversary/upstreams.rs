@@ -86,20 +86,6 @@ impl Drop for Hostile {
     }
 }
 
-/// `(VmRSS, VmHWM)` of `pid` in MiB.
-fn memory_mib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-            / 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 // ---------------------------------------------------------------------------------
 // Item 3: token answers that never end, drip, or are huge.
 
@@ -267,7 +253,7 @@ async fn endless_dripping_and_huge_token_answers_are_cut() {
     }
     let mut ferry = builder.start();
     let pid = ferry.pid();
-    let (rss_before, _) = memory_mib(pid);
+    let (rss_before, _) = super::memory_mib(pid);
 
     let pulls = upstreams.iter().map(|(name, _, status, code)| {
         let url = format!("{}/v2/{name}/team/app/manifests/v1", ferry.url());
@@ -278,7 +264,7 @@ async fn endless_dripping_and_huge_token_answers_are_cut() {
         }
     });
     let results = futures_util::future::join_all(pulls).await;
-    let (rss_after, hwm) = memory_mib(pid);
+    let (rss_after, hwm) = super::memory_mib(pid);
     eprintln!(
         "ferry's memory: VmRSS {rss_before} MiB before, {rss_after} MiB after; VmHWM {hwm} MiB"
     );
