@@ -5,8 +5,8 @@
 //! blobs alike, as registry.k8s.io sends every request to its regional backends, and
 //! the token never goes along. A redirect to a link-local address (cloud metadata
 //! endpoints, 169.254.0.0/16 and fe80::/10) is refused at once: 502 naming the
-//! upstream, nothing asked there. (The rule against stepping down from https to plain
-//! http is a unit test of `upstream::client`: it needs no TLS server to show.)
+//! upstream, nothing asked there. So is a redirect from an https upstream to plain
+//! http, which anyone on the path could answer.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::harness::acr::tls::{TestCa, TlsListener, server_config};
 use crate::harness::ferry::{FerryBuilder, LOCAL, Upstream};
 use crate::harness::http::media;
 use crate::harness::sha256_digest;
@@ -115,8 +116,8 @@ async fn serve(app: axum::Router) -> String {
     url
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn redirects_cross_origins_without_credentials_but_never_to_link_local_addresses() {
+/// A small manifest with its config and one layer: `(manifest, config, layer)`.
+fn image() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let config =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
             .to_vec();
@@ -130,6 +131,12 @@ async fn redirects_cross_origins_without_credentials_but_never_to_link_local_add
                     "digest": sha256_digest(&layer), "size": layer.len()}],
     }))
     .unwrap();
+    (manifest, config, layer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_cross_origins_without_credentials_but_never_to_link_local_addresses() {
+    let (manifest, config, layer) = image();
     let back = Arc::new(Backend {
         manifest: manifest.clone(),
         blobs: vec![config, layer.clone()],
@@ -213,4 +220,65 @@ async fn redirects_cross_origins_without_credentials_but_never_to_link_local_add
         !ferry.log().contains("serving from cache and probing"),
         "a refused redirect is the upstream's answer, not it being down"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_upstream_cannot_redirect_to_plain_http() {
+    const HOST: &str = "registry.redirect-test.invalid";
+    let (manifest, config, layer) = image();
+    let back = Arc::new(Backend {
+        manifest,
+        blobs: vec![config, layer.clone()],
+        seen: Seen::default(),
+    });
+    let plain = serve(
+        axum::Router::new()
+            .fallback(backend)
+            .with_state(back.clone()),
+    )
+    .await;
+    // The same redirecting upstream, over TLS: its `k8s` redirects now step down.
+    let dir = crate::harness::temp_dir("redirect-tls");
+    let ca = TestCa::generate(dir.path());
+    let up = Arc::new(Redirector {
+        backend: plain,
+        seen: Seen::default(),
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls = TlsListener::new(listener, server_config(&ca.leaf(&[HOST])));
+    let app = axum::Router::new()
+        .fallback(redirector)
+        .with_state(up.clone());
+    tokio::spawn(async move { axum::serve(tls, app).await });
+    let ferry = FerryBuilder::new()
+        .upstream(
+            Upstream::local(&format!("https://{HOST}:{port}"))
+                .bearer_auth(TOKEN)
+                .raw(&format!("resolve = {{ \"{HOST}\" = \"127.0.0.1\" }}"))
+                .raw(&format!("ca_file = \"{}\"", ca.pem_path().display())),
+        )
+        .start();
+
+    for url in [
+        manifest_url(&ferry, "k8s/app", "v1"),
+        blob_url(&ferry, "k8s/app", &sha256_digest(&layer)),
+    ] {
+        let r = get(&url, &[media::OCI_MANIFEST]).await;
+        assert_eq!(r.status, 502, "{url}: {}", r.text());
+        let message = crate::harness::http::oci_error(&r.body).1;
+        assert!(
+            message.contains("upstream local") && message.contains("https to plain http"),
+            "{url}: the error names the upstream and why: {message}"
+        );
+    }
+    assert!(
+        up.seen
+            .all()
+            .iter()
+            .any(|(p, a)| p.contains("/k8s/app/") && a.is_some()),
+        "Ferry reached the upstream over TLS with its token: {:?}",
+        up.seen.all()
+    );
+    assert_eq!(back.seen.all(), vec![], "nothing was asked over plain http");
 }
