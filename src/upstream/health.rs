@@ -12,13 +12,17 @@
 //! 5xx come meanwhile), and only a failing probe counts as a failure.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use url::Url;
 
 use crate::metrics::UpstreamMetrics;
 
 const FIRST_PROBE: Duration = Duration::from_secs(1);
+/// After a probe found the upstream up, 5xx answers within this long are taken as
+/// their requests' own without probing again: a client sending 5xx-provoking requests
+/// in a tight loop gets Ferry to send at most one extra `/v2/` a second.
+const CONFIRMED_UP_FOR: Duration = Duration::from_secs(1);
 const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
@@ -27,6 +31,8 @@ struct State {
     offline_since: Option<SystemTime>,
     /// A probe confirming a 5xx is under way: later 5xx do not start another.
     confirming: bool,
+    /// When such a probe last found the upstream up.
+    confirmed_up_at: Option<Instant>,
 }
 
 pub struct Health {
@@ -79,8 +85,9 @@ impl Health {
 
     /// Decides what a 5xx answered to one request says about the upstream: probes
     /// `GET <base>/v2/` once and counts a failure only if the probe fails too. Returns
-    /// at once when a probe is already under way (or the upstream already counts as
-    /// offline); otherwise once the probe has answered, so the next request sees
+    /// at once when a probe is already under way, or found the upstream up less than
+    /// [`CONFIRMED_UP_FOR`] ago (or it already counts as offline); otherwise once the
+    /// probe has answered, so the next request sees
     /// its verdict. The probe runs as its own task, so a client hanging up mid-way
     /// does not leave it half done.
     pub async fn confirm_server_error(
@@ -91,7 +98,10 @@ impl Health {
     ) {
         {
             let mut s = self.state.lock().expect("health lock");
-            if s.confirming || s.offline_since.is_some() {
+            let recently_up = s
+                .confirmed_up_at
+                .is_some_and(|at| at.elapsed() < CONFIRMED_UP_FOR);
+            if s.confirming || recently_up || s.offline_since.is_some() {
                 return;
             }
             s.confirming = true;
@@ -99,7 +109,11 @@ impl Health {
         let health = self.clone();
         let probe = tokio::spawn(async move {
             let up = probe(&http, &base, timeout).await;
-            health.state.lock().expect("health lock").confirming = false;
+            {
+                let mut s = health.state.lock().expect("health lock");
+                s.confirming = false;
+                s.confirmed_up_at = up.then(Instant::now);
+            }
             if up {
                 health.record_success();
             } else {
@@ -219,6 +233,13 @@ mod tests {
             probes.load(std::sync::atomic::Ordering::SeqCst),
             1,
             "one probe for five 5xx"
+        );
+        h.confirm_server_error(http.clone(), up.clone(), timeout)
+            .await;
+        assert_eq!(
+            probes.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "no second probe right after one found the upstream up"
         );
 
         let (down, _) = v2_answering(503).await;
