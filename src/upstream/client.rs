@@ -545,6 +545,16 @@ mod tests {
         assert!(allowed("https://registry.example/v2/", "file:///etc/passwd").is_err());
     }
 
+    #[tokio::test]
+    async fn names_resolving_only_to_link_local_addresses_are_refused() {
+        use reqwest::dns::Resolve as _;
+        let resolve = |name: &str| NoLinkLocal.resolve(name.parse().unwrap());
+        // getaddrinfo answers a numeric name with itself: the filter at work.
+        assert!(resolve("169.254.169.254").await.is_err());
+        let local: Vec<SocketAddr> = resolve("127.0.0.1").await.unwrap().collect();
+        assert_eq!(local, vec![SocketAddr::from(([127, 0, 0, 1], 0))]);
+    }
+
     #[test]
     fn rate_limit_waits_are_bounded_in_count_and_total() {
         let s = Duration::from_secs;

@@ -87,9 +87,8 @@ impl Health {
     /// `GET <base>/v2/` once and counts a failure only if the probe fails too. Returns
     /// at once when a probe is already under way, or found the upstream up less than
     /// [`CONFIRMED_UP_FOR`] ago (or it already counts as offline); otherwise once the
-    /// probe has answered, so the next request sees
-    /// its verdict. The probe runs as its own task, so a client hanging up mid-way
-    /// does not leave it half done.
+    /// probe has answered, so the next request sees its verdict. The probe runs as its
+    /// own task, so a client hanging up mid-way does not leave it half done.
     pub async fn confirm_server_error(
         self: &Arc<Self>,
         http: reqwest::Client,
