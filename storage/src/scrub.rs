@@ -6,8 +6,8 @@
 //! - **On every read, the size.** [`Store::stored_size`] compares the file's size with
 //!   the index record written when the blob verified (a blob's, or a manifest's);
 //!   [`crate::Blobs::read`] (manifests, which are small) re-hashes what it read. A file that
-//!   fails is dropped with a warning and reads as missing, so the caller fetches it
-//!   again, as for any miss.
+//!   fails is dropped (with its index records, as eviction drops them) with a
+//!   warning and reads as missing, so the caller fetches it again, as for any miss.
 //! - **In the background, the bytes.** [`Store::scrub_one`] re-hashes one blob (the same
 //!   routine as `ferry fsck`), paced by its caller, and drops it if it does not match
 //!   its digest. The server's housekeeping walks the store with it at a bounded rate.
@@ -55,7 +55,7 @@ impl Store {
         match recorded {
             Some(size) if size != meta.len() => {
                 tracing::warn!(digest = %d, recorded = size, found = meta.len(), "stored blob's size disagrees with the index: dropped, to be fetched again");
-                self.blobs.remove_if_same(d, &meta)?;
+                self.drop_damaged(d, &meta)?;
                 Ok(None)
             }
             _ => Ok(Some(meta.len())),
@@ -80,10 +80,21 @@ impl Store {
             Some(actual) if actual == *d => Ok(Scrubbed::Intact { bytes }),
             Some(actual) => {
                 tracing::warn!(digest = %d, %actual, bytes, "scrub: stored blob's bytes do not match its digest: dropped, to be fetched again");
-                self.blobs.remove_if_same(d, &meta)?;
+                self.drop_damaged(d, &meta)?;
                 Ok(Scrubbed::Dropped { bytes })
             }
         }
+    }
+
+    /// Drops the damaged file `seen` of `d` and, as eviction does, its blob and
+    /// manifest records (a fetch writes them again); nothing if a good copy took its
+    /// place meanwhile.
+    fn drop_damaged(&self, d: &Digest, seen: &fs::Metadata) -> Result<()> {
+        if self.blobs.remove_if_same(d, seen)? {
+            self.index.remove_blob(d)?;
+            self.index.remove_manifest(d)?;
+        }
+        Ok(())
     }
 }
 
@@ -114,6 +125,7 @@ mod tests {
         let before = store.blobs.usage().bytes();
         assert_eq!(store.stored_size(&d).unwrap(), None);
         assert!(!path.exists(), "the damaged file is dropped");
+        assert!(store.index.blob(&d).unwrap().is_none(), "with its record");
         assert_eq!(store.blobs.usage().bytes(), before - 5);
         // Stored again, it is served again.
         store.blobs.put(&d, b"hello world").unwrap();
