@@ -7,7 +7,9 @@
 //! Invariant: a file exists under `blobs/` only if its bytes hash to its name. An
 //! ingest writes to `staging/`, and only [`Ingest::commit`] (after checking size and
 //! digest and fsyncing) renames it into place. A crash before the rename leaves a
-//! staged file that the next open sweeps away; after it, a complete blob.
+//! staged file that the next open sweeps away; after it, a complete blob. What a
+//! disk or an operator changes afterwards is found and dropped, not served (see
+//! `crate::scrub`): [`Blobs::read`] re-hashes what it reads.
 //!
 //! Around that surface the store keeps, in memory, what eviction needs: when each blob
 //! was last used ([`AccessTimes`]), which are in use now ([`Leases`]) and how many bytes

@@ -156,7 +156,8 @@ async fn the_scrub_drops_a_flipped_byte_and_it_is_fetched_again() {
     // A pass starts with the server (the last one, over an empty store, is done).
     ferry.restart();
     let url = blob_url(&ferry, "store/flip", &layer.digest);
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(15);
     while scrub_dropped(&ferry).await != Some(1) {
         assert!(
             Instant::now() < deadline,
@@ -165,6 +166,10 @@ async fn the_scrub_drops_a_flipped_byte_and_it_is_fetched_again() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!(
+        "the scrub dropped the flipped blob {:?} after the server started",
+        started.elapsed()
+    );
     assert!(!path.exists(), "the damaged file is gone");
     let warned = log_lines(&ferry, &["WARN", "scrub", &layer.digest]);
     assert_eq!(warned.len(), 1, "one warning: {warned:#?}");
