@@ -109,16 +109,15 @@ impl Housekeeping {
         Housekeeping { stop, task, scrub }
     }
 
-    /// Stops the task, flushing access times first.
+    /// Stops the task, flushing access times first, and the scrub.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         if let Err(e) = self.task.await {
             tracing::warn!(error = %e, "store housekeeping ended abnormally");
         }
-        if let Some(Err(e)) = match self.scrub {
-            Some(task) => Some(task.await),
-            None => None,
-        } {
+        if let Some(scrub) = self.scrub
+            && let Err(e) = scrub.await
+        {
             tracing::warn!(error = %e, "scrub ended abnormally");
         }
     }
