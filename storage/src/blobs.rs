@@ -159,8 +159,10 @@ impl Blobs {
         if d.verify(&bytes) {
             return Ok(Some(bytes));
         }
-        tracing::warn!(digest = %d, bytes = bytes.len(), "stored blob's bytes do not match its digest: dropped, to be fetched again");
-        self.remove_if_same(d, &meta)?;
+        // Warned by whoever drops it: once, however many requests read it.
+        if self.remove_if_same(d, &meta)? {
+            tracing::warn!(digest = %d, bytes = bytes.len(), "stored blob's bytes do not match its digest: dropped, to be fetched again");
+        }
         Ok(None)
     }
 

@@ -31,7 +31,8 @@ pub enum Scrubbed {
     Intact { bytes: u64 },
     /// They did not: the blob was dropped.
     Dropped { bytes: u64 },
-    /// Not stored any more (evicted or collected since the walk), or the pace stopped
+    /// Not stored any more (evicted, collected or dropped by a request since the
+    /// walk), or replaced by a good copy before it could be dropped, or the pace stopped
     /// the check before its end.
     Skipped,
 }
@@ -54,8 +55,10 @@ impl Store {
         };
         match recorded {
             Some(size) if size != meta.len() => {
-                tracing::warn!(digest = %d, recorded = size, found = meta.len(), "stored blob's size disagrees with the index: dropped, to be fetched again");
-                self.drop_damaged(d, &meta)?;
+                // Warned by whoever drops it: once, however many requests saw it.
+                if self.drop_damaged(d, &meta)? {
+                    tracing::warn!(digest = %d, recorded = size, found = meta.len(), "stored blob's size disagrees with the index: dropped, to be fetched again");
+                }
                 Ok(None)
             }
             _ => Ok(Some(meta.len())),
@@ -79,22 +82,26 @@ impl Store {
             None => Ok(Scrubbed::Skipped),
             Some(actual) if actual == *d => Ok(Scrubbed::Intact { bytes }),
             Some(actual) => {
+                if !self.drop_damaged(d, &meta)? {
+                    // A request found it first, or a good copy replaced it.
+                    return Ok(Scrubbed::Skipped);
+                }
                 tracing::warn!(digest = %d, %actual, bytes, "scrub: stored blob's bytes do not match its digest: dropped, to be fetched again");
-                self.drop_damaged(d, &meta)?;
                 Ok(Scrubbed::Dropped { bytes })
             }
         }
     }
 
     /// Drops the damaged file `seen` of `d` and, as eviction does, its blob and
-    /// manifest records (a fetch writes them again); nothing if a good copy took its
-    /// place meanwhile.
-    fn drop_damaged(&self, d: &Digest, seen: &fs::Metadata) -> Result<()> {
-        if self.blobs.remove_if_same(d, seen)? {
-            self.index.remove_blob(d)?;
-            self.index.remove_manifest(d)?;
+    /// manifest records (a fetch writes them again). `false` if it was gone already or
+    /// a good copy took its place meanwhile.
+    fn drop_damaged(&self, d: &Digest, seen: &fs::Metadata) -> Result<bool> {
+        if !self.blobs.remove_if_same(d, seen)? {
+            return Ok(false);
         }
-        Ok(())
+        self.index.remove_blob(d)?;
+        self.index.remove_manifest(d)?;
+        Ok(true)
     }
 }
 
