@@ -1397,7 +1397,8 @@ mod tests {
             "{e}"
         );
         let env = vec![("FERRY_STORAGE_SCRUB_RATE".to_string(), "1MiB".to_string())];
-        assert_eq!(Config::parse("t", "", &env).unwrap().scrub_rate, 1 << 20);
+        let up = "[[upstream]]\nname = \"t\"\nurl = \"http://127.0.0.1:9\"\n";
+        assert_eq!(Config::parse("t", up, &env).unwrap().scrub_rate, 1 << 20);
         let env = vec![("FERRY_STORAGE_MAX_SIZE".to_string(), "6MiB".to_string())];
         let c = Config::parse("t", "[storage]\nmax_size = \"1G\"\n", &env).unwrap();
         assert_eq!(c.quota.max_size, Some(6 << 20));
