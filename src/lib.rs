@@ -119,7 +119,7 @@ pub async fn serve_and_report(
     // Held in an `Access` so that a config reload can swap the policy in place.
     let access = Arc::new(access::Access::new(&config));
     let pins = refresh_pins(&config.pins, addr, access.internal_token());
-    let housekeeping = quota::Housekeeping::start(proxy.clone(), config.quota);
+    let housekeeping = quota::Housekeeping::start(proxy.clone(), config.quota, config.scrub_rate);
     let app = api::router(proxy.clone(), access.clone());
     // One control over both listeners: one drain, one count of open connections.
     let control = axum_server::Control::new();

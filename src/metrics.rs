@@ -200,6 +200,8 @@ pub struct Metrics {
     store_max: Gauge,
     evictions: Counter,
     evicted_bytes: Counter,
+    scrub_checked: Counter,
+    scrub_dropped: Counter,
     pulls: Pulls,
 }
 
@@ -304,6 +306,19 @@ impl Metrics {
             Unit::Bytes,
             evicted_bytes.clone(),
         );
+        let scrub_checked = Counter::default();
+        r.register_with_unit(
+            "ferry_scrub_checked",
+            "Bytes of stored blobs the background scrub re-hashed",
+            Unit::Bytes,
+            scrub_checked.clone(),
+        );
+        let scrub_dropped = Counter::default();
+        r.register(
+            "ferry_scrub_dropped",
+            "Stored blobs the background scrub found damaged (bytes not matching their digest) and dropped",
+            scrub_dropped.clone(),
+        );
         let token_refreshes = Family::<TokenLabels, Counter>::default();
         r.register(
             "ferry_token_refreshes",
@@ -338,6 +353,8 @@ impl Metrics {
             store_max,
             evictions,
             evicted_bytes,
+            scrub_checked,
+            scrub_dropped,
             pulls: Pulls::default(),
         }
     }
@@ -476,6 +493,14 @@ impl Metrics {
     pub fn evicted(&self, images: usize, bytes: u64) {
         self.evictions.inc_by(images as u64);
         self.evicted_bytes.inc_by(bytes);
+    }
+
+    /// One blob re-hashed by the scrub: `bytes` read, and whether it was dropped.
+    pub fn scrubbed(&self, bytes: u64, dropped: bool) {
+        self.scrub_checked.inc_by(bytes);
+        if dropped {
+            self.scrub_dropped.inc();
+        }
     }
 
     /// A manifest GET of `image` (`<registry>/<repository>`), for the pull tally.
@@ -653,6 +678,7 @@ mod tests {
         up.error(UpstreamErrorKind::Timeout);
         up.token_refresh(true);
         m.evicted(1, 7);
+        m.scrubbed(5, true);
         m.set_store_max(Some(1 << 30));
         let (text, content_type) = m.encode(false);
         assert!(content_type.starts_with("text/plain; version=0.0.4"));
@@ -672,6 +698,8 @@ mod tests {
             "ferry_store_max_bytes 1073741824",
             "ferry_evictions_total 1",
             "ferry_evicted_bytes_total 7",
+            "ferry_scrub_checked_bytes_total 5",
+            "ferry_scrub_dropped_total 1",
             "ferry_token_refreshes_total{upstream=\"acr\",result=\"ok\"} 1",
             "ferry_upstream_up{upstream=\"acr\"} 1",
             &format!(

@@ -19,11 +19,18 @@
 //!   ([`Proxy::is_pinned`]).
 //!   When a pass cannot reach the mark (everything left is in use or pinned), the next
 //!   waits, backing off from [`RETRY_MIN`] to [`RETRY_MAX`].
+//! - **Scrub.** With `[storage] scrub_rate` above zero, a task of its own re-hashes every
+//!   stored blob, one after the other at no more than that many bytes a second
+//!   ([`Store::scrub_one`]), and drops those whose bytes no longer match their digest
+//!   (a warning each, `ferry_scrub_dropped_total`), so that the next request fetches
+//!   them again instead of serving them. A pass starts at most every
+//!   [`SCRUB_PASS_GAP`]. It reads on one blocking thread, and stops with the server.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_storage::{Image, Store};
+use ferry_storage::{Image, Scrubbed, Store};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -39,6 +46,12 @@ pub const FREE_MARGIN_PERCENT: u64 = 10;
 const MIN_GAP: Duration = Duration::from_secs(1);
 pub const RETRY_MIN: Duration = Duration::from_secs(5);
 pub const RETRY_MAX: Duration = Duration::from_secs(300);
+/// The least time between the starts of two scrub passes: the rate bounds what a pass
+/// costs, this how often a small store is walked.
+pub const SCRUB_PASS_GAP: Duration = Duration::from_secs(60);
+/// The most reading time a scrub saves up while it waits (on a walk, a slow disk): it
+/// never reads faster than its rate for longer than this.
+const SCRUB_BURST: Duration = Duration::from_secs(1);
 
 impl Quota {
     pub fn is_set(&self) -> bool {
@@ -71,11 +84,13 @@ impl Quota {
 pub struct Housekeeping {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    scrub: Option<JoinHandle<()>>,
 }
 
 impl Housekeeping {
-    /// Starts the task on `proxy`'s store.
-    pub fn start(proxy: Arc<Proxy>, quota: Quota) -> Housekeeping {
+    /// Starts the task on `proxy`'s store, and the scrub at `scrub_rate` bytes a
+    /// second unless that is 0.
+    pub fn start(proxy: Arc<Proxy>, quota: Quota, scrub_rate: u64) -> Housekeeping {
         let wake = Arc::new(Notify::new());
         if quota.is_set() {
             let wake = wake.clone();
@@ -86,15 +101,24 @@ impl Housekeeping {
                 .on_growth(move || wake.notify_one());
         }
         let (stop, stopped) = watch::channel(false);
+        let scrub = (scrub_rate > 0).then(|| {
+            tracing::info!(rate = %format!("{}/s", Human(scrub_rate)), "scrub: re-hashing stored blobs in the background");
+            tokio::spawn(scrub(proxy.clone(), scrub_rate, stopped.clone()))
+        });
         let task = tokio::spawn(run(proxy, quota, wake, stopped));
-        Housekeeping { stop, task }
+        Housekeeping { stop, task, scrub }
     }
 
-    /// Stops the task, flushing access times first.
+    /// Stops the task, flushing access times first, and the scrub.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         if let Err(e) = self.task.await {
             tracing::warn!(error = %e, "store housekeeping ended abnormally");
+        }
+        if let Some(scrub) = self.scrub
+            && let Err(e) = scrub.await
+        {
+            tracing::warn!(error = %e, "scrub ended abnormally");
         }
     }
 }
@@ -213,6 +237,95 @@ async fn run(
     flush_access(&proxy).await;
 }
 
+/// The scrub: passes over every stored blob at `rate` bytes a second, until `stopped`.
+async fn scrub(proxy: Arc<Proxy>, rate: u64, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let started = Instant::now();
+        let files = match on_store(&proxy, |s| s.blobs.walk()).await {
+            Some(Ok(walk)) => walk.files,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "scrub: could not list the store");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let mut pace = Pace::new(rate, stopped.clone());
+        let (mut blobs, mut bytes, mut dropped) = (0usize, 0u64, 0usize);
+        for f in files {
+            let d = f.digest;
+            // The pace travels with the blocking read and comes back with its result.
+            let Some((found, back)) = on_store(&proxy, move |s| {
+                let found = s.scrub_one(&d, |n| pace.after(n));
+                (found.map_err(|e| (d, e)), pace)
+            })
+            .await
+            else {
+                break;
+            };
+            pace = back;
+            if *stopped.borrow() {
+                return;
+            }
+            match found {
+                Ok(Scrubbed::Intact { bytes: n }) => {
+                    proxy.metrics().scrubbed(n, false);
+                    (blobs, bytes) = (blobs + 1, bytes + n);
+                }
+                Ok(Scrubbed::Dropped { bytes: n }) => {
+                    proxy.metrics().scrubbed(n, true);
+                    (blobs, bytes, dropped) = (blobs + 1, bytes + n, dropped + 1);
+                }
+                Ok(Scrubbed::Skipped) => {}
+                Err((d, e)) => {
+                    tracing::warn!(digest = %d, error = %e, "scrub: could not check a stored blob")
+                }
+            }
+        }
+        tracing::debug!(blobs, bytes = %Human(bytes), dropped, took = ?started.elapsed(), "scrub pass done");
+        tokio::select! {
+            _ = tokio::time::sleep_until((started + SCRUB_PASS_GAP).into()) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Keeps the scrub's reads to `rate` bytes a second: told each piece read, it sleeps
+/// (on the blocking thread that reads) until the next may be, and says stop once the
+/// server stops.
+struct Pace {
+    rate: u64,
+    /// When reading may go on.
+    next: Instant,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Pace {
+    fn new(rate: u64, stopped: watch::Receiver<bool>) -> Pace {
+        Pace {
+            rate,
+            next: Instant::now(),
+            stopped,
+        }
+    }
+
+    fn after(&mut self, n: u64) -> ControlFlow<()> {
+        let now = Instant::now();
+        let earliest = now.checked_sub(SCRUB_BURST).unwrap_or(now);
+        self.next = self.next.max(earliest) + Duration::from_secs_f64(n as f64 / self.rate as f64);
+        loop {
+            if *self.stopped.borrow() {
+                return ControlFlow::Break(());
+            }
+            let now = Instant::now();
+            if now >= self.next {
+                return ControlFlow::Continue(());
+            }
+            // In short naps, so that a stopping server does not wait for a long one.
+            std::thread::sleep((self.next - now).min(Duration::from_millis(100)));
+        }
+    }
+}
+
 async fn startup_check(proxy: &Arc<Proxy>) {
     let Some(result) = on_store(proxy, |s| {
         let raw_before = s.blobs.usage().raw();
@@ -254,6 +367,25 @@ async fn flush_access(proxy: &Arc<Proxy>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scrub_pace_keeps_to_its_rate_and_stops() {
+        let (stop, stopped) = watch::channel(false);
+        let mut pace = Pace::new(10 << 20, stopped);
+        let t = Instant::now();
+        // 3 MiB at 10 MiB/s from a standing start: about 0.3 s.
+        for _ in 0..3 {
+            assert!(pace.after(1 << 20).is_continue());
+        }
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        stop.send(true).unwrap();
+        assert!(
+            pace.after(1 << 30).is_break(),
+            "a stop ends the wait at once"
+        );
+    }
 
     #[test]
     fn limits_and_low_water_mark() {

@@ -217,6 +217,7 @@ impl Reloader {
         applied.storage_root = running.storage_root.clone();
         applied.tls = running.tls.clone();
         applied.quota = running.quota;
+        applied.scrub_rate = running.scrub_rate;
         applied.pins = running.pins.clone();
         self.running.store(Arc::new(applied));
     }
@@ -237,6 +238,9 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if running.quota.min_free != new.quota.min_free {
         out.push("storage.min_free");
+    }
+    if running.scrub_rate != new.scrub_rate {
+        out.push("storage.scrub_rate");
     }
     if running.tls != new.tls {
         out.push("tls");

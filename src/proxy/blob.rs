@@ -18,6 +18,10 @@ use super::{CacheStatus, Error, Proxy, Result, Target, chunks};
 const MAX_RESUMES: u32 = 5;
 /// Upstream bytes are written to the store in pieces of about this size.
 const WRITE_CHUNK: usize = 512 * 1024;
+/// Bytes short of a piece are written anyway once the upstream has sent nothing for
+/// this long: readers of a download that stalls get what has arrived, not nothing
+/// until the stall ends.
+const WRITE_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A blob ready to serve.
 pub struct Blob {
@@ -111,14 +115,16 @@ impl Proxy {
         range: Option<ByteRange>,
         want_body: bool,
     ) -> Result<Blob> {
-        if let Some(size) = self.store.blobs.stat(digest)? {
+        // A stored file whose size disagrees with the index is dropped here and
+        // fetched again like any miss: never served, whatever `X-Cache` would say.
+        if let Some(size) = self.store.stored_size(digest)? {
             return self.stored_blob(t, digest, size, range, want_body).await;
         }
         if !want_body {
             return self.head_uncached_blob(t, digest, range).await;
         }
         let (fetch, cache) = match self.inflight.join_or_start(&t.repo, digest, || {
-            matches!(self.store.blobs.stat(digest), Ok(Some(_)))
+            matches!(self.store.stored_size(digest), Ok(Some(_)))
         }) {
             Joined::Follower(f) => (f, CacheStatus::Joined),
             Joined::Leader(f, leader) => {
@@ -128,7 +134,7 @@ impl Proxy {
                 (f, CacheStatus::Miss)
             }
             Joined::Stored => {
-                let size = self.store.blobs.stat(digest)?.unwrap_or_default();
+                let size = self.store.stored_size(digest)?.unwrap_or_default();
                 return self.stored_blob(t, digest, size, range, want_body).await;
             }
         };
@@ -391,8 +397,23 @@ async fn pump(
     let mut pending = Vec::with_capacity(WRITE_CHUNK);
     let mut writing: Option<Writing> = None;
     loop {
+        // Waiting on a quiet upstream with bytes in hand: write them (once) meanwhile.
+        let next = if pending.is_empty() {
+            body.next().await
+        } else {
+            match tokio::time::timeout(WRITE_IDLE, body.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    settle(&mut writing, ingest, size, &progress).await?;
+                    writing = Some(start_write(ingest, std::mem::take(&mut pending)));
+                    settle(&mut writing, ingest, size, &progress).await?;
+                    pending.reserve(WRITE_CHUNK);
+                    continue;
+                }
+            }
+        };
         // Bytes that arrived before a failure are kept: the resume starts after them.
-        let (chunk, failure) = match body.next().await {
+        let (chunk, failure) = match next {
             Some(Ok(chunk)) => (Some(chunk), None),
             Some(Err(e)) => (None, Some(e)),
             None => (None, None),
@@ -407,18 +428,24 @@ async fn pump(
         }
         if pending.len() >= WRITE_CHUNK || (at_end && !pending.is_empty()) {
             settle(&mut writing, ingest, size, &progress).await?;
-            let mut ing = ingest.take().expect("ingest present between writes");
             let data = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_CHUNK));
-            writing = Some(tokio::task::spawn_blocking(move || {
-                let res = ing.write(&data);
-                (ing, res)
-            }));
+            writing = Some(start_write(ingest, data));
         }
         if at_end {
             settle(&mut writing, ingest, size, &progress).await?;
             return failure.map_or(Ok(()), |e| Err(Pumped::Upstream(e)));
         }
     }
+}
+
+/// Starts hashing and writing `data` on the blocking pool; the ingest travels with it
+/// until [`settle`] puts it back.
+fn start_write(ingest: &mut Option<ferry_storage::Ingest>, data: Vec<u8>) -> Writing {
+    let mut ing = ingest.take().expect("ingest present between writes");
+    tokio::task::spawn_blocking(move || {
+        let res = ing.write(&data);
+        (ing, res)
+    })
 }
 
 /// Waits for the piece being written, if any: puts its ingest back and reports

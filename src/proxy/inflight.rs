@@ -6,9 +6,10 @@
 //! late joiner first gets what is on disk, then follows the download; a `Range` is
 //! served from the bytes as they arrive.
 //!
-//! Readers are held one byte short of the end until the digest verified: if the bytes
-//! turn out wrong, the fetch fails, every reader's connection is cut before its last
-//! byte (so its own length and digest checks fail), and nothing is stored.
+//! Readers are held one byte short of the end of what they asked for until the digest
+//! verified, a whole read and a `Range` alike: if the bytes turn out wrong, the fetch
+//! fails, every reader's connection is cut before its last byte (so no client ever
+//! sees a complete answer made of unverified bytes), and nothing is stored.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -200,7 +201,9 @@ impl Fetch {
         }
     }
 
-    /// Bytes `start..=end` of the blob, as they become readable.
+    /// Bytes `start..=end` of the blob, as they become readable. Byte `end` itself
+    /// only once the whole blob verified: a range that ends before the blob does is no
+    /// safer to complete from unverified bytes than the whole blob is.
     pub fn stream(
         &self,
         start: u64,
@@ -215,8 +218,20 @@ impl Fetch {
                 {
                     let state = rx.borrow_and_update();
                     match &*state {
-                        State::Receiving { file, readable, .. } if *readable > pos => {
-                            break (file.clone(), *readable);
+                        State::Receiving {
+                            file,
+                            readable,
+                            size,
+                        } => {
+                            let verified = readable == size;
+                            let allowed = if verified {
+                                *readable
+                            } else {
+                                (*readable).min(end)
+                            };
+                            if allowed > pos {
+                                break (file.clone(), allowed);
+                            }
                         }
                         State::Done { file, size } => break (file.clone(), *size),
                         State::Failed(e) => return Err(io::Error::other(e.to_string())),

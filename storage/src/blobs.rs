@@ -7,7 +7,9 @@
 //! Invariant: a file exists under `blobs/` only if its bytes hash to its name. An
 //! ingest writes to `staging/`, and only [`Ingest::commit`] (after checking size and
 //! digest and fsyncing) renames it into place. A crash before the rename leaves a
-//! staged file that the next open sweeps away; after it, a complete blob.
+//! staged file that the next open sweeps away; after it, a complete blob. What a
+//! disk or an operator changes afterwards is found and dropped, not served (see
+//! `crate::scrub`): [`Blobs::read`] re-hashes what it reads.
 //!
 //! Around that surface the store keeps, in memory, what eviction needs: when each blob
 //! was last used ([`AccessTimes`]), which are in use now ([`Leases`]) and how many bytes
@@ -15,9 +17,10 @@
 //! to disk. What only maintenance needs (walking, re-hashing) is in [`scan`].
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -140,12 +143,46 @@ impl Blobs {
         }
     }
 
-    /// Reads a whole stored blob into memory (for manifests, which are small).
+    /// Reads a whole stored blob into memory (for manifests, which are small),
+    /// re-hashing it: bytes that do not match their digest are dropped, with a
+    /// warning, and read as not stored.
     pub fn read(&self, d: &Digest) -> Result<Option<Vec<u8>>> {
         self.access.touch(d);
-        match fs::read(self.layout.blob(d)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        let mut file = match File::open(self.layout.blob(d)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let meta = file.metadata()?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        io::Read::read_to_end(&mut file, &mut bytes)?;
+        if d.verify(&bytes) {
+            return Ok(Some(bytes));
+        }
+        // Warned by whoever drops it: once, however many requests read it.
+        if self.remove_if_same(d, &meta)? {
+            tracing::warn!(digest = %d, bytes = bytes.len(), "stored blob's bytes do not match its digest: dropped, to be fetched again");
+        }
+        Ok(None)
+    }
+
+    /// Unlinks `d` if its file is still the one `seen` describes (same device and
+    /// inode): a damaged file goes, never a good copy an ingest renamed over it since.
+    pub(crate) fn remove_if_same(&self, d: &Digest, seen: &Metadata) -> Result<bool> {
+        let path = self.layout.blob(d);
+        match fs::metadata(&path) {
+            Ok(now) if now.dev() == seen.dev() && now.ino() == seen.ino() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.usage.removed(seen.len());
+                self.access.forget(d);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -159,11 +196,13 @@ impl Blobs {
             expected.hex(),
             std::process::id()
         ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&staged)?;
+        let file = recreating_dir(&staged, || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&staged)
+        })?;
         Ok(Ingest {
             file,
             staged,
@@ -198,12 +237,14 @@ impl Blobs {
             set: self.resuming.clone(),
             digest: expected.clone(),
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let mut file = recreating_dir(&path, || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        })?;
         let mut hasher = expected.algorithm().hasher();
         let mut written = 0u64;
         // Nearly always a new, empty file: no buffer for that.
@@ -282,6 +323,28 @@ impl Blobs {
         let mut out: Vec<Digest> = self.walk()?.files.into_iter().map(|f| f.digest).collect();
         out.sort();
         Ok(out)
+    }
+}
+
+/// Runs `create`, which creates a file in `path`'s directory; if that directory is
+/// gone (an operator's `rm -rf staging/` on a running server), recreates it, warns,
+/// and tries once more: a lost directory costs one warning, not every ingest failing
+/// until a restart. Only the directory itself is recreated, never the store's root: a
+/// root that is gone (an unmounted volume) stays an error.
+pub(crate) fn recreating_dir<T>(path: &Path, create: impl Fn() -> io::Result<T>) -> io::Result<T> {
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = path.parent().expect("store files have a parent directory");
+            match fs::create_dir(dir) {
+                Ok(()) => {
+                    tracing::warn!(dir = %dir.display(), "a store directory was deleted; recreated it")
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            create()
+        }
+        r => r,
     }
 }
 

@@ -13,7 +13,9 @@
 //!
 //! The index is never the authority on whether bytes exist: the blob store is. A
 //! record whose blob is missing (a crash between the two writes, a deleted file) reads
-//! as a cache miss, so every crash point leaves a usable store.
+//! as a cache miss, so every crash point leaves a usable store. It does hold the
+//! size each blob verified at, which is how a file damaged since is told apart (see
+//! [`crate::Store::stored_size`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;

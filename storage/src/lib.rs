@@ -12,6 +12,8 @@
 //! - Maintenance reasons over the files and the index together: [`Store::fsck`]
 //!   (re-hash and cross-check, optionally repair), [`Store::gc`] (unreferenced blobs),
 //!   [`Store::evict`] (least recently used images, sparing leased blobs).
+//! - A file changed since it verified is never served as good: reads check its size
+//!   against the index, and a background scrub re-hashes (see [`scrub`]).
 //!
 //! This crate knows nothing of HTTP or upstreams.
 
@@ -29,6 +31,7 @@ mod lease;
 mod lock;
 mod name;
 pub mod refs;
+mod scrub;
 mod snapshot;
 #[cfg(test)]
 mod testutil;
@@ -48,6 +51,7 @@ pub use index::{BlobRecord, Index, ManifestRecord, Repo, TagRecord};
 pub use layout::Layout;
 pub use lease::Lease;
 pub use name::{NameError, Reference, RepoName, Tag, TagError};
+pub use scrub::Scrubbed;
 pub use usage::{Usage, UsageCounts};
 
 /// The blob store and the index, opened together under one root.
@@ -127,8 +131,9 @@ impl Store {
     }
 
     /// Whether a blob could be stored now: creates, writes and removes a small file in
-    /// `staging/`, where every ingest starts. Fails on a full or read-only file
-    /// system, or a store directory that is gone or not writable.
+    /// `staging/`, where every ingest starts (recreating `staging/` if it was deleted,
+    /// as an ingest would). Fails on a full or read-only file system, or a store root
+    /// that is gone or not writable.
     pub fn check_writable(&self) -> Result<()> {
         static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -137,7 +142,7 @@ impl Store {
             .staging_dir()
             .join(format!("writable-{}-{n}", std::process::id()));
         // A byte, not just a name: a full file system still creates empty files.
-        let written = std::fs::write(&path, b"ferry");
+        let written = blobs::recreating_dir(&path, || std::fs::write(&path, b"ferry"));
         let removed = std::fs::remove_file(&path);
         written?;
         removed?;
@@ -204,14 +209,23 @@ mod tests {
     }
 
     #[test]
-    fn check_writable_leaves_nothing_and_fails_without_staging() {
+    fn check_writable_leaves_nothing_and_recreates_only_staging() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let root = dir.path().join("store");
+        let store = Store::open(&root).unwrap();
         store.check_writable().unwrap();
         store.check_writable().unwrap();
         let staging = store.layout().staging_dir();
         assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
         std::fs::remove_dir(&staging).unwrap();
+        store.check_writable().unwrap();
+        assert!(staging.is_dir());
+        // A deleted staging/ is recreated for ingests too.
+        std::fs::remove_dir(&staging).unwrap();
+        store.blobs.put(&Digest::sha256_of(b"x"), b"x").unwrap();
+        // A root that is gone is not recreated.
+        std::fs::remove_dir_all(&root).unwrap();
         assert!(store.check_writable().is_err());
+        assert!(!root.exists());
     }
 }

@@ -5,11 +5,38 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::Blobs;
 use crate::{Digest, Result};
+
+/// What `file`'s bytes hash to under `d`'s algorithm, read a MiB at a time; `pace` is
+/// told each piece's length and may stop the read (then `None`), which is how the
+/// background scrub keeps to its rate and stops on shutdown.
+pub(crate) fn hash_file(
+    file: &mut File,
+    d: &Digest,
+    mut pace: impl FnMut(u64) -> ControlFlow<()>,
+) -> io::Result<Option<Digest>> {
+    let mut hasher = d.algorithm().hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                if pace(n as u64).is_break() {
+                    return Ok(None);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(hasher.finish()))
+}
 
 /// A blob file found by a walk.
 #[derive(Debug, Clone)]
@@ -89,22 +116,19 @@ impl Blobs {
     /// What the bytes stored under `d` hash to (under `d`'s algorithm); `None` if it is
     /// not stored.
     pub fn rehash(&self, d: &Digest) -> Result<Option<Digest>> {
-        let mut file = match File::open(self.layout.blob(d)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(mut file) = self.open_quietly(d)? else {
+            return Ok(None);
         };
-        let mut hasher = d.algorithm().hasher();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+        Ok(hash_file(&mut file, d, |_| ControlFlow::Continue(()))?)
+    }
+
+    /// Opens a stored blob without counting it as a use; `None` if it is not stored.
+    pub(crate) fn open_quietly(&self, d: &Digest) -> Result<Option<File>> {
+        match File::open(self.layout.blob(d)) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
         }
-        Ok(Some(hasher.finish()))
     }
 
     /// The size of a stored blob without counting it as a use.

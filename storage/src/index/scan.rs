@@ -182,13 +182,14 @@ impl Index {
         Ok(())
     }
 
-    /// Writes a blob record of `size` bytes used at `at` (seconds), keeping a later
-    /// time already recorded.
+    /// Writes a blob record used at `at` (seconds), keeping a later time already
+    /// recorded. The size is `size` only for a new record: an existing record keeps the
+    /// size the blob verified at, the one a damaged file is told apart by.
     pub fn record_access(&self, d: &Digest, size: u64, at: u64) -> Result<()> {
         let key = d.as_str().as_bytes();
-        let last_access = match self.blob(d) {
-            Ok(Some(rec)) => rec.last_access.max(at),
-            _ => at,
+        let (size, last_access) = match self.blob(d) {
+            Ok(Some(rec)) => (rec.size, rec.last_access.max(at)),
+            _ => (size, at),
         };
         self.blobs
             .insert(key, encode(&BlobRecord { size, last_access }))?;
