@@ -10,14 +10,14 @@ mod harness;
 /// Shared fixtures and assertions for the test modules.
 mod support;
 
-/// Attacks and accidents against the real binary: hostile clients and upstreams, a
-/// damaged store, careless configuration (issue 11).
-mod adversary;
 /// Anonymous allow/deny per upstream, htpasswd users with skopeo and `podman login`,
 /// denials logged once.
 mod access;
 /// A private ACR over Private Link (emulated Entra ID, ACR front, data endpoint).
 mod acr;
+/// Attacks and accidents against the real binary: hostile clients and upstreams, a
+/// damaged store, careless configuration (issue 11).
+mod adversary;
 /// Routing, headers, negotiation, ranges, tags, referrers, error codes, tag TTL.
 mod api;
 /// Ferry in front of basic-auth and token-auth Distribution; secrets never leak.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::Error;
 use super::acr::Exchange;
-use super::body;
 use super::auth::Authenticator;
+use super::body;
 use super::entra;
 use super::health::Health;
 use crate::config;

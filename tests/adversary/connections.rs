@@ -1,1 +1,246 @@
-//! (issue 11: filled in by the work on this front)
+//! Idle and slow connections (issue 11, item 2): sockets that send nothing, or a byte
+//! a second, must not stop Ferry serving others. Ferry closes them after
+//! `[server] header_read_timeout` / `idle_timeout`, and past its bound on open
+//! connections (below the open-file limit) a new client is still served, the
+//! never-used connections closed first, with one warning.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::acr::tls::TestCa;
+use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
+use crate::harness::process::require_binary;
+
+/// No upstream is asked in these tests: `GET /v2/` is Ferry's own.
+fn unused_upstream() -> Upstream {
+    Upstream::local("http://127.0.0.1:9")
+}
+
+/// `GET /v2/` on a new connection; the status line, or why there is none, within 5 s.
+fn get_v2(addr: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.lines()
+        .next()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| "no answer".to_string())
+}
+
+/// Reads `s` until Ferry closes it (EOF or reset) or `deadline`; whether it closed.
+fn closed_by(s: &mut TcpStream, deadline: Instant) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The test process itself holds 1,100 sockets: its soft limit must allow that.
+fn allow_descriptors(n: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write only the struct given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < n as libc::rlim_t {
+            assert!(
+                limit.rlim_max >= n as libc::rlim_t,
+                "the test needs {n} descriptors; the hard limit is {}",
+                limit.rlim_max
+            );
+            limit.rlim_cur = limit.rlim_max;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}
+
+/// The issue's attack: under a 1,024 descriptor limit, 1,100 connections that send
+/// nothing. With the timeouts long (30 s), only the bound on connections can keep
+/// Ferry serving: a new client gets its 200 within 5 s, the oldest idle sockets are
+/// the ones closed, one warning says so, and Ferry never runs out of descriptors.
+#[test]
+fn idle_sockets_past_the_descriptor_limit_do_not_stop_new_clients() {
+    let prlimit = require_binary("prlimit", "util-linux");
+    allow_descriptors(1_100 + 200);
+    let ferry = FerryBuilder::new()
+        .upstream(unused_upstream())
+        .server_raw("header_read_timeout = \"30s\"")
+        .command_prefix(&[prlimit.to_str().unwrap(), "--nofile=1024:1024", "--"])
+        .start();
+    assert_eq!(get_v2(ferry.addr()).as_deref(), Ok("HTTP/1.1 200 OK"));
+    let from = ferry.log().len();
+
+    let addr = ferry.addr().parse().unwrap();
+    let mut idle = Vec::with_capacity(1_100);
+    let mut refused = 0;
+    for _ in 0..1_100 {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(s) => idle.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        idle.len() > 1_024,
+        "only {} idle sockets connected ({refused} failed): the attack needs more than the limit",
+        idle.len()
+    );
+
+    let started = Instant::now();
+    let answer = get_v2(ferry.addr());
+    let took = started.elapsed();
+    assert_eq!(
+        answer.as_deref(),
+        Ok("HTTP/1.1 200 OK"),
+        "GET /v2/ beside {} idle sockets under a 1,024 descriptor limit (after {took:?})",
+        idle.len()
+    );
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+
+    // The oldest idle sockets were closed to make room, by Ferry, long before their
+    // header read timeout.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (i, s) in idle.iter_mut().take(3).enumerate() {
+        assert!(
+            closed_by(s, deadline),
+            "idle socket {i} (among the oldest) still open"
+        );
+    }
+    let warning = ferry
+        .wait_for_log(from, &["connection limit reached"], Duration::from_secs(5))
+        .expect("a warning about the connection limit");
+    assert!(warning.contains("WARN"), "{warning}");
+    let log = ferry.log();
+    let after = &log[from..];
+    assert_eq!(
+        after.matches("connection limit reached").count(),
+        1,
+        "one warning for the burst:\n{after}"
+    );
+    assert!(
+        !after.contains("cannot accept connections"),
+        "Ferry ran out of descriptors:\n{after}"
+    );
+}
+
+/// Writes one byte of a request head a second until the write fails or 20 bytes.
+fn slowloris(s: &TcpStream) -> std::thread::JoinHandle<()> {
+    let mut s = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for b in b"GET /v2/ HTTP/1.1\r\nHost: ferry\r\n".iter().take(20) {
+            if s.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+}
+
+/// Sockets that send nothing (plain and TLS, before any handshake), send an HTTP/2
+/// preface and nothing more, or a request head a byte a second: each is closed by
+/// Ferry within the header read timeout (2 s here) plus the sweep's slack; a
+/// keep-alive connection idle after a request is closed after the idle timeout; and
+/// other clients are served meanwhile.
+#[test]
+fn silent_slow_and_idle_connections_are_closed_after_their_timeouts() {
+    let dir = crate::harness::temp_dir("conns");
+    let ca = TestCa::generate(dir.path());
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    let cert = dir.path().join("server.crt");
+    let key = dir.path().join("server.key");
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(
+        &key,
+        pem::encode(&pem::Pem::new("PRIVATE KEY", leaf.key_pkcs8_der.clone())),
+    )
+    .unwrap();
+    let ferry: Ferry = FerryBuilder::new()
+        .upstream(unused_upstream())
+        .server_raw("header_read_timeout = \"2s\"")
+        .server_raw("idle_timeout = \"4s\"")
+        .extra_toml(&format!(
+            "[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    let plain = ferry.addr().to_owned();
+    let tls = ferry.tls_addr();
+    let connect = |addr: &str| TcpStream::connect(addr).expect("connect");
+
+    let opened = Instant::now();
+    let mut sockets: Vec<(&str, TcpStream)> = Vec::new();
+    for _ in 0..3 {
+        sockets.push(("silent", connect(&plain)));
+    }
+    sockets.push(("silent TLS", connect(&tls)));
+    let mut h2 = connect(&plain);
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    sockets.push(("HTTP/2 preface only", h2));
+    let mut writers = Vec::new();
+    for _ in 0..3 {
+        let s = connect(&plain);
+        writers.push(slowloris(&s));
+        sockets.push(("a byte a second", s));
+    }
+
+    // Others are served meanwhile.
+    assert_eq!(get_v2(&plain).as_deref(), Ok("HTTP/1.1 200 OK"));
+    let deadline = opened + Duration::from_millis(2_000 + 2_500);
+    for (what, s) in &mut sockets {
+        assert!(
+            closed_by(s, deadline),
+            "{what} connection still open {:?} after it opened (header_read_timeout 2s)",
+            opened.elapsed()
+        );
+    }
+    let closed_after = opened.elapsed();
+
+    // A keep-alive connection that made a request, then idles: the idle timeout.
+    let mut kept = connect(&plain);
+    kept.write_all(b"GET /v2/ HTTP/1.1\r\nHost: ferry\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = kept.read(&mut buf).expect("an answer");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let answered = Instant::now();
+    assert!(
+        closed_by(&mut kept, answered + Duration::from_millis(4_000 + 2_500)),
+        "an idle keep-alive connection still open {:?} after its answer (idle_timeout 4s)",
+        answered.elapsed()
+    );
+    let idle_closed_after = answered.elapsed();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(get_v2(&plain).as_deref(), Ok("HTTP/1.1 200 OK"));
+    eprintln!(
+        "silent/slow sockets closed within {closed_after:?} of opening; idle keep-alive closed {idle_closed_after:?} after its answer"
+    );
+}
