@@ -56,6 +56,8 @@ const SHARE_DEN: u64 = 4;
 
 /// How often a warning about the connection bound or accept errors may be logged.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// How long a burst of closings may go on before it is reported anyway.
+const BURST: Duration = Duration::from_secs(10);
 
 /// What the tracker enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,14 +147,19 @@ struct Inner {
     warnings: Mutex<Warnings>,
 }
 
-/// Counts between two warnings, so that a burst is one line.
+/// Counts between two warnings, so that a burst is one line: the sweeper logs what
+/// was counted once a tick passes with nothing new (or the burst has lasted
+/// [`BURST`]), then at most once a minute for each kind.
 #[derive(Default)]
 struct Warnings {
-    last: Option<Instant>,
+    changed: bool,
+    pending_since: Option<Instant>,
     evicted: u64,
     refused: u64,
+    limit_warned: Option<Instant>,
     accept_errors: u64,
     last_accept_error: Option<String>,
+    accept_warned: Option<Instant>,
 }
 
 /// What is known of one connection. Times are milliseconds since the tracker's epoch
@@ -356,50 +363,60 @@ impl Tracker {
         });
     }
 
-    /// Counts an event and logs what was counted if a minute has passed since the last
-    /// warning.
+    /// Counts an event, for the sweeper's next warning.
     fn note(&self, count: impl FnOnce(&mut Warnings)) {
         let mut w = self.inner.warnings.lock().expect("warnings lock");
         count(&mut w);
-        self.flush_warnings(&mut w);
+        w.changed = true;
+        w.pending_since.get_or_insert_with(Instant::now);
     }
 
-    fn flush_warnings(&self, w: &mut Warnings) {
-        if w.last.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+    fn warn_counted(&self) {
+        let open = self.inner.conns.lock().expect("connections lock").len();
+        let mut w = self.inner.warnings.lock().expect("warnings lock");
+        let quiet = !std::mem::take(&mut w.changed);
+        if !quiet && w.pending_since.is_none_or(|at| at.elapsed() < BURST) {
             return;
         }
+        let due = |at: Option<Instant>| at.is_none_or(|at| at.elapsed() >= WARN_EVERY);
         let max = self.inner.limits.max_connections;
-        if w.evicted > 0 || w.refused > 0 {
+        if (w.evicted > 0 || w.refused > 0) && due(w.limit_warned) {
+            let mut message = format!(
+                "connection limit reached ({max} open connections): closed {} connection(s) with no request in flight (never-used first, oldest first) to serve new ones",
+                w.evicted
+            );
+            if w.refused > 0 {
+                message += &format!(
+                    "; refused {} new connection(s) because every open one had a request in flight",
+                    w.refused
+                );
+            }
             tracing::warn!(
                 max_connections = max,
                 closed = w.evicted,
                 refused = w.refused,
-                "connection limit reached ({max} open): closed {} connection(s) that had no request in flight (never-used first, oldest first) to serve new ones, and refused {} new one(s) because every connection had a request in flight",
-                w.evicted,
-                w.refused
+                "{message}"
             );
             w.evicted = 0;
             w.refused = 0;
-            w.last = Some(Instant::now());
+            w.limit_warned = Some(Instant::now());
         }
-        if w.accept_errors > 0 {
+        if w.accept_errors > 0 && due(w.accept_warned) {
             tracing::warn!(
                 errors = w.accept_errors,
                 error = w.last_accept_error.as_deref().unwrap_or(""),
-                open = self.open_unlocked_estimate(),
+                open,
                 max_connections = max,
-                "cannot accept connections ({} time(s)); retrying",
+                "cannot accept connections ({} failure(s)); retrying",
                 w.accept_errors
             );
             w.accept_errors = 0;
             w.last_accept_error = None;
-            w.last = Some(Instant::now());
+            w.accept_warned = Some(Instant::now());
         }
-    }
-
-    /// The open count for a log line, without waiting on a busy map.
-    fn open_unlocked_estimate(&self) -> usize {
-        self.inner.conns.try_lock().map(|c| c.len()).unwrap_or(0)
+        if w.evicted == 0 && w.refused == 0 && w.accept_errors == 0 {
+            w.pending_since = None;
+        }
     }
 
     /// Closes, at a few ticks per timeout, what is past its time.
@@ -436,8 +453,7 @@ impl Tracker {
                     }
                 }
             }
-            let mut w = self.inner.warnings.lock().expect("warnings lock");
-            self.flush_warnings(&mut w);
+            self.warn_counted();
         }
     }
 }

@@ -130,6 +130,15 @@ fn idle_sockets_past_the_descriptor_limit_do_not_stop_new_clients() {
         .wait_for_log(from, &["connection limit reached"], Duration::from_secs(5))
         .expect("a warning about the connection limit");
     assert!(warning.contains("WARN"), "{warning}");
+    let closed: usize = warning
+        .split_once("closed=")
+        .and_then(|(_, n)| n.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of closed connections: {warning}"));
+    assert!(
+        closed >= idle.len() - 1_024,
+        "{closed} closed, fewer than needed to stay below the limit: {warning}"
+    );
     let log = ferry.log();
     let after = &log[from..];
     assert_eq!(
@@ -140,6 +149,10 @@ fn idle_sockets_past_the_descriptor_limit_do_not_stop_new_clients() {
     assert!(
         !after.contains("cannot accept connections"),
         "Ferry ran out of descriptors:\n{after}"
+    );
+    eprintln!(
+        "{} idle sockets, GET /v2/ answered in {took:?}; {warning}",
+        idle.len()
     );
 }
 
