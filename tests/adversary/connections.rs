@@ -257,3 +257,76 @@ fn silent_slow_and_idle_connections_are_closed_after_their_timeouts() {
         "silent/slow sockets closed within {closed_after:?} of opening; idle keep-alive closed {idle_closed_after:?} after its answer"
     );
 }
+
+/// The frames of an HTTP/2 connection, read until it ends or `deadline`: the types
+/// seen, and whether the server closed it.
+fn h2_frames_until_closed(s: &mut TcpStream, deadline: Instant) -> (Vec<u8>, bool) {
+    let mut types = Vec::new();
+    let mut header = [0u8; 9];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (types, false);
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        if let Err(e) = s.read_exact(&mut header) {
+            let open = matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+            return (types, !open);
+        }
+        types.push(header[3]);
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len.min(1 << 20)];
+        if let Err(e) = s.read_exact(&mut payload) {
+            let open = matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+            return (types, !open);
+        }
+    }
+}
+
+/// HTTP/2 (prior knowledge, as `h2c`): a connection idle after its request is told to
+/// go away (`GOAWAY`) after the idle timeout, and closed; control frames do not keep
+/// it open.
+#[test]
+fn an_idle_http2_connection_gets_goaway_after_the_idle_timeout() {
+    const HEADERS: u8 = 1;
+    const GOAWAY: u8 = 7;
+    let ferry = FerryBuilder::new()
+        .upstream(unused_upstream())
+        .server_raw("header_read_timeout = \"2s\"")
+        .server_raw("idle_timeout = \"3s\"")
+        .start();
+    let mut s = TcpStream::connect(ferry.addr()).expect("connect");
+    // Preface, empty SETTINGS, then GET /v2/ on stream 1 (HPACK: :method GET, :scheme
+    // http, :path "/v2/", :authority "ferry"; END_STREAM | END_HEADERS).
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    let block = b"\x82\x86\x44\x04/v2/\x41\x05ferry";
+    out.extend_from_slice(&[0, 0, block.len() as u8, HEADERS, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(block);
+    s.write_all(&out).unwrap();
+    let sent = Instant::now();
+    // Every few hundred ms a PING, as some clients do on idle connections.
+    let mut pinger = s.try_clone().unwrap();
+    let pings = std::thread::spawn(move || {
+        for i in 0..30u8 {
+            let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i];
+            if pinger.write_all(&ping).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let (types, closed) =
+        h2_frames_until_closed(&mut s, sent + Duration::from_millis(3_000 + 2_000 + 2_500));
+    let took = sent.elapsed();
+    pings.join().unwrap();
+    assert!(types.contains(&HEADERS), "no response: frames {types:?}");
+    assert!(
+        types.contains(&GOAWAY),
+        "no GOAWAY within {took:?} (idle_timeout 3s): frames {types:?}"
+    );
+    assert!(
+        closed,
+        "connection still open after {took:?}: frames {types:?}"
+    );
+    eprintln!("idle HTTP/2 connection: GOAWAY and closed {took:?} after its request");
+}
