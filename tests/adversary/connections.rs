@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::harness::acr::tls::TestCa;
 use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
+use crate::harness::images::push_image_http;
 use crate::harness::process::require_binary;
+use crate::harness::registry::{Registry, RegistryAuth};
 
 /// No upstream is asked in these tests: `GET /v2/` is Ferry's own.
 fn unused_upstream() -> Upstream {
@@ -329,4 +331,61 @@ fn an_idle_http2_connection_gets_goaway_after_the_idle_timeout() {
         "connection still open after {took:?}: frames {types:?}"
     );
     eprintln!("idle HTTP/2 connection: GOAWAY and closed {took:?} after its request");
+}
+
+/// A slow reader: a client that asks for a 32 MiB blob and then takes nothing holds a
+/// request in flight; Ferry cuts it once no response byte has moved for the idle
+/// timeout, instead of holding the connection (and its buffers) forever.
+#[test]
+fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
+    const SIZE: usize = 32 << 20;
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image_http(&registry, "team/big", "1", &[SIZE]);
+    let blob = img.largest_layer();
+    let ferry = FerryBuilder::new()
+        .upstream(Upstream::local(&registry.url()))
+        .server_raw("idle_timeout = \"3s\"")
+        .start();
+    let mut s = TcpStream::connect(ferry.addr()).expect("connect");
+    write!(
+        s,
+        "GET /v2/local/team/big/blobs/{} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n",
+        blob.digest
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        s.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The attack: take nothing for longer than the idle timeout (3 s) and its slack.
+    std::thread::sleep(Duration::from_secs(6));
+    let mut body = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => body += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break false;
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(ended, "the connection neither ended nor delivered in 10 s");
+    assert!(
+        body < SIZE,
+        "the whole blob ({body} bytes) waited for a client that stopped reading"
+    );
+    eprintln!("a client that stopped reading got {body} of {SIZE} bytes, then the cut");
 }
