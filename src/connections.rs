@@ -541,18 +541,19 @@ fn cut_error() -> io::Error {
 
 impl AsyncRead for Stream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let conn = self.registration.conn.clone();
+        let this = self.get_mut();
+        let conn = &this.registration.conn;
         // Registered before the flag is read: a cut between the two still wakes us.
         conn.reader.register(cx.waker());
         if conn.is_cut() {
             return Poll::Ready(Err(cut_error()));
         }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             conn.bytes_in();
         }
@@ -562,31 +563,33 @@ impl AsyncRead for Stream {
 
 impl AsyncWrite for Stream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let conn = self.registration.conn.clone();
+        let this = self.get_mut();
+        let conn = &this.registration.conn;
         conn.writer.register(cx.waker());
         if conn.is_cut() {
             return Poll::Ready(Err(cut_error()));
         }
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         conn.wrote(polled.is_pending());
         polled
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let conn = self.registration.conn.clone();
+        let this = self.get_mut();
+        let conn = &this.registration.conn;
         conn.writer.register(cx.waker());
         if conn.is_cut() {
             return Poll::Ready(Err(cut_error()));
         }
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         conn.wrote(polled.is_pending());
         polled
     }
