@@ -389,3 +389,22 @@ fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
     );
     eprintln!("a client that stopped reading got {body} of {SIZE} bytes, then the cut");
 }
+
+/// At start Ferry raises its soft open-file limit to the hard one (1,024 is a common
+/// soft default, too few for a registry's clients).
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let prlimit = require_binary("prlimit", "util-linux");
+    let ferry = FerryBuilder::new()
+        .upstream(unused_upstream())
+        .command_prefix(&[prlimit.to_str().unwrap(), "--nofile=256:4096", "--"])
+        .start();
+    let pid = ferry.pid().expect("running");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{line}");
+}
