@@ -13,9 +13,11 @@
 //! - **idle** (no request in flight, HTTP/1 or HTTP/2): closed after `idle_timeout`
 //!   since its last response ended. HTTP/2 control frames (pings, window updates) do
 //!   not count as activity, and on HTTP/2 a slow request head is only bounded by this;
-//! - **a request in flight**: never closed for slowness of Ferry or its upstream; but
-//!   a client that has not taken any response bytes for `idle_timeout` (its socket
-//!   buffer full, a slow reader) is closed.
+//! - **a request in flight**: never closed while Ferry (the store, the upstream) is
+//!   what it waits on; but when every response on it has a chunk ready and the client
+//!   has taken none for `idle_timeout` (a reader that stopped, or on HTTP/2 a
+//!   flow-control window never reopened), it is closed. hyper only asks a body for
+//!   its next chunk once the previous one found room, so the body wrapper sees this.
 //!
 //! hyper's own HTTP/1 `header_read_timeout` is not used: it starts whenever hyper waits
 //! for a head, so it would also cut keep-alive connections idle for that long, it does
@@ -175,8 +177,12 @@ struct Conn {
     since: AtomicU64,
     /// When the first byte of the next HTTP/1 request head arrived.
     head_started: AtomicU64,
-    /// Since when a write has been waiting for the client to take bytes.
-    write_blocked: AtomicU64,
+    /// Requests in flight whose response is waiting on Ferry (its head, or the next
+    /// body chunk): those are never the client's fault.
+    on_ferry: AtomicUsize,
+    /// When a response body was last asked for a chunk: hyper asks once the client
+    /// has taken (or has room for) the previous one.
+    progress: AtomicU64,
     /// When a graceful close was asked.
     closing: AtomicU64,
     closed: AtomicBool,
@@ -211,15 +217,6 @@ impl Conn {
             self.head_started.store(self.now(), Ordering::Relaxed);
         }
     }
-
-    fn wrote(&self, blocked: bool) {
-        let at = self.write_blocked.load(Ordering::Relaxed);
-        if blocked && at == 0 {
-            self.write_blocked.store(self.now(), Ordering::Relaxed);
-        } else if !blocked && at != 0 {
-            self.write_blocked.store(0, Ordering::Relaxed);
-        }
-    }
 }
 
 /// Why a connection is closed.
@@ -237,7 +234,11 @@ impl Conn {
         let idle = limits.idle_timeout.as_millis() as u64;
         let past = |at: u64, limit: u64| at != 0 && now.saturating_sub(at) >= limit;
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return if past(self.write_blocked.load(Ordering::Relaxed), idle) {
+            // Every response has a chunk ready and none was taken: the client (or, on
+            // HTTP/2, its flow-control window) is not reading.
+            let stalled = self.on_ferry.load(Ordering::Acquire) == 0
+                && past(self.progress.load(Ordering::Relaxed), idle);
+            return if stalled {
                 Verdict::Cut("the client took no response bytes for the idle timeout")
             } else {
                 Verdict::Keep
@@ -338,7 +339,8 @@ impl Tracker {
             multiplexed: AtomicBool::new(false),
             since: AtomicU64::new(now),
             head_started: AtomicU64::new(0),
-            write_blocked: AtomicU64::new(0),
+            on_ferry: AtomicUsize::new(0),
+            progress: AtomicU64::new(now),
             closing: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             reader: AtomicWaker::new(),
@@ -573,9 +575,7 @@ impl AsyncWrite for Stream {
         if conn.is_cut() {
             return Poll::Ready(Err(cut_error()));
         }
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        conn.wrote(polled.is_pending());
-        polled
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -589,9 +589,7 @@ impl AsyncWrite for Stream {
         if conn.is_cut() {
             return Poll::Ready(Err(cut_error()));
         }
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        conn.wrote(polled.is_pending());
-        polled
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -644,27 +642,41 @@ where
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| {
-                Body::new(Tracked {
-                    inner: body,
-                    _guard: guard,
-                })
-            }))
+            Ok(response.map(|body| Body::new(Tracked { inner: body, guard })))
         })
     }
 }
 
-/// One request in flight, until its response body is dropped.
+/// One request in flight, until its response body is dropped; and whose turn it is,
+/// Ferry's (to produce the response or its next chunk) or the client's (to take it).
 struct InFlight {
     conn: Arc<Conn>,
+    on_ferry: bool,
 }
 
 impl InFlight {
     fn start(conn: Arc<Conn>) -> InFlight {
+        conn.on_ferry.fetch_add(1, Ordering::AcqRel);
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
         conn.head_started.store(0, Ordering::Relaxed);
-        conn.write_blocked.store(0, Ordering::Relaxed);
-        InFlight { conn }
+        InFlight {
+            conn,
+            on_ferry: true,
+        }
+    }
+
+    /// Notes a poll of the response body: the client has made room for a chunk.
+    fn polled(&mut self, on_ferry: bool) {
+        let conn = &self.conn;
+        conn.progress.store(conn.now(), Ordering::Relaxed);
+        if on_ferry != self.on_ferry {
+            self.on_ferry = on_ferry;
+            if on_ferry {
+                conn.on_ferry.fetch_add(1, Ordering::AcqRel);
+            } else {
+                conn.on_ferry.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -672,7 +684,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let conn = &self.conn;
         conn.since.store(conn.now(), Ordering::Relaxed);
-        conn.write_blocked.store(0, Ordering::Relaxed);
+        if self.on_ferry {
+            conn.on_ferry.fetch_sub(1, Ordering::AcqRel);
+        }
         conn.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -680,7 +694,7 @@ impl Drop for InFlight {
 /// A response body holding its request's [`InFlight`].
 struct Tracked {
     inner: Body,
-    _guard: InFlight,
+    guard: InFlight,
 }
 
 impl HttpBody for Tracked {
@@ -691,7 +705,12 @@ impl HttpBody for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // A chunk handed over is the client's to take; anything else (waiting on the
+        // store or the upstream, the end, an error) is not.
+        let handed_over = matches!(polled, Poll::Ready(Some(Ok(_))));
+        self.guard.polled(!handed_over);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -729,10 +748,17 @@ mod tests {
         // New: the first head within the header read timeout of opening.
         assert_eq!(c.verdict(s(29), &l), Verdict::Keep);
         assert!(matches!(c.verdict(s(30), &l), Verdict::Cut(_)));
-        // A request in flight is never cut for time alone.
-        let guard = InFlight::start(c.clone());
+        // A request in flight is never cut while Ferry is what it waits on...
+        let mut guard = InFlight::start(c.clone());
         c.requests.fetch_add(1, Ordering::Relaxed);
         assert_eq!(c.verdict(s(1000), &l), Verdict::Keep);
+        // ... but is once the client has left a chunk untaken for the idle timeout.
+        guard.polled(false);
+        let handed = c.progress.load(Ordering::Relaxed);
+        assert_eq!(c.verdict(handed + 60_000, &l), Verdict::Keep);
+        assert!(matches!(c.verdict(handed + 90_000, &l), Verdict::Cut(_)));
+        guard.polled(true);
+        assert_eq!(c.verdict(handed + 1_000_000, &l), Verdict::Keep);
         drop(guard);
         // Idle after a response: the idle timeout, not the header one.
         let since = c.since.load(Ordering::Relaxed);

@@ -408,3 +408,52 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
     assert_eq!(numbers, ["4096", "4096"], "{line}");
 }
+
+/// The same on HTTP/2, where the socket never blocks: a client asks for a 32 MiB blob
+/// and never reopens its flow-control window (no `WINDOW_UPDATE`), while it reads
+/// what it got and keeps pinging. Ferry cuts the connection once no chunk has been
+/// taken for the idle timeout.
+#[test]
+fn an_http2_client_that_never_reopens_its_window_is_cut_after_the_idle_timeout() {
+    const SIZE: usize = 32 << 20;
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image_http(&registry, "team/big", "1", &[SIZE]);
+    let blob = img.largest_layer();
+    let ferry = FerryBuilder::new()
+        .upstream(Upstream::local(&registry.url()))
+        .server_raw("idle_timeout = \"3s\"")
+        .start();
+    let mut s = TcpStream::connect(ferry.addr()).expect("connect");
+    let path = format!("/v2/local/team/big/blobs/{}", blob.digest);
+    assert!(path.len() < 127, "one-byte HPACK length");
+    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(b"\x41\x05ferry");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    out.extend_from_slice(&[0, 0, block.len() as u8, HEADERS, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    s.write_all(&out).unwrap();
+    let sent = Instant::now();
+    let mut pinger = s.try_clone().unwrap();
+    let pings = std::thread::spawn(move || {
+        for i in 0..40u8 {
+            let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i];
+            if pinger.write_all(&ping).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let (types, closed) = h2_frames_until_closed(&mut s, sent + Duration::from_secs(3 + 7));
+    let took = sent.elapsed();
+    pings.join().unwrap();
+    assert!(types.contains(&HEADERS), "no response: frames {types:?}");
+    assert!(types.contains(&DATA), "no body: frames {types:?}");
+    assert!(
+        closed,
+        "a stalled HTTP/2 download still open after {took:?} (idle_timeout 3s)"
+    );
+    eprintln!("an HTTP/2 client with a closed window was cut {took:?} after its request");
+}
