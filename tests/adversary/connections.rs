@@ -173,9 +173,9 @@ fn slowloris(s: &TcpStream) -> std::thread::JoinHandle<()> {
 
 /// Sockets that send nothing (plain and TLS, before any handshake), send an HTTP/2
 /// preface and nothing more, or a request head a byte a second: each is closed by
-/// Ferry within the header read timeout (2 s here) plus the sweep's slack; a
-/// keep-alive connection idle after a request is closed after the idle timeout; and
-/// other clients are served meanwhile.
+/// Ferry within the header read timeout (2 s here) plus the sweep's slack, and so is
+/// a slow head on a kept-alive connection; a keep-alive connection idle after a
+/// request is closed after the idle timeout (5 s); other clients are served meanwhile.
 #[test]
 fn silent_slow_and_idle_connections_are_closed_after_their_timeouts() {
     let dir = crate::harness::temp_dir("conns");
@@ -192,7 +192,7 @@ fn silent_slow_and_idle_connections_are_closed_after_their_timeouts() {
     let ferry: Ferry = FerryBuilder::new()
         .upstream(unused_upstream())
         .server_raw("header_read_timeout = \"2s\"")
-        .server_raw("idle_timeout = \"4s\"")
+        .server_raw("idle_timeout = \"5s\"")
         .extra_toml(&format!(
             "[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             cert.display(),
@@ -232,22 +232,33 @@ fn silent_slow_and_idle_connections_are_closed_after_their_timeouts() {
     }
     let closed_after = opened.elapsed();
 
-    // A keep-alive connection that made a request, then idles: the idle timeout.
-    let mut kept = connect(&plain);
-    kept.write_all(b"GET /v2/ HTTP/1.1\r\nHost: ferry\r\n\r\n")
-        .unwrap();
-    let mut buf = [0u8; 512];
-    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let n = kept.read(&mut buf).expect("an answer");
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    // Two keep-alive connections make a request each. Then one idles: closed after
+    // the idle timeout. The other sends its next request head a byte a second:
+    // closed after the header read timeout counted from that head's first byte,
+    // before the idle timeout would have closed it.
+    let used = || {
+        let mut s = connect(&plain);
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: ferry\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let n = s.read(&mut buf).expect("an answer");
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        s
+    };
+    let (mut kept, mut slow) = (used(), used());
     let answered = Instant::now();
+    writers.push(slowloris(&slow));
     assert!(
-        closed_by(&mut kept, answered + Duration::from_millis(4_000 + 3_000)),
-        "an idle keep-alive connection still open {:?} after its answer (idle_timeout 4s)",
+        closed_by(&mut slow, answered + Duration::from_millis(2_000 + 2_000)),
+        "a slow second request head still open {:?} after its first byte (header_read_timeout 2s, idle_timeout 5s)",
+        answered.elapsed()
+    );
+    let slow_closed_after = answered.elapsed();
+    assert!(
+        closed_by(&mut kept, answered + Duration::from_millis(5_000 + 3_000)),
+        "an idle keep-alive connection still open {:?} after its answer (idle_timeout 5s)",
         answered.elapsed()
     );
     let idle_closed_after = answered.elapsed();
@@ -256,7 +267,8 @@ fn silent_slow_and_idle_connections_are_closed_after_their_timeouts() {
     }
     assert_eq!(get_v2(&plain).as_deref(), Ok("HTTP/1.1 200 OK"));
     eprintln!(
-        "silent/slow sockets closed within {closed_after:?} of opening; idle keep-alive closed {idle_closed_after:?} after its answer"
+        "silent/slow sockets closed within {closed_after:?} of opening; a slow second head \
+         {slow_closed_after:?} after its first byte; idle keep-alive {idle_closed_after:?} after its answer"
     );
 }
 
