@@ -28,7 +28,8 @@
 //! ([`Limits::max_connections`]). At the bound, a new connection closes one that has
 //! no request in flight: first those that never made a request, oldest first, then
 //! the one idle longest. Only if every open connection has a request in flight is the
-//! new one closed instead. One warning a minute says what was closed.
+//! new one closed instead. One warning per burst (at most one a minute) says how many
+//! were closed.
 //!
 //! Closing is done from outside the connection's task: a flag and the wakers of its
 //! stream; the next poll returns an error and hyper drops the connection. A connection
@@ -208,6 +209,8 @@ impl Conn {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Bytes arrived. On an HTTP/1 connection between requests they are the next
+    /// request head's first: its clock starts.
     fn bytes_in(&self) {
         if self.in_flight.load(Ordering::Acquire) == 0
             && self.requests.load(Ordering::Relaxed) > 0
