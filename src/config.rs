@@ -138,6 +138,9 @@ pub struct Upstream {
     pub proxy: Option<Url>,
     /// Skips TLS verification. Only ever set explicitly, and logged loudly.
     pub insecure_skip_verify: bool,
+    /// Hosts other than the registry's own whose token realm may receive its
+    /// credentials (Docker Hub's `auth.docker.io`), normalised as URLs print hosts.
+    pub realm_hosts: Vec<String>,
     /// What anonymous clients may pull here: patterns over the repository.
     pub anonymous: Rules,
 }
@@ -333,6 +336,8 @@ struct RawUpstream {
     ca_file: Option<Spanned<String>>,
     proxy: Option<Spanned<String>>,
     insecure_skip_verify: Option<Spanned<bool>>,
+    #[serde(default)]
+    realm_hosts: Vec<Spanned<String>>,
     allow: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     deny: Vec<Spanned<String>>,
@@ -444,12 +449,17 @@ impl Config {
         );
         for u in &self.upstreams {
             out += &format!(
-                "  - {name}: registry {registry} -> {url}{default}\n      auth: {auth}; tag_ttl {ttl}; connect_timeout {ct}; read_timeout {rt}{lib}\n",
+                "  - {name}: registry {registry} -> {url}{default}\n      auth: {auth}{realms}; tag_ttl {ttl}; connect_timeout {ct}; read_timeout {rt}{lib}\n",
                 name = u.name,
                 registry = u.registry,
                 url = u.url,
                 default = if u.default { " (default)" } else { "" },
                 auth = u.auth.describe(),
+                realms = if u.realm_hosts.is_empty() {
+                    String::new()
+                } else {
+                    format!("; token realms also on {}", u.realm_hosts.join(", "))
+                },
                 ttl = humantime::format_duration(u.tag_ttl),
                 ct = humantime::format_duration(u.connect_timeout),
                 rt = humantime::format_duration(u.read_timeout),
@@ -576,6 +586,15 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
                     "PROXY" => set(&mut u.proxy, value),
                     "INSECURE_SKIP_VERIFY" => {
                         u.insecure_skip_verify = Some(Spanned::new(0..0, env_bool(key, value)?))
+                    }
+                    // A comma-separated list; empty clears the file's.
+                    "REALM_HOSTS" => {
+                        u.realm_hosts = value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|h| !h.is_empty())
+                            .map(|h| Spanned::new(0..0, h.to_string()))
+                            .collect()
                     }
                     "DEFAULT" => u.default = Some(Spanned::new(0..0, env_bool(key, value)?)),
                     f if f.starts_with("AUTH_") => {
@@ -904,6 +923,20 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
                     })?,
             ),
         };
+        let mut realm_hosts = Vec::new();
+        for h in u.realm_hosts {
+            let host = url::Host::parse(h.get_ref()).map_err(|_| {
+                src.error(
+                    Some(h.span()),
+                    format!(
+                        "{}: `{}` is not a host name or IP address (no scheme, port or path)",
+                        here("realm_hosts"),
+                        h.get_ref()
+                    ),
+                )
+            })?;
+            realm_hosts.push(host.to_string());
+        }
         let anonymous = rules_of(u.allow, u.deny, src, &format!("upstream `{name}`"))?;
         upstreams.push(Upstream {
             name,
@@ -920,8 +953,18 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             ca_pem,
             proxy,
             insecure_skip_verify: u.insecure_skip_verify.is_some_and(|v| v.into_inner()),
+            realm_hosts,
             anonymous,
         });
+    }
+    if upstreams.is_empty() {
+        // Every request, cached images included, is routed through an upstream's
+        // registry name: a file without one (emptied by accident, say) would turn a
+        // running cache into a 404 for everything.
+        return Err(src.error(
+            None,
+            "no [[upstream]] is configured: Ferry routes every image, cached ones included, through an upstream; add one (name and url)",
+        ));
     }
     if upstreams.iter().filter(|u| u.default).count() > 1 {
         let which: Vec<_> = upstreams
@@ -1338,8 +1381,35 @@ fn validate_auth(a: Spanned<RawAuth>, src: &Source, upstream: &str) -> Result<Au
 mod tests {
     use super::*;
 
+    /// An upstream for tests about other settings: a config needs one.
+    const ONE_UPSTREAM: &str = "\n[[upstream]]\nname = \"t\"\nurl = \"http://127.0.0.1:9\"\n";
+
+    /// Parses `text`, with [`ONE_UPSTREAM`] after it when it names none (appended:
+    /// the line numbers of `text` stay as written).
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse("test.toml", text, &[])
+        parse_with(text, &[])
+    }
+
+    fn parse_with(text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let text = if text.contains("[[upstream]]") {
+            text.to_string()
+        } else {
+            format!("{text}{ONE_UPSTREAM}")
+        };
+        Config::parse("test.toml", &text, env)
+    }
+
+    #[test]
+    fn a_config_without_upstreams_is_refused() {
+        for text in ["", "[server]\nlisten = \"127.0.0.1:5000\"\n"] {
+            let e = Config::parse("test.toml", text, &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("test.toml") && e.contains("no [[upstream]]"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -1361,6 +1431,7 @@ mod tests {
         let docker = &c.upstreams[0];
         assert!(docker.default && docker.implicit_library());
         assert_eq!(docker.url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(docker.realm_hosts, ["auth.docker.io"]);
     }
 
     #[test]
@@ -1407,7 +1478,7 @@ mod tests {
             "FERRY_SERVER_SHUTDOWN_TIMEOUT".to_string(),
             "1m".to_string(),
         )];
-        let c = Config::parse("t", "", &env).unwrap();
+        let c = parse_with("", &env).unwrap();
         assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
     }
 
@@ -1441,7 +1512,7 @@ mod tests {
             ("FERRY_SERVER_IDLE_TIMEOUT".to_string(), "5s".to_string()),
             ("FERRY_SERVER_MAX_CONNECTIONS".to_string(), "7".to_string()),
         ];
-        let c = Config::parse("t", "", &env).unwrap().connections;
+        let c = parse_with("", &env).unwrap().connections;
         assert_eq!(c.idle_timeout, Duration::from_secs(5));
         assert_eq!(c.max_connections, Some(7));
     }
@@ -1469,10 +1540,10 @@ mod tests {
             .to_string();
         assert!(e.contains("test.toml:2") && e.contains("min_free"), "{e}");
         let env = vec![("FERRY_STORAGE_MAX_SIZE".to_string(), "6MiB".to_string())];
-        let c = Config::parse("t", "[storage]\nmax_size = \"1G\"\n", &env).unwrap();
+        let c = parse_with("[storage]\nmax_size = \"1G\"\n", &env).unwrap();
         assert_eq!(c.quota.max_size, Some(6 << 20));
         let bad = vec![("FERRY_STORAGE_MIN_FREE".to_string(), "x".to_string())];
-        let e = Config::parse("t", "", &bad).unwrap_err().to_string();
+        let e = parse_with("", &bad).unwrap_err().to_string();
         assert!(e.contains("storage.min_free"), "{e}");
     }
 
@@ -1505,7 +1576,7 @@ mod tests {
             "FERRY_UPSTREAM_NOPE_URL".to_string(),
             "http://x".to_string(),
         )];
-        let e = Config::parse("t", "", &bad).unwrap_err().to_string();
+        let e = parse_with("", &bad).unwrap_err().to_string();
         assert!(e.contains("FERRY_UPSTREAM_NOPE_URL"), "{e}");
     }
 
@@ -1665,7 +1736,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         std::fs::write(&h, format!("ci:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
-        let c = Config::parse("t", "", &env).unwrap();
+        let c = parse_with("", &env).unwrap();
         assert_eq!(c.tls.unwrap().listen.to_string(), "127.0.0.1:5443");
         assert_eq!(c.access.htpasswd.unwrap().users(), ["ci"]);
     }
@@ -1686,5 +1757,39 @@ mod tests {
         }
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(!c.describe().contains("hunter2"));
+    }
+
+    #[test]
+    fn realm_hosts() {
+        let text = "[[upstream]]\nname = \"a\"\nurl = \"https://r.example\"\nrealm_hosts = [\"Auth.Example\", \"10.0.0.1\"]\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.upstreams[0].realm_hosts, ["auth.example", "10.0.0.1"]);
+        assert!(
+            c.describe()
+                .contains("token realms also on auth.example, 10.0.0.1"),
+            "{}",
+            c.describe()
+        );
+        for bad in [
+            "https://auth.example",
+            "auth.example:443",
+            "auth.example/token",
+            "",
+        ] {
+            let text = format!(
+                "[[upstream]]\nname = \"a\"\nurl = \"https://r.example\"\nrealm_hosts = [\"{bad}\"]\n"
+            );
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("test.toml:4") && e.contains("realm_hosts"),
+                "{bad}: {e}"
+            );
+        }
+        let env = vec![(
+            "FERRY_UPSTREAM_A_REALM_HOSTS".to_string(),
+            "x.example, y.example".to_string(),
+        )];
+        let c = Config::parse("t", text, &env).unwrap();
+        assert_eq!(c.upstreams[0].realm_hosts, ["x.example", "y.example"]);
     }
 }

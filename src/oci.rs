@@ -12,6 +12,89 @@ pub const ALL_MANIFESTS: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCK
 /// 4 MB; containerd refuses more than about 4 MiB).
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 
+/// Checks that `body` is the OCI or Docker image manifest or index it claims to be
+/// and says which: the `mediaType` its JSON declares, else a `Content-Type` naming one
+/// of the four types, else what its shape says. Anything else (another media type, a
+/// JSON object of another shape, a descriptor without a valid digest) is refused with
+/// the reason: Ferry stores and serves manifests only, under their own type.
+pub fn manifest_type(content_type: Option<&str>, body: &[u8]) -> Result<&'static str, String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+    }
+    let probe: Probe =
+        serde_json::from_slice(body).map_err(|e| format!("not a JSON manifest ({e})"))?;
+    let known = |mt: &str| ALL_MANIFESTS.iter().copied().find(|&k| k == mt);
+    let declared = probe.media_type.filter(|m| !m.is_empty());
+    let media_type = match (&declared, content_type.and_then(known)) {
+        (Some(d), _) => known(d).ok_or_else(|| {
+            format!(
+                "media type {:?} is not a manifest or index type",
+                d.chars().take(100).collect::<String>()
+            )
+        })?,
+        (None, Some(ct)) => ct,
+        (None, None) if probe.manifests.is_some() => OCI_INDEX,
+        (None, None) => OCI_MANIFEST,
+    };
+    if let Some(ct) = content_type.and_then(known)
+        && ct != media_type
+    {
+        return Err(format!("served as {ct} but declares {media_type}"));
+    }
+    shape::check(media_type, body)?;
+    Ok(media_type)
+}
+
+/// The parts of manifests and indexes that make them what they are, as the image
+/// spec and Docker's schema 2 require them.
+mod shape {
+    use ferry_storage::Digest;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)] // Parsed to be checked, not read.
+    struct Descriptor {
+        media_type: String,
+        digest: Digest,
+        size: u64,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct ImageManifest {
+        #[serde(rename = "schemaVersion")]
+        schema_version: u32,
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+    }
+
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct Index {
+        #[serde(rename = "schemaVersion")]
+        schema_version: u32,
+        manifests: Vec<Descriptor>,
+    }
+
+    pub fn check(media_type: &str, body: &[u8]) -> Result<(), String> {
+        let schema_version =
+            if media_type == super::OCI_INDEX || media_type == super::DOCKER_LIST {
+                serde_json::from_slice::<Index>(body).map(|i| i.schema_version)
+            } else {
+                serde_json::from_slice::<ImageManifest>(body).map(|m| m.schema_version)
+            }
+            .map_err(|e| format!("not a valid {media_type} ({e})"))?;
+        if schema_version != 2 {
+            return Err(format!("schemaVersion {schema_version} is not 2"));
+        }
+        Ok(())
+    }
+}
+
 /// The media types a client accepts, from every `Accept` header it sent (skopeo
 /// sends one type per header line), without parameters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,6 +168,37 @@ mod tests {
         assert!(!a.allows(OCI_INDEX));
         assert!(Accept::default().allows(OCI_INDEX));
         assert!(Accept::of(&[OCI_MANIFEST, "*/*"]).allows(OCI_INDEX));
+    }
+
+    #[test]
+    fn manifest_types_are_checked_against_their_shape() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let image = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":1}},"layers":[]}}"#
+        );
+        let index = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+        assert_eq!(
+            manifest_type(Some("application/json"), index.as_bytes()),
+            Ok(OCI_INDEX)
+        );
+        assert_eq!(
+            manifest_type(Some(DOCKER_MANIFEST), image.as_bytes()),
+            Ok(DOCKER_MANIFEST)
+        );
+        assert_eq!(manifest_type(None, image.as_bytes()), Ok(OCI_MANIFEST));
+        let html = image.replacen('{', r#"{"mediaType":"text/html","#, 1);
+        assert!(manifest_type(None, html.as_bytes()).is_err());
+        let crlf = image.replacen(
+            '{',
+            r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json\r\nX: y","#,
+            1,
+        );
+        assert!(manifest_type(None, crlf.as_bytes()).is_err());
+        assert!(manifest_type(None, br#"{"hello":"world"}"#).is_err());
+        assert!(manifest_type(Some(OCI_INDEX), image.as_bytes()).is_err());
+        assert!(manifest_type(None, b"<html>").is_err());
+        let bad_digest = image.replace(&d, "sha256:zz");
+        assert!(manifest_type(None, bad_digest.as_bytes()).is_err());
     }
 }
 

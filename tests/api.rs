@@ -363,8 +363,8 @@ async fn tags_list_paginates_and_survives_upstream_outage() {
             .map(|t| t.as_str().unwrap().to_owned())
             .collect()
     };
-    // Distribution 2.8.2 lists tags in storage order and ignores `n` and `last`, so
-    // compare as sets, and check that the parameters reached the upstream.
+    // Distribution 2.8.2 lists tags in storage order and ignores `n` and `last`:
+    // Ferry sorts and pages itself (tests/adversary/content.rs follows the pages).
     let sorted = |mut v: Vec<String>| {
         v.sort();
         v
@@ -372,26 +372,11 @@ async fn tags_list_paginates_and_survives_upstream_outage() {
     let r = get(&base, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_api_version(&r.headers);
-    assert_eq!(sorted(tags(&r)), ["a", "b", "c", "d"]);
-    for query in ["n=2", "n=2&last=b"] {
+    assert_eq!(tags(&r), ["a", "b", "c", "d"]);
+    for (query, page) in [("n=2", ["a", "b"]), ("n=2&last=b", ["c", "d"])] {
         let r = get(&format!("{base}?{query}"), &[]).await;
         assert_eq!(r.status, 200, "{query}: {}", r.text());
-        let page = tags(&r);
-        assert!(
-            !page.is_empty()
-                && page
-                    .iter()
-                    .all(|t| ["a", "b", "c", "d"].contains(&t.as_str())),
-            "{query}: {page:?}"
-        );
-        let forwarded = registry.settled_access_log().iter().any(|e| {
-            e.method == "GET"
-                && e.path.starts_with("/v2/team/app/tags/list?")
-                && query
-                    .split('&')
-                    .all(|p| e.path.split(['?', '&']).any(|q| q == p))
-        });
-        assert!(forwarded, "`{query}` was passed to the upstream");
+        assert_eq!(tags(&r), page, "{query}");
     }
 
     // Upstream gone: the last list is answered from the cache.

@@ -243,8 +243,8 @@ async fn upstream_500_and_503_are_clear_errors_and_nothing_is_stored() {
     assert_eq!(body, img.config.bytes);
     assert_eq!(x_cache, "MISS");
 
-    // One passing 503 on the layer (a blip): an error for that request, then the probe
-    // (1 s later) brings the upstream back.
+    // One passing 503 on the layer (a blip): an error for that request; `/v2/` still
+    // answers, so the upstream never counts as offline and the next try works.
     front.arm(
         Fault::Status {
             status: 503,

@@ -70,9 +70,7 @@ impl ApiError {
                     ("RANGE_INVALID", StatusCode::RANGE_NOT_SATISFIABLE)
                 }
                 P::Pagination(_) => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST),
-                P::ManifestTooLarge { .. } | P::ManifestInvalid { .. } => {
-                    ("MANIFEST_INVALID", StatusCode::BAD_GATEWAY)
-                }
+                P::ManifestInvalid { .. } => ("MANIFEST_INVALID", StatusCode::BAD_GATEWAY),
                 P::UpstreamDigestMismatch { .. } => ("DIGEST_INVALID", StatusCode::BAD_GATEWAY),
                 P::UpstreamBroken { .. } => ("UNAVAILABLE", StatusCode::BAD_GATEWAY),
                 P::Storage(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
@@ -93,7 +91,8 @@ impl ApiError {
                     U::Status { .. }
                     | U::Protocol { .. }
                     | U::TooLarge { .. }
-                    | U::TooSlow { .. } => ("UNKNOWN", StatusCode::BAD_GATEWAY),
+                    | U::TooSlow { .. }
+                    | U::RealmRefused { .. } => ("UNKNOWN", StatusCode::BAD_GATEWAY),
                 },
             },
         }

@@ -177,8 +177,10 @@ async fn dispatch(
     Ok(resp)
 }
 
-/// Stamps the API version header on every response and logs each failure once,
-/// with the request it belongs to.
+/// Stamps the API version header and `X-Content-Type-Options: nosniff` on every
+/// response and logs each failure once, with the request it belongs to. `nosniff`:
+/// a browser shown anything from this origin (the status page's) takes each body
+/// as the type Ferry says, never guessing HTML or script from bytes an upstream chose.
 async fn log_and_stamp(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -186,6 +188,10 @@ async fn log_and_stamp(req: Request, next: Next) -> Response {
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
+    );
+    resp.headers_mut().insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
     let status = resp.status().as_u16();
     match resp.extensions().get::<Failure>() {

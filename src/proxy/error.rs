@@ -22,12 +22,6 @@ pub enum Error {
     BlobUnknown { repo: String, digest: Digest },
     #[error("{0}")]
     Upstream(#[from] upstream::Error),
-    #[error("upstream {upstream} sent a manifest of {size} bytes, over the {limit}-byte limit")]
-    ManifestTooLarge {
-        upstream: String,
-        size: u64,
-        limit: usize,
-    },
     #[error("upstream {upstream} sent an invalid manifest: {reason}")]
     ManifestInvalid { upstream: String, reason: String },
     #[error("upstream {upstream} sent bytes that do not match {expected}")]

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use ferry_storage::index::now_secs;
@@ -113,7 +112,10 @@ impl Proxy {
         let Some(rec) = self.store.index.manifest(d)? else {
             return Ok(None);
         };
-        if !accept.allows(&rec.media_type) {
+        // A record of another type (stored by an older Ferry that took any JSON) is
+        // not a manifest to serve: fetched again, and checked this time.
+        if !accept.allows(&rec.media_type) || !oci::ALL_MANIFESTS.contains(&rec.media_type.as_str())
+        {
             return Ok(None);
         }
         let bytes = if want_body {
@@ -192,19 +194,6 @@ impl Proxy {
                 reference: reference.to_string(),
             });
         }
-        let too_large = |size: u64| Error::ManifestTooLarge {
-            upstream: up.name().to_string(),
-            size,
-            limit: oci::MAX_MANIFEST_SIZE,
-        };
-        if let Some(len) = resp
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            && len > oci::MAX_MANIFEST_SIZE as u64
-        {
-            return Err(too_large(len));
-        }
         let content_type = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -215,16 +204,16 @@ impl Proxy {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| up.body_error(&e))?;
-            if body.len() + chunk.len() > oci::MAX_MANIFEST_SIZE {
-                return Err(too_large((body.len() + chunk.len()) as u64));
-            }
-            up.metrics().fetched(chunk.len() as u64);
-            body.extend_from_slice(&chunk);
-        }
+        let body = up
+            .read_body(resp, "manifest", oci::MAX_MANIFEST_SIZE)
+            .await
+            .map_err(|e| match e {
+                crate::upstream::Error::TooLarge { limit, .. } => Error::ManifestInvalid {
+                    upstream: up.name().to_string(),
+                    reason: format!("larger than the {limit}-byte limit"),
+                },
+                e => e.into(),
+            })?;
         let digest = match (expected, header_digest) {
             (Some(d), _) => d.clone(),
             (None, Some(d)) => d,
@@ -237,13 +226,12 @@ impl Proxy {
                 expected: digest,
             });
         }
-        let media_type = manifest_media_type(content_type.as_deref(), &body).map_err(|reason| {
-            Error::ManifestInvalid {
+        let media_type = oci::manifest_type(content_type.as_deref(), &body)
+            .map_err(|reason| Error::ManifestInvalid {
                 upstream: up.name().to_string(),
                 reason,
-            }
-        })?;
-        let body = Bytes::from(body);
+            })?
+            .to_string();
         let (repo, d, b, mt) = (
             t.repo.clone(),
             digest.clone(),
@@ -292,53 +280,4 @@ fn accept_headers(accept: &Accept) -> HeaderMap {
         h.insert(ACCEPT, v);
     }
     h
-}
-
-/// A manifest's media type: the `mediaType` its JSON declares, else a specific
-/// `Content-Type`, else what its shape says. The body must be a JSON object.
-fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> Result<String, String> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-        manifests: Option<serde_json::Value>,
-    }
-    let probe: Probe =
-        serde_json::from_slice(body).map_err(|e| format!("not a JSON manifest ({e})"))?;
-    if let Some(mt) = probe.media_type.filter(|m| !m.is_empty()) {
-        return Ok(mt);
-    }
-    match content_type {
-        Some(ct)
-            if !matches!(
-                ct,
-                "" | "application/json" | "text/plain" | "application/octet-stream"
-            ) =>
-        {
-            Ok(ct.to_string())
-        }
-        _ if probe.manifests.is_some() => Ok(oci::OCI_INDEX.to_string()),
-        _ => Ok(oci::OCI_MANIFEST.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn media_type_prefers_the_manifest_itself() {
-        let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
-        assert_eq!(
-            manifest_media_type(Some("application/json"), body).unwrap(),
-            oci::OCI_INDEX
-        );
-        let body = br#"{"schemaVersion":2,"config":{}}"#;
-        assert_eq!(
-            manifest_media_type(Some(oci::DOCKER_MANIFEST), body).unwrap(),
-            oci::DOCKER_MANIFEST
-        );
-        assert_eq!(manifest_media_type(None, body).unwrap(), oci::OCI_MANIFEST);
-        assert!(manifest_media_type(None, b"<html>").is_err());
-    }
 }

@@ -2,7 +2,6 @@
 //! tag-schema fallback (`<alg>-<hex>` tag holding an index) for those that do not.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::header::ACCEPT;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -22,29 +21,56 @@ pub struct Referrers {
 }
 
 impl Proxy {
+    /// The referrers of `subject`. Every answer got online (an empty one included) is
+    /// kept, so the same query gets the same answer while the upstream is down.
     pub async fn referrers(
         &self,
         t: &Target,
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Referrers> {
-        match self.upstream_referrers(t, subject, artifact_type).await {
+        let online = match self.upstream_referrers(t, subject, artifact_type).await {
             Ok(Some(r)) => Ok(r),
             Ok(None) => self.fallback_referrers(t, subject, artifact_type).await,
-            Err(Error::Upstream(e)) if e.is_unavailable() => {
-                let Some(index) = self.store.index.referrers(&t.repo, subject)? else {
-                    // Perhaps the fallback tag is cached.
-                    return self.fallback_referrers(t, subject, artifact_type).await;
-                };
-                Ok(Referrers {
-                    index: filter(&index, artifact_type),
-                    filtered: artifact_type.is_some(),
-                    cache: CacheStatus::for_unavailable(&e),
-                    warning: Some(served_from_cache(t)),
-                })
-            }
             Err(e) => Err(e),
+        };
+        let e = match online {
+            Err(Error::Upstream(e)) if e.is_unavailable() => e,
+            answered => return answered,
+        };
+        if let Some(index) = self.stored_referrers(t, subject, artifact_type)? {
+            tracing::debug!(upstream = t.upstream.name(), repo = %t.repo.name, %subject, error = %e, "answering referrers from cache");
+            return Ok(Referrers {
+                index,
+                filtered: artifact_type.is_some(),
+                cache: CacheStatus::for_unavailable(&e),
+                warning: Some(served_from_cache(t)),
+            });
         }
+        // Perhaps the fallback tag is cached.
+        match self.fallback_referrers(t, subject, artifact_type).await {
+            Err(Error::Upstream(_)) => Err(Error::Upstream(e)),
+            r => r,
+        }
+    }
+
+    /// The answer kept for this query: kept as asked, or filtered from the kept
+    /// unfiltered answer.
+    fn stored_referrers(
+        &self,
+        t: &Target,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Bytes>> {
+        let index = &self.store.index;
+        if artifact_type.is_some()
+            && let Some(kept) = index.referrers(&t.repo, subject, artifact_type)?
+        {
+            return Ok(Some(Bytes::from(kept)));
+        }
+        Ok(index
+            .referrers(&t.repo, subject, None)?
+            .map(|all| filter(&all, artifact_type)))
     }
 
     /// The upstream's referrers API answer, `None` if it has no such API (404).
@@ -78,25 +104,30 @@ impl Proxy {
             .get("oci-filters-applied")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.split(',').any(|f| f.trim() == "artifactType"));
-        let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| t.upstream.body_error(&e))?;
-            if body.len() + chunk.len() > oci::MAX_MANIFEST_SIZE {
-                return Err(t.upstream.protocol("referrers index too large").into());
-            }
-            body.extend_from_slice(&chunk);
+        let body = t
+            .upstream
+            .read_body(resp, "referrers index", oci::MAX_MANIFEST_SIZE)
+            .await?;
+        if let Err(reason) = oci::manifest_type(Some(oci::OCI_INDEX), &body) {
+            return Err(t
+                .upstream
+                .protocol(&format!("referrers answer is not an image index: {reason}"))
+                .into());
         }
-        if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
-            return Err(t.upstream.protocol("referrers answer is not JSON").into());
-        }
-        if artifact_type.is_none() {
-            self.store.index.set_referrers(&t.repo, subject, &body)?;
-        }
-        let index = if artifact_type.is_some() && !upstream_filtered {
-            filter(&body, artifact_type)
+        let index = if upstream_filtered {
+            // Only this query's answer: kept under its filter.
+            self.store
+                .index
+                .set_referrers(&t.repo, subject, artifact_type, &body)?;
+            body
         } else {
-            Bytes::from(body)
+            self.store
+                .index
+                .set_referrers(&t.repo, subject, None, &body)?;
+            match artifact_type {
+                Some(_) => filter(&body, artifact_type),
+                None => body,
+            }
         };
         Ok(Some(Referrers {
             index,
@@ -117,18 +148,31 @@ impl Proxy {
             .manifest(t, &tag, &Accept::of(&[oci::OCI_INDEX]), true)
             .await
         {
-            Ok(m) => Ok(Referrers {
-                index: filter(&m.bytes, artifact_type),
-                filtered: artifact_type.is_some(),
-                cache: m.cache,
-                warning: m.warning,
-            }),
-            Err(Error::ManifestUnknown { .. }) => Ok(Referrers {
-                index: filter(b"", None),
-                filtered: artifact_type.is_some(),
-                cache: CacheStatus::Miss,
-                warning: None,
-            }),
+            Ok(m) => {
+                let all = filter(&m.bytes, None);
+                self.store
+                    .index
+                    .set_referrers(&t.repo, subject, None, &all)?;
+                Ok(Referrers {
+                    index: filter(&all, artifact_type),
+                    filtered: artifact_type.is_some(),
+                    cache: m.cache,
+                    warning: m.warning,
+                })
+            }
+            // No fallback tag: no referrers, and that answer is kept too.
+            Err(Error::ManifestUnknown { .. }) => {
+                let none = filter(b"", None);
+                self.store
+                    .index
+                    .set_referrers(&t.repo, subject, None, &none)?;
+                Ok(Referrers {
+                    index: none,
+                    filtered: artifact_type.is_some(),
+                    cache: CacheStatus::Miss,
+                    warning: None,
+                })
+            }
             Err(e) => Err(e),
         }
     }

@@ -42,6 +42,7 @@ impl Exchange {
         realm: &Url,
         service: &str,
         scope: &str,
+        read_timeout: Duration,
     ) -> Result<Token, Error> {
         if realm.origin() != origin.origin() {
             return Err(token::protocol(
@@ -51,7 +52,9 @@ impl Exchange {
         }
         let mut force = false;
         loop {
-            let refresh = self.refresh_token(http, realm, service, force).await?;
+            let refresh = self
+                .refresh_token(http, realm, service, force, read_timeout)
+                .await?;
             let resp = http
                 .post(realm.clone())
                 .form(&[
@@ -73,11 +76,9 @@ impl Exchange {
                 access_token: String,
             }
             let answer: Answer =
-                token::read_json(&self.upstream, resp, "ACR token response").await?;
-            return Ok(Token::from_jwt(
-                answer.access_token,
-                Duration::from_secs(60),
-            ));
+                token::read_json(&self.upstream, resp, "ACR token response", read_timeout).await?;
+            let access = token::checked(&self.upstream, "ACR access token", answer.access_token)?;
+            return Ok(Token::from_jwt(access, Duration::from_secs(60)));
         }
     }
 
@@ -87,6 +88,7 @@ impl Exchange {
         realm: &Url,
         service: &str,
         force: bool,
+        read_timeout: Duration,
     ) -> Result<Token, Error> {
         let mut cached = self.refresh.lock().await;
         if !force
@@ -128,9 +130,10 @@ impl Exchange {
             refresh_token: String,
         }
         let answer: Answer =
-            token::read_json(&self.upstream, resp, "ACR exchange response").await?;
+            token::read_json(&self.upstream, resp, "ACR exchange response", read_timeout).await?;
+        let refresh = token::checked(&self.upstream, "ACR refresh token", answer.refresh_token)?;
         tracing::info!(upstream = %self.upstream, "exchanged the Entra ID token for an ACR refresh token");
-        let t = Token::from_jwt(answer.refresh_token, Duration::from_secs(3600));
+        let t = Token::from_jwt(refresh, Duration::from_secs(3600));
         *cached = Some(t.clone());
         Ok(t)
     }

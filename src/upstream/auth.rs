@@ -2,12 +2,19 @@
 //! (`WWW-Authenticate: Bearer realm=…,service=…` → a token for an exact scope), and
 //! for Entra ID identities, ACR's token exchange ([`super::acr`]).
 //!
+//! Credentials go to a token realm only on the registry's own host or on a host the
+//! operator listed in `realm_hosts`, and never over plain HTTP when the registry itself
+//! is reached over HTTPS: a registry (or whatever answers in its name) that names
+//! another realm does not get them. Without credentials, any realm is asked: an
+//! anonymous token gives nothing away.
+//!
 //! Tokens are cached per scope. A token past three quarters of its life is renewed in
 //! the background while requests keep using it; only an expired (or rejected) token
 //! makes requests wait, and then they share one fetch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::HeaderValue;
@@ -16,7 +23,7 @@ use url::Url;
 use super::Error;
 use super::acr::Exchange;
 use super::token::{self, Token};
-use crate::config::Auth;
+use crate::config::{self, Auth};
 use crate::metrics::UpstreamMetrics;
 /// What the registry asked for in its last challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +109,10 @@ pub struct Authenticator {
     upstream: String,
     /// The registry's origin: where ACR credentials may go.
     origin: Url,
+    /// Other hosts whose token realm may receive Basic credentials.
+    realm_hosts: Vec<String>,
+    /// How long a token answer may take to arrive.
+    read_timeout: Duration,
     auth: Auth,
     acr: Option<Exchange>,
     challenge: Mutex<Option<Challenge>>,
@@ -111,17 +122,13 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(
-        upstream: &str,
-        origin: Url,
-        auth: Auth,
-        acr: Option<Exchange>,
-        metrics: UpstreamMetrics,
-    ) -> Self {
+    pub fn new(config: &config::Upstream, acr: Option<Exchange>, metrics: UpstreamMetrics) -> Self {
         Authenticator {
-            upstream: upstream.to_string(),
-            origin,
-            auth,
+            upstream: config.name.clone(),
+            origin: config.url.clone(),
+            realm_hosts: config.realm_hosts.clone(),
+            read_timeout: config.read_timeout,
+            auth: config.auth.clone(),
             acr,
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
@@ -272,19 +279,95 @@ impl Authenticator {
                 let service = service.ok_or_else(|| {
                     token::protocol(&self.upstream, "ACR challenge without a service")
                 })?;
-                acr.access_token(http, &self.origin, realm, service, scope)
+                acr.access_token(http, &self.origin, realm, service, scope, self.read_timeout)
                     .await?
             }
-            None => token::fetch(http, &self.upstream, realm, service, scope, self.basic()).await?,
+            None => {
+                let basic = self.basic();
+                if basic.is_some() {
+                    credentials_may_go_to(realm, &self.origin, &self.realm_hosts).map_err(
+                        |detail| Error::RealmRefused {
+                            upstream: self.upstream.clone(),
+                            detail,
+                        },
+                    )?;
+                }
+                let read_timeout = self.read_timeout;
+                token::fetch(
+                    http,
+                    &self.upstream,
+                    realm,
+                    service,
+                    scope,
+                    basic,
+                    read_timeout,
+                )
+                .await?
+            }
         };
         tracing::debug!(upstream = %self.upstream, scope, "fetched a registry token");
         Ok(t)
     }
 }
 
+/// Whether Ferry's credentials for the registry at `origin` may go to the token
+/// `realm`; if not, why (for the error). Its own host, or one the operator listed in
+/// `realm_hosts`; and no plain HTTP when the registry is HTTPS (an HTTP registry gets
+/// them in clear text already, the operator chose that).
+fn credentials_may_go_to(realm: &Url, origin: &Url, realm_hosts: &[String]) -> Result<(), String> {
+    let host = realm.host_str().unwrap_or_default();
+    let where_ = realm.origin().ascii_serialization();
+    if realm.host_str() != origin.host_str() && !realm_hosts.iter().any(|h| h == host) {
+        return Err(format!(
+            "{where_}: that host is not the registry's own; if it is the registry's token service, add \"{host}\" to realm_hosts in this [[upstream]]"
+        ));
+    }
+    if realm.scheme() != "https" && origin.scheme() == "https" {
+        return Err(format!(
+            "{where_}: that is plain HTTP, and the registry is reached over HTTPS"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_go_to_own_and_listed_hosts_only() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let hub = url("https://registry-1.docker.io");
+        let listed = ["auth.docker.io".to_string()];
+        let ok = |realm: &str, origin: &Url, hosts: &[String]| {
+            credentials_may_go_to(&url(realm), origin, hosts)
+        };
+        assert_eq!(ok("https://auth.docker.io/token", &hub, &listed), Ok(()));
+        assert_eq!(ok("https://registry-1.docker.io:8443/t", &hub, &[]), Ok(()));
+        let e = ok("https://auth.docker.io/token", &hub, &[]).unwrap_err();
+        assert!(
+            e.contains("auth.docker.io") && e.contains("realm_hosts"),
+            "{e}"
+        );
+        let e = ok("https://evil.example/token", &hub, &listed).unwrap_err();
+        assert!(e.contains("evil.example"), "{e}");
+        // No downgrade, not even to a listed host or to the registry's own.
+        let e = ok("http://auth.docker.io/token", &hub, &listed).unwrap_err();
+        assert!(e.contains("plain HTTP"), "{e}");
+        assert!(ok("http://registry-1.docker.io/token", &hub, &[]).is_err());
+        // A plain HTTP registry: its own host (any port) and listed hosts.
+        let local = url("http://127.0.0.1:5000");
+        assert_eq!(ok("http://127.0.0.1:5001/token", &local, &[]), Ok(()));
+        assert!(ok("http://127.0.0.2:5001/token", &local, &[]).is_err());
+        assert_eq!(
+            ok(
+                "http://127.0.0.2:5001/token",
+                &local,
+                &["127.0.0.2".to_string()]
+            ),
+            Ok(())
+        );
+    }
 
     #[test]
     fn parses_challenges() {

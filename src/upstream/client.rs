@@ -1,9 +1,10 @@
 //! The HTTP client for one upstream registry.
 
-use http::header::{AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use url::Url;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,6 +14,7 @@ use super::acr::Exchange;
 use super::auth::Authenticator;
 use super::body;
 use super::entra;
+use super::error::{Evidence, retry_after};
 use super::health::Health;
 use crate::config;
 use crate::metrics::{Metrics, UpstreamErrorKind, UpstreamMetrics};
@@ -20,11 +22,12 @@ use ferry_storage::RepoName;
 
 /// Registries chain a redirect or two (login server → data endpoint → storage).
 const MAX_REDIRECTS: usize = 5;
-/// A request rate-limited (429) is retried this many times, and only when the
-/// upstream asks for a wait no longer than [`MAX_RETRY_AFTER`]; then the 429 is passed
-/// on to the client, which has its own backoff.
+/// A request rate-limited (429) is retried at most this many times, and only while
+/// the waits it asks for add up to no more than [`MAX_RATE_LIMIT_WAIT`]; then the 429
+/// is passed on to the client (with a `Retry-After` it can use), which has its own
+/// backoff. A client's request thus never hangs on an upstream's rate limit.
 const MAX_RATE_LIMIT_RETRIES: u32 = 3;
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15);
 
 /// An upstream's answer: 2xx, or 404 (which callers turn into their own "unknown").
 pub type Response = reqwest::Response;
@@ -62,6 +65,7 @@ impl Client {
             .read_timeout(config.read_timeout)
             // Redirects are followed by hand, to control where credentials go.
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(NoLinkLocal))
             .pool_idle_timeout(std::time::Duration::from_secs(90));
         for (host, ip) in &config.resolve {
             // Port 0: keep the URL's port. TLS still checks the certificate for `host`.
@@ -92,13 +96,7 @@ impl Client {
             }
             _ => None,
         };
-        let auth = Arc::new(Authenticator::new(
-            &config.name,
-            config.url.clone(),
-            config.auth.clone(),
-            acr,
-            metrics.clone(),
-        ));
+        let auth = Arc::new(Authenticator::new(&config, acr, metrics.clone()));
         let health = Health::new(&config.name, config.offline_after_failures, metrics.clone());
         Ok(Client {
             config,
@@ -132,7 +130,9 @@ impl Client {
             Error::Offline { .. } => return,
             Error::Unreachable { .. } | Error::BrokeOff { .. } => UpstreamErrorKind::Unreachable,
             Error::Timeout { .. } => UpstreamErrorKind::Timeout,
-            Error::Unauthorized { .. } | Error::Credential { .. } => UpstreamErrorKind::Auth,
+            Error::Unauthorized { .. } | Error::Credential { .. } | Error::RealmRefused { .. } => {
+                UpstreamErrorKind::Auth
+            }
             Error::Denied { .. } | Error::TooManyRequests { .. } | Error::Status { .. } => {
                 UpstreamErrorKind::Status
             }
@@ -215,8 +215,8 @@ impl Client {
         if let Err(e) = &result {
             self.note_error(e);
         }
-        match &result {
-            Err(e) if e.is_unavailable() => {
+        match result.as_ref().map_err(Error::about_upstream) {
+            Err(Evidence::Down) => {
                 if self.health.record_failure() {
                     self.health.spawn_probe(
                         self.http.clone(),
@@ -225,8 +225,19 @@ impl Client {
                     );
                 }
             }
+            // Maybe this request's own error (any client can provoke a 500): the
+            // circuit opens only if `/v2/` fails too.
+            Err(Evidence::Suspect) => {
+                self.health
+                    .confirm_server_error(
+                        self.http.clone(),
+                        self.config.url.clone(),
+                        self.config.connect_timeout,
+                    )
+                    .await
+            }
             // Any answer, even a refusal, means the upstream is there.
-            _ => self.health.record_success(),
+            Ok(_) | Err(Evidence::Up) => self.health.record_success(),
         }
         result
     }
@@ -255,6 +266,7 @@ impl Client {
         let mut authz = self.auth.authorization(&self.http, &scope).await?;
         let mut retried = false;
         let mut rate_limited = 0;
+        let mut waited = Duration::ZERO;
         loop {
             let resp = self
                 .send_following_redirects(&method, &url, &headers, authz.as_ref())
@@ -275,11 +287,14 @@ impl Client {
                 }
             }
             if resp.status() == StatusCode::TOO_MANY_REQUESTS
-                && rate_limited < MAX_RATE_LIMIT_RETRIES
-                && let wait = retry_after(resp.headers())
-                && wait <= MAX_RETRY_AFTER
+                && let Some(wait) = rate_limit_wait(
+                    rate_limited,
+                    waited,
+                    retry_after(resp.headers(), SystemTime::now()),
+                )
             {
                 rate_limited += 1;
+                waited += wait;
                 let total = self.rate_limited.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(
                     upstream = %self.config.name, %repo, path, retry = rate_limited, wait_secs = wait.as_secs_f64(),
@@ -323,12 +338,17 @@ impl Client {
                 let loc = loc
                     .to_str()
                     .map_err(|_| self.protocol("redirect Location is not text"))?;
-                url = url
+                let next = url
                     .join(loc)
                     .map_err(|_| self.protocol("redirect Location is not a URL"))?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(self.protocol("redirect to a non-HTTP URL"));
+                if let Err(why) = redirect_allowed(&url, &next) {
+                    tracing::warn!(upstream = %self.config.name, host = next.host_str().unwrap_or(""), why, "refused an upstream's redirect");
+                    return Err(self.protocol(&format!(
+                        "refused its redirect to {}: {why}",
+                        next.host_str().unwrap_or("(no host)")
+                    )));
                 }
+                url = next;
                 tracing::debug!(upstream = %self.config.name, host = url.host_str().unwrap_or(""), "following redirect");
                 continue;
             }
@@ -386,14 +406,76 @@ impl Client {
     }
 }
 
-/// The wait a 429 asks for: `Retry-After` in seconds (the form registries use); one
-/// second when it is absent or a date.
-fn retry_after(headers: &HeaderMap) -> Duration {
-    headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::from_secs(1), Duration::from_secs)
+/// Whether an upstream's redirect from `from` may be followed to `to`. Redirects to
+/// other origins are normal (registry.k8s.io sends every request, manifests included,
+/// to regional backends; ACR sends blobs to storage), but an upstream must not make
+/// Ferry fetch what it could not fetch itself: nothing but HTTP(S), no step down from
+/// https to plain http (anyone on the path could then answer), and no link-local
+/// address (169.254.0.0/16, fe80::/10), where cloud metadata endpoints
+/// (169.254.169.254) hand out the host's credentials.
+fn redirect_allowed(from: &Url, to: &Url) -> Result<(), &'static str> {
+    match to.scheme() {
+        "https" => {}
+        "http" if from.scheme() == "https" => return Err("a step down from https to plain http"),
+        "http" => {}
+        _ => return Err("not an HTTP URL"),
+    }
+    // A name that resolves to such an address is refused by [`NoLinkLocal`].
+    let link_local = match to.host() {
+        Some(url::Host::Ipv4(ip)) => is_link_local(ip.into()),
+        Some(url::Host::Ipv6(ip)) => is_link_local(ip.into()),
+        Some(url::Host::Domain(_)) => false,
+        None => return Err("no host"),
+    };
+    if link_local {
+        return Err("a link-local address (where cloud metadata endpoints answer)");
+    }
+    Ok(())
+}
+
+/// 169.254.0.0/16 and fe80::/10 (an IPv4 one mapped into IPv6 included).
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+    }
+}
+
+/// The system's name resolution, minus link-local addresses: a redirect to a name
+/// that resolves to a metadata endpoint (`metadata.google.internal`) gets no further
+/// than one to its address. The operator's own `resolve` entries apply on top,
+/// unfiltered (reqwest consults them first).
+struct NoLinkLocal;
+
+impl reqwest::dns::Resolve for NoLinkLocal {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !is_link_local(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no address but link-local ones, which Ferry refuses"
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// How long to wait before retrying a request rate-limited for the `retries + 1`th
+/// time, having waited `waited` already, when the upstream asks for `asked` (`None`:
+/// it did not say, one second); `None`: do not retry, pass the 429 on.
+fn rate_limit_wait(retries: u32, waited: Duration, asked: Option<Duration>) -> Option<Duration> {
+    let wait = asked.unwrap_or(Duration::from_secs(1));
+    (retries < MAX_RATE_LIMIT_RETRIES && waited.saturating_add(wait) <= MAX_RATE_LIMIT_WAIT)
+        .then_some(wait)
 }
 
 #[cfg(test)]
@@ -418,10 +500,67 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_seconds() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), Duration::from_secs(1));
-        h.insert(RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(retry_after(&h), Duration::from_secs(7));
+    fn redirects_never_step_down_nor_go_link_local() {
+        let allowed = |from: &str, to: &str| {
+            redirect_allowed(&Url::parse(from).unwrap(), &Url::parse(to).unwrap())
+        };
+        // Cross-origin redirects keep working (registry.k8s.io, ACR's data endpoints).
+        assert_eq!(
+            allowed(
+                "https://registry.k8s.io/v2/pause/manifests/3.10",
+                "https://us-west1-docker.pkg.dev/v2/k8s-artifacts-prod/images/pause/manifests/3.10"
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            allowed("http://127.0.0.1:5000/v2/", "http://127.0.0.2:6000/data"),
+            Ok(())
+        );
+        assert_eq!(
+            allowed("http://127.0.0.1:5000/v2/", "https://storage.example/data"),
+            Ok(())
+        );
+        for to in ["http://storage.example/data", "http://127.0.0.1:5000/v2/"] {
+            assert!(allowed("https://registry.example/v2/", to).is_err(), "{to}");
+        }
+        for to in [
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "https://169.254.169.254/metadata/identity/oauth2/token",
+            // The same address spelled as one number, as the URL standard reads it.
+            "http://2852039166/latest/meta-data/",
+            "http://[fe80::a9fe:a9fe]/",
+            "http://[febf::1]:8080/",
+            "http://[::ffff:169.254.169.254]/",
+        ] {
+            assert!(allowed("http://registry.example/v2/", to).is_err(), "{to}");
+        }
+        assert_eq!(
+            allowed("http://registry.example/v2/", "http://[fec0::1]/"),
+            Ok(())
+        );
+        assert!(allowed("https://registry.example/v2/", "file:///etc/passwd").is_err());
+    }
+
+    #[tokio::test]
+    async fn names_resolving_only_to_link_local_addresses_are_refused() {
+        use reqwest::dns::Resolve as _;
+        let resolve = |name: &str| NoLinkLocal.resolve(name.parse().unwrap());
+        // getaddrinfo answers a numeric name with itself: the filter at work.
+        assert!(resolve("169.254.169.254").await.is_err());
+        let local: Vec<SocketAddr> = resolve("127.0.0.1").await.unwrap().collect();
+        assert_eq!(local, vec![SocketAddr::from(([127, 0, 0, 1], 0))]);
+    }
+
+    #[test]
+    fn rate_limit_waits_are_bounded_in_count_and_total() {
+        let s = Duration::from_secs;
+        assert_eq!(rate_limit_wait(0, s(0), None), Some(s(1)));
+        assert_eq!(rate_limit_wait(0, s(0), Some(s(7))), Some(s(7)));
+        assert_eq!(rate_limit_wait(1, s(7), Some(s(7))), Some(s(7)));
+        assert_eq!(rate_limit_wait(2, s(14), Some(s(7))), None, "past 15 s");
+        assert_eq!(rate_limit_wait(0, s(0), Some(s(99_999))), None);
+        assert_eq!(rate_limit_wait(0, s(0), Some(Duration::MAX)), None);
+        assert_eq!(rate_limit_wait(3, s(0), Some(s(0))), None, "three retries");
+        assert_eq!(rate_limit_wait(2, s(0), Some(s(0))), Some(s(0)));
     }
 }

@@ -11,6 +11,7 @@ mod client;
 mod entra;
 mod error;
 mod health;
+mod redact;
 mod token;
 
 pub use client::{Client, Response};

@@ -8,6 +8,7 @@ use http::HeaderValue;
 use url::Url;
 
 use super::Error;
+use super::body::{self, Bound};
 use crate::config::Secret;
 
 /// A bearer token and when to stop using it.
@@ -85,8 +86,19 @@ fn jwt_expiry(jwt: &str) -> Option<u64> {
         .as_u64()
 }
 
+/// The largest token answer Ferry reads. Real ones are small: Docker Hub's and ACR's
+/// JWTs are a few KiB, and an answer carries one twice at most (`token` and
+/// `access_token`) beside a refresh token. An endless or huge answer stops here
+/// rather than in Ferry's memory.
+const ANSWER_LIMIT: usize = 64 << 10;
+
+/// The largest token Ferry sends as a header, with room for the largest JWTs seen in
+/// practice; front ends refuse much larger headers anyway (nginx's default is 8 KiB).
+const TOKEN_LIMIT: usize = 16 << 10;
+
 /// Fetches a token for `scope` from a Docker token endpoint, with Basic credentials
-/// when Ferry has them.
+/// when Ferry has them (the caller checked that they may go to `realm`). The answer
+/// must come within `read_timeout` (the upstream's).
 pub async fn fetch(
     http: &reqwest::Client,
     upstream: &str,
@@ -94,6 +106,7 @@ pub async fn fetch(
     service: Option<&str>,
     scope: &str,
     basic: Option<HeaderValue>,
+    read_timeout: Duration,
 ) -> Result<Token, Error> {
     let mut url = realm.clone();
     {
@@ -118,17 +131,38 @@ pub async fn fetch(
         access_token: Option<String>,
         expires_in: Option<u64>,
     }
-    let body: TokenResponse = read_json(upstream, resp, "token response").await?;
+    let body: TokenResponse = read_json(upstream, resp, "token response", read_timeout).await?;
     let value = body
         .token
         .or(body.access_token)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| protocol(upstream, "the token endpoint's answer holds no token"))?;
+    let value = checked(upstream, "token", value)?;
     // The spec's default and minimum lifetime is 60 s.
     Ok(Token::new(
         value,
         Duration::from_secs(body.expires_in.unwrap_or(60).max(60)),
     ))
+}
+
+/// `value` if it can be sent as a header as it is: visible ASCII only (the characters
+/// of RFC 6750's `b64token` and of the opaque tokens registries issue), at most
+/// [`TOKEN_LIMIT`] bytes. `what` names it in the error.
+pub fn checked(upstream: &str, what: &'static str, value: String) -> Result<String, Error> {
+    if value.len() > TOKEN_LIMIT {
+        return Err(Error::TooLarge {
+            upstream: upstream.to_string(),
+            what,
+            limit: TOKEN_LIMIT,
+        });
+    }
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(protocol(
+            upstream,
+            &format!("the {what} it issued is not a valid header value"),
+        ));
+    }
+    Ok(value)
 }
 
 /// Maps a token endpoint's error statuses; 400 is how some (ACR) refuse credentials.
@@ -142,15 +176,21 @@ pub fn check_status(upstream: &str, resp: reqwest::Response) -> Result<reqwest::
     }
 }
 
+/// Reads a token endpoint's JSON answer, at most [`ANSWER_LIMIT`] bytes within
+/// `deadline`. reqwest's read timeout bounds the wait for the headers, but on a body
+/// it restarts with every chunk: an answer dripping in would never end.
 pub async fn read_json<T: serde::de::DeserializeOwned>(
     upstream: &str,
     resp: reqwest::Response,
-    what: &str,
+    what: &'static str,
+    deadline: Duration,
 ) -> Result<T, Error> {
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| Error::from_reqwest(upstream, &e))?;
+    let bound = Bound {
+        what,
+        limit: ANSWER_LIMIT,
+        deadline,
+    };
+    let bytes = body::read(upstream, resp, bound, |_| {}).await?;
     serde_json::from_slice(&bytes)
         .map_err(|_| protocol(upstream, &format!("the {what} is not the expected JSON")))
 }
@@ -184,5 +224,27 @@ mod tests {
         assert_eq!(jwt_expiry("opaque"), None);
         let t = Token::from_jwt("opaque".into(), Duration::ZERO);
         assert!(!t.is_usable());
+    }
+
+    #[test]
+    fn refuses_tokens_that_cannot_be_headers() {
+        assert_eq!(
+            checked("u", "token", "eyJ.a-b_c.d~+/=".into()).unwrap(),
+            "eyJ.a-b_c.d~+/="
+        );
+        for bad in ["", "a b", "a\r\nX-Injected: 1", "caf\u{e9}", "tab\there"] {
+            assert!(
+                matches!(
+                    checked("u", "token", bad.into()),
+                    Err(Error::Protocol { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            checked("u", "token", "a".repeat(TOKEN_LIMIT + 1)),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(checked("u", "token", "a".repeat(TOKEN_LIMIT)).is_ok());
     }
 }

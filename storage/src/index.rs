@@ -9,7 +9,7 @@
 //! | `links`     | upstream, repo, digest      | empty            |
 //! | `blobs`     | digest                      | [`BlobRecord`]   |
 //! | `taglists`  | upstream, repo              | tag names (JSON) |
-//! | `referrers` | upstream, repo, digest      | index bytes      |
+//! | `referrers` | upstream, repo, digest[, `artifactType=`type] | index bytes |
 //!
 //! The index is never the authority on whether bytes exist: the blob store is. A
 //! record whose blob is missing (a crash between the two writes, a deleted file) reads
@@ -127,8 +127,7 @@ impl Index {
         Ok(())
     }
 
-    /// Every tag known for `repo`: those fetched through Ferry and those seen in
-    /// upstream tag lists.
+    /// The tags fetched through Ferry in `repo` (by manifest pulls), sorted.
     pub fn known_tags(&self, repo: &Repo) -> Result<BTreeSet<String>> {
         let mut out = BTreeSet::new();
         let prefix = repo.prefix();
@@ -136,25 +135,25 @@ impl Index {
             let (k, _) = kv?;
             out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
         }
-        let key = repo.prefix();
-        if let Some(listed) = Self::get::<Vec<String>>(&self.taglists, &key)? {
-            out.extend(listed);
-        }
         Ok(out)
     }
 
-    /// Records tags an upstream listed, merging with those seen before.
-    pub fn add_listed_tags(&self, repo: &Repo, tags: &[String]) -> Result<()> {
+    /// The tag list the upstream last gave for `repo`, if it ever gave one.
+    pub fn listed_tags(&self, repo: &Repo) -> Result<Option<Vec<Tag>>> {
+        let Some(names) = Self::get::<Vec<String>>(&self.taglists, &repo.prefix())? else {
+            return Ok(None);
+        };
+        // Lists stored by older versions were not checked: what is not a tag is dropped.
+        Ok(Some(names.iter().filter_map(|n| n.parse().ok()).collect()))
+    }
+
+    /// Records the upstream's tag list for `repo`, replacing the one before (tags
+    /// the upstream no longer lists are gone). Written only when it changed.
+    pub fn set_listed_tags(&self, repo: &Repo, tags: &[Tag]) -> Result<()> {
         let key = repo.prefix();
-        let mut set: BTreeSet<String> = Self::get::<Vec<String>>(&self.taglists, &key)?
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let before = set.len();
-        set.extend(tags.iter().cloned());
-        if set.len() != before {
-            self.taglists
-                .insert(key, encode(&set.into_iter().collect::<Vec<_>>()))?;
+        let value = encode(&tags.iter().map(Tag::as_str).collect::<Vec<_>>());
+        if self.taglists.get(&key)?.as_deref() != Some(value.as_slice()) {
+            self.taglists.insert(key, value)?;
         }
         Ok(())
     }
@@ -192,15 +191,30 @@ impl Index {
         Ok(())
     }
 
-    pub fn referrers(&self, repo: &Repo, subject: &Digest) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .referrers
-            .get(repo.key(subject.as_str()))?
-            .map(|v| v.to_vec()))
+    /// The referrers answer kept for `subject`: the unfiltered one, or the one an
+    /// upstream filtered by `artifact_type` itself.
+    pub fn referrers(
+        &self,
+        repo: &Repo,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<u8>>> {
+        let key = referrers_key(repo, subject, artifact_type);
+        Ok(self.referrers.get(key)?.map(|v| v.to_vec()))
     }
 
-    pub fn set_referrers(&self, repo: &Repo, subject: &Digest, index: &[u8]) -> Result<()> {
-        self.referrers.insert(repo.key(subject.as_str()), index)?;
+    /// Keeps a referrers answer, replacing the one before for the same query.
+    pub fn set_referrers(
+        &self,
+        repo: &Repo,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        index: &[u8],
+    ) -> Result<()> {
+        let key = referrers_key(repo, subject, artifact_type);
+        if self.referrers.get(&key)?.as_deref() != Some(index) {
+            self.referrers.insert(key, index)?;
+        }
         Ok(())
     }
 
@@ -208,6 +222,13 @@ impl Index {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+fn referrers_key(repo: &Repo, subject: &Digest, artifact_type: Option<&str>) -> Vec<u8> {
+    match artifact_type {
+        None => repo.key(subject.as_str()),
+        Some(a) => repo.key(&format!("{subject}\0artifactType={a}")),
     }
 }
 
@@ -247,16 +268,33 @@ mod tests {
             },
         )
         .unwrap();
-        idx.add_listed_tags(&repo("a", "r"), &["0".into(), "1".into()])
-            .unwrap();
         let tags: Vec<_> = idx
             .known_tags(&repo("a", "r"))
             .unwrap()
             .into_iter()
             .collect();
-        assert_eq!(tags, vec!["0", "1"]);
+        assert_eq!(tags, vec!["1"]);
         idx.link(&repo("a", "r"), &d).unwrap();
         assert!(idx.is_linked(&repo("a", "r"), &d).unwrap());
         assert!(!idx.is_linked(&repo("a", "r/sub"), &d).unwrap());
+    }
+
+    #[test]
+    fn a_listed_tag_list_replaces_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(dir.path()).unwrap();
+        let r = repo("a", "r");
+        assert_eq!(idx.listed_tags(&r).unwrap(), None);
+        let tags = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| n.parse().unwrap())
+                .collect::<Vec<Tag>>()
+        };
+        idx.set_listed_tags(&r, &tags(&["a", "b"])).unwrap();
+        idx.set_listed_tags(&r, &tags(&["c"])).unwrap();
+        assert_eq!(idx.listed_tags(&r).unwrap(), Some(tags(&["c"])));
+        idx.set_listed_tags(&r, &[]).unwrap();
+        assert_eq!(idx.listed_tags(&r).unwrap(), Some(vec![]));
     }
 }

@@ -411,7 +411,7 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
         .upstream(unused_upstream())
         .command_prefix(&[prlimit.to_str().unwrap(), "--nofile=256:4096", "--"])
         .start();
-    let pid = ferry.pid().expect("running");
+    let pid = ferry.pid();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let line = limits
         .lines()

@@ -16,3 +16,17 @@ mod operator;
 mod redirects;
 mod store;
 mod upstreams;
+
+/// `(VmRSS, VmHWM)` of `pid` in MiB.
+pub(crate) fn memory_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            / 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

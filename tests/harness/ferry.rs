@@ -389,11 +389,6 @@ impl Ferry {
         self.child = Some(child);
     }
 
-    /// The process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -484,6 +479,14 @@ impl Ferry {
             let _ = r.join();
         }
         clean
+    }
+
+    /// The process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("ferry is running")
     }
 
     /// Sends `signal` (`HUP`, `TERM`, `INT`) to the process and returns at once.

@@ -44,6 +44,9 @@ pub struct TokenServerOptions {
     pub allow_anonymous: bool,
     /// `expires_in` of issued tokens, in seconds (the spec's minimum is 60).
     pub expires_in: u64,
+    /// The loopback address to listen on: `127.0.0.2` makes the realm another host
+    /// than a registry on 127.0.0.1.
+    pub host: String,
 }
 
 impl Default for TokenServerOptions {
@@ -54,6 +57,7 @@ impl Default for TokenServerOptions {
             users: vec![("pusher".to_owned(), "pusher-secret-pw".to_owned())],
             allow_anonymous: false,
             expires_in: 300,
+            host: "127.0.0.1".to_owned(),
         }
     }
 }
@@ -113,8 +117,8 @@ impl TokenServer {
         let encoding_key = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())
             .expect("load the signing key");
 
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("bind token server on 127.0.0.1:0");
+        let listener = std::net::TcpListener::bind((opts.host.as_str(), 0))
+            .unwrap_or_else(|e| panic!("bind token server on {}:0: {e}", opts.host));
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local_addr");
         let realm = format!("http://{addr}/token");
@@ -149,7 +153,7 @@ impl TokenServer {
         }
     }
 
-    /// `http://127.0.0.1:PORT/token`, the realm Distribution advertises.
+    /// `http://<host>:PORT/token`, the realm Distribution advertises.
     pub fn realm(&self) -> &str {
         &self.inner.realm
     }
