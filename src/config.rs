@@ -33,6 +33,21 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_PIN_REFRESH: Duration = Duration::from_secs(6 * 3600);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// `[server]` bounds on client connections; read at start only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A new connection's first request head, or an HTTP/1 head once its first byte
+    /// came, must arrive whole within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// At most this many open connections (default: three quarters of the open-file
+    /// limit, which also caps it).
+    pub max_connections: Option<usize>,
+}
 
 /// A validated configuration. Nothing in it needs checking again.
 #[derive(Debug, Clone)]
@@ -41,6 +56,9 @@ pub struct Config {
     /// `[server] shutdown_timeout`: how long a stopping server lets requests in flight
     /// finish before it cuts them.
     pub shutdown_timeout: Duration,
+    /// `[server] header_read_timeout`, `idle_timeout`, `max_connections`: what a client
+    /// connection may hold without using it (see `crate::connections`).
+    pub connections: ConnectionLimits,
     pub storage_root: PathBuf,
     pub upstreams: Vec<Upstream>,
     /// Cache rules, checked against ACR's constraints.
@@ -295,6 +313,9 @@ struct RawRule {
 struct RawServer {
     listen: Option<Spanned<String>>,
     shutdown_timeout: Option<Spanned<String>>,
+    header_read_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -425,9 +446,15 @@ impl Config {
     /// A human summary of what was understood, for `ferry config check`.
     pub fn describe(&self) -> String {
         let mut out = format!(
-            "listen: {} (shutdown_timeout {})\nstorage root: {}\nupstreams:\n",
+            "listen: {} (shutdown_timeout {})\nconnections: header_read_timeout {}, idle_timeout {}, max_connections {}\nstorage root: {}\nupstreams:\n",
             self.listen,
             humantime::format_duration(self.shutdown_timeout),
+            humantime::format_duration(self.connections.header_read_timeout),
+            humantime::format_duration(self.connections.idle_timeout),
+            match self.connections.max_connections {
+                Some(n) => n.to_string(),
+                None => "3/4 of the open-file limit".to_string(),
+            },
             self.storage_root.display()
         );
         for u in &self.upstreams {
@@ -500,7 +527,8 @@ impl Config {
     }
 }
 
-/// `FERRY_SERVER_LISTEN` (`_SHUTDOWN_TIMEOUT`), `FERRY_STORAGE_ROOT` (`_MAX_SIZE`, `_MIN_FREE`), and per upstream (name upper-cased,
+/// `FERRY_SERVER_LISTEN` (`_SHUTDOWN_TIMEOUT`, `_HEADER_READ_TIMEOUT`, `_IDLE_TIMEOUT`,
+/// `_MAX_CONNECTIONS`), `FERRY_STORAGE_ROOT` (`_MAX_SIZE`, `_MIN_FREE`), and per upstream (name upper-cased,
 /// `-` and `.` as `_`) `FERRY_UPSTREAM_<NAME>_<KEY>` for every key, `AUTH_<KEY>` for
 /// the auth table. An override for an upstream that the file does not define is an
 /// error rather than silently ignored.
@@ -526,6 +554,14 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
         match rest {
             "SERVER_LISTEN" => set(&mut raw.server.listen, value),
             "SERVER_SHUTDOWN_TIMEOUT" => set(&mut raw.server.shutdown_timeout, value),
+            "SERVER_HEADER_READ_TIMEOUT" => set(&mut raw.server.header_read_timeout, value),
+            "SERVER_IDLE_TIMEOUT" => set(&mut raw.server.idle_timeout, value),
+            "SERVER_MAX_CONNECTIONS" => {
+                let n = value
+                    .parse::<u64>()
+                    .map_err(|_| env_err(key, format!("`{value}` is not a count")))?;
+                raw.server.max_connections = Some(Spanned::new(0..0, n));
+            }
             "STORAGE_ROOT" => set(&mut raw.storage.root, value),
             "STORAGE_MAX_SIZE" => set(&mut raw.storage.max_size, value),
             "STORAGE_MIN_FREE" => set(&mut raw.storage.min_free, value),
@@ -609,11 +645,52 @@ fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), Config
     Ok(())
 }
 
+/// `[server] header_read_timeout`, `idle_timeout` (durations, more than zero) and
+/// `max_connections` (a count, more than zero).
+fn validate_connections(raw: &RawServer, src: &Source) -> Result<ConnectionLimits, ConfigError> {
+    let duration = |v: &Option<Spanned<String>>, key: &str, default: Duration| {
+        let Some(s) = v else { return Ok(default) };
+        match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(src.error(
+                Some(s.span()),
+                format!("server.{key} must be more than zero"),
+            )),
+            Err(e) => Err(src.error(
+                Some(s.span()),
+                format!(
+                    "server.{key}: `{}` is not a duration like 30s ({e})",
+                    s.get_ref()
+                ),
+            )),
+        }
+    };
+    let max_connections = match &raw.max_connections {
+        None => None,
+        Some(s) => match usize::try_from(*s.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(src.error(Some(s.span()), "server.max_connections must be at least 1"));
+            }
+        },
+    };
+    Ok(ConnectionLimits {
+        header_read_timeout: duration(
+            &raw.header_read_timeout,
+            "header_read_timeout",
+            DEFAULT_HEADER_READ_TIMEOUT,
+        )?,
+        idle_timeout: duration(&raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
+        max_connections,
+    })
+}
+
 fn env_name(upstream: &str) -> String {
     upstream.to_ascii_uppercase().replace(['-', '.'], "_")
 }
 
 fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
+    let connections = validate_connections(&raw.server, src)?;
     let listen = match raw.server.listen {
         None => "127.0.0.1:5000".parse().expect("default listen address"),
         Some(s) => s.get_ref().parse::<SocketAddr>().map_err(|e| {
@@ -1000,6 +1077,7 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
     Ok(Config {
         listen,
         shutdown_timeout,
+        connections,
         storage_root,
         upstreams,
         rules: rule_list,
@@ -1427,6 +1505,41 @@ mod tests {
         )];
         let c = parse_with("", &env).unwrap();
         assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = parse("").unwrap().connections;
+        assert_eq!(c.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.max_connections, None);
+        let c = parse("[server]\nheader_read_timeout = \"2s\"\nidle_timeout = \"1m\"\nmax_connections = 500\n")
+            .unwrap();
+        assert_eq!(c.connections.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.connections.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.connections.max_connections, Some(500));
+        assert!(
+            c.describe().contains("max_connections 500"),
+            "{}",
+            c.describe()
+        );
+        for (text, key) in [
+            ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+            ("idle_timeout = \"soon\"", "server.idle_timeout"),
+            ("max_connections = 0", "server.max_connections"),
+        ] {
+            let e = parse(&format!("[server]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("test.toml:2") && e.contains(key), "{e}");
+        }
+        let env = vec![
+            ("FERRY_SERVER_IDLE_TIMEOUT".to_string(), "5s".to_string()),
+            ("FERRY_SERVER_MAX_CONNECTIONS".to_string(), "7".to_string()),
+        ];
+        let c = parse_with("", &env).unwrap().connections;
+        assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_connections, Some(7));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod bundle;
 pub mod bytesize;
 pub mod cli;
 pub mod config;
+pub mod connections;
 mod filestamp;
 pub mod maintenance;
 pub mod metrics;
@@ -121,10 +122,18 @@ pub async fn serve_and_report(
     let pins = refresh_pins(&config.pins, addr, access.internal_token());
     let housekeeping = quota::Housekeeping::start(proxy.clone(), config.quota, config.scrub_rate);
     let app = api::router(proxy.clone(), access.clone());
-    // One control over both listeners: one drain, one count of open connections.
+    // One control over both listeners: one drain, one count of open connections;
+    // and one tracker: one bound on them, the same timeouts.
     let control = axum_server::Control::new();
+    let (tracker, sweeper) =
+        connections::Tracker::start(connections::Limits::new(&config.connections));
+    tracing::debug!(limits = ?tracker.limits(), "client connection limits");
     let mut servers = tokio::task::JoinSet::new();
-    let mut plain = axum_server::from_tcp(listener.into_std()?)?;
+    let mut plain = connections::watch_accept_errors(
+        axum_server::from_tcp(listener.into_std()?)?
+            .acceptor(connections::Acceptor::new(tracker.clone())),
+        &tracker,
+    );
     limit_http1_buffers(&mut plain);
     servers.spawn(
         plain
@@ -132,7 +141,11 @@ pub async fn serve_and_report(
             .serve(app.clone().into_make_service()),
     );
     if let Some(t) = tls {
-        servers.spawn(t.serve(app, axum_server::Handle::with_control(control.clone())));
+        servers.spawn(t.serve(
+            app,
+            axum_server::Handle::with_control(control.clone()),
+            tracker.clone(),
+        ));
     }
     let Controls {
         mut stop,
@@ -173,6 +186,7 @@ pub async fn serve_and_report(
         }
     };
     while servers.join_next().await.is_some() {}
+    sweeper.abort();
     housekeeping.stop().await;
     if let Err(e) = proxy.store().index.flush() {
         tracing::warn!(error = %e, "could not flush the index on shutdown");

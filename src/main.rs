@@ -36,6 +36,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Serve { config: path } => {
             let config = Config::load(path.as_deref(), &env)?;
+            // Before any listener: the connection bound is derived from the limit.
+            match ferry::connections::raise_descriptor_limit() {
+                Ok(limit) => tracing::debug!(limit, "open-file limit"),
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+            }
             let runtime = tokio::runtime::Runtime::new()?;
             let served = runtime.block_on(async {
                 let source = path.map(|path| ferry::signals::ConfigSource { path, env });

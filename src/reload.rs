@@ -214,6 +214,7 @@ impl Reloader {
         );
         let mut applied = new;
         applied.listen = running.listen;
+        applied.connections = running.connections;
         applied.storage_root = running.storage_root.clone();
         applied.tls = running.tls.clone();
         applied.quota = running.quota;
@@ -229,6 +230,9 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     if running.listen != new.listen {
         out.push("server.listen");
+    }
+    if running.connections != new.connections {
+        out.push("server.header_read_timeout/idle_timeout/max_connections");
     }
     if running.storage_root != new.storage_root {
         out.push("storage.root");

@@ -11,6 +11,7 @@ use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 
 use crate::config::Tls;
+use crate::connections::{Acceptor, Tracker};
 use crate::filestamp::{self, FileStamp};
 
 /// How often the certificate files are looked at.
@@ -65,18 +66,26 @@ impl Listener {
         self.listener.local_addr()
     }
 
-    /// Serves `app` until `handle` shuts it down (see `crate::shutdown`).
+    /// Serves `app` until `handle` shuts it down (see `crate::shutdown`), its
+    /// connections under `tracker` (see `crate::connections`).
     pub async fn serve(
         self,
         app: Router,
         handle: axum_server::Handle<SocketAddr>,
+        tracker: Tracker,
     ) -> std::io::Result<()> {
         let watcher = tokio::spawn(watch(
             self.rustls.clone(),
             self.files.cert_file.clone(),
             self.files.key_file.clone(),
         ));
-        let mut server = axum_server::from_tcp_rustls(self.listener, self.rustls)?;
+        // The tracker under TLS: it sees the TCP stream, so a handshake that never
+        // ends is bounded like a request head that never arrives.
+        let mut server = crate::connections::watch_accept_errors(
+            axum_server::from_tcp_rustls(self.listener, self.rustls)?
+                .map(|tls| tls.acceptor(Acceptor::new(tracker.clone()))),
+            &tracker,
+        );
         crate::limit_http1_buffers(&mut server);
         let served = server.handle(handle).serve(app.into_make_service()).await;
         watcher.abort();

@@ -157,6 +157,7 @@ pub struct FerryBuilder {
     extra_toml: String,
     env: Vec<(String, String)>,
     storage_root: Option<PathBuf>,
+    prefix: Vec<String>,
 }
 
 impl FerryBuilder {
@@ -208,6 +209,13 @@ impl FerryBuilder {
         self
     }
 
+    /// Runs Ferry through a program that execs it, e.g.
+    /// `["prlimit", "--nofile=1024:1024", "--"]` (the process keeps Ferry's pid).
+    pub fn command_prefix(mut self, prefix: &[&str]) -> FerryBuilder {
+        self.prefix = prefix.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     pub fn start(self) -> Ferry {
         let dir = super::temp_dir("ferry");
         let store = self
@@ -244,6 +252,7 @@ impl FerryBuilder {
             store,
             env: self.env,
             args: self.args,
+            prefix: self.prefix,
             starts: 0,
             dir,
         };
@@ -264,6 +273,7 @@ pub struct Ferry {
     store: PathBuf,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    prefix: Vec<String>,
     starts: usize,
     dir: tempfile::TempDir,
 }
@@ -302,7 +312,14 @@ impl Ferry {
 
     fn spawn(&mut self) {
         self.starts += 1;
-        let mut cmd = Command::new(Ferry::binary());
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(Ferry::binary());
+                cmd
+            }
+            None => Command::new(Ferry::binary()),
+        };
         cmd.arg("serve").arg("--config").arg(&self.config_path);
         cmd.args(&self.args);
         // Debug logs on, so the leak checks read everything Ferry can log.
