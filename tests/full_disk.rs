@@ -13,10 +13,11 @@ use crate::harness::http::{media, oci_error};
 use crate::harness::images::{PushedImage, push_image_http};
 use crate::harness::process::tail_str;
 use crate::harness::registry::{Registry, RegistryAuth};
+use crate::harness::sha256_digest;
 use crate::harness::smallfs::SmallFs;
-use crate::harness::{digest_hex, sha256_digest};
 use crate::support::{
     Outcome, assert_fsck_clean, blob_url, fetch_outcome, files_under, get, manifest_url,
+    stored_blob_path,
 };
 
 const FS_SIZE: u64 = 16 << 20;
@@ -24,16 +25,6 @@ const FS_SIZE: u64 = 16 << 20;
 /// and index updates, not for the layer.
 const LEAVE_FREE: u64 = 2 << 20;
 const BIG_LAYER: usize = 6 << 20;
-
-/// `blobs/sha256/ab/<hex>` in Ferry's store.
-fn stored_blob_path(ferry: &Ferry, digest: &str) -> std::path::PathBuf {
-    let hex = digest_hex(digest);
-    ferry
-        .storage_root()
-        .join("blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-}
 
 /// The store's files outside the index, with sizes, for messages.
 fn store_listing(ferry: &Ferry) -> String {

@@ -130,15 +130,6 @@ fn assert_connections_refused(addr: &str) {
     }
 }
 
-/// Log lines (after the first `from` bytes) containing every one of `needles`.
-fn log_lines(ferry: &Ferry, from: usize, needles: &[&str]) -> Vec<String> {
-    ferry.log()[from..]
-        .lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Waits for a log line with every one of `needles` after `from`; panics with the log.
 fn expect_log(ferry: &Ferry, from: usize, needles: &[&str]) -> String {
     ferry
@@ -297,8 +288,8 @@ async fn sigterm_lets_a_slow_download_finish_and_refuses_new_connections() {
         .wait_exit(Duration::from_secs(15))
         .expect("ferry exits once the download is done");
     assert_eq!(status.code(), Some(0), "exit status\n{}", ferry.log());
-    let starts = log_lines(&ferry, mark, &["shutting down"]);
-    let ends = log_lines(&ferry, mark, &["stopped: every request in flight finished"]);
+    let starts = ferry.log_lines(mark, &["shutting down"]);
+    let ends = ferry.log_lines(mark, &["stopped: every request in flight finished"]);
     assert!(
         starts.len() == 1 && ends.len() == 1,
         "one line at the start of the shutdown, one at its end\n{}",
@@ -441,7 +432,7 @@ async fn sighup_adds_and_removes_an_upstream_and_a_rule_without_dropping_connect
     );
     ferry.assert_running();
     assert!(
-        log_lines(&ferry, mark, &["configuration refused"]).is_empty(),
+        ferry.log_lines(mark, &["configuration refused"]).is_empty(),
         "{}",
         &ferry.log()[mark..]
     );
@@ -525,7 +516,7 @@ async fn an_invalid_config_is_refused_and_the_running_one_keeps_serving() {
     // Two more polls: the same bad file is not refused again.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
-        log_lines(&ferry, mark, &["configuration refused"]).len(),
+        ferry.log_lines(mark, &["configuration refused"]).len(),
         1,
         "one line per refused change\n{}",
         &ferry.log()[mark..]

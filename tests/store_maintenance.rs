@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
 use crate::harness::images::{PushedImage, push_image};
 use crate::harness::registry::{Registry, RegistryAuth};
-use crate::harness::{digest_hex, sha256_digest};
-use crate::support::{blob_url, ferry_cli, files_under, get, local_setup, manifest_url};
+use crate::harness::sha256_digest;
+use crate::support::{
+    blob_url, ferry_cli, files_under, get, local_setup, manifest_url, stored_blob_path,
+};
 
 /// A clean failure: non-zero, not a panic (101), not a signal.
 fn assert_failed(out: &Output, text: &str, what: &str) {
@@ -22,16 +24,6 @@ fn assert_failed(out: &Output, text: &str, what: &str) {
         "{what}: expected a clean non-zero exit, got {:?}\n{text}",
         out.status
     );
-}
-
-/// `blobs/sha256/ab/<hex>` in Ferry's store.
-fn stored_blob_path(ferry: &Ferry, digest: &str) -> std::path::PathBuf {
-    let hex = digest_hex(digest);
-    ferry
-        .storage_root()
-        .join("blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
 }
 
 /// Bytes of every blob file in Ferry's store (manifests included).

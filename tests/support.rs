@@ -122,6 +122,29 @@ pub fn blob_url(ferry: &Ferry, repo: &str, digest: &str) -> String {
     format!("{}/v2/{LOCAL}/{repo}/blobs/{digest}", ferry.url())
 }
 
+/// `blobs/sha256/ab/<hex>` in Ferry's store.
+pub fn stored_blob_path(ferry: &Ferry, digest: &str) -> PathBuf {
+    let hex = crate::harness::digest_hex(digest);
+    ferry
+        .storage_root()
+        .join("blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+}
+
+/// The `tags` of a `200` tag list answer.
+pub fn listed_tags(r: &Fetched) -> Vec<String> {
+    assert_eq!(r.status, 200, "tags/list: {}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("tags/list JSON ({e}): {}", r.text()));
+    v["tags"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tags array: {v}"))
+        .iter()
+        .map(|t| t.as_str().expect("tags are strings").to_owned())
+        .collect()
+}
+
 /// Every regular file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -18,20 +18,7 @@ use crate::harness::http::media;
 use crate::harness::images::{push_artifact_with_referrer, push_image_http, put_manifest};
 use crate::harness::registry::{Registry, RegistryAuth};
 use crate::harness::static_registry::StaticRegistry;
-use crate::support::{Fetched, files_under, get, manifest_url, store_holds};
-
-/// `tags` of a tag list answer.
-fn listed(r: &Fetched) -> Vec<String> {
-    assert_eq!(r.status, 200, "tags/list: {}", r.text());
-    let v: Value = serde_json::from_slice(&r.body)
-        .unwrap_or_else(|e| panic!("tags/list JSON ({e}): {}", r.text()));
-    v["tags"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no tags array: {v}"))
-        .iter()
-        .map(|t| t.as_str().expect("tags are strings").to_owned())
-        .collect()
-}
+use crate::support::{Fetched, files_under, get, listed_tags, manifest_url, store_holds};
 
 /// The target of a `Link: <target>; rel="next"` header, `None` when there is none.
 fn next_link(r: &Fetched) -> Option<String> {
@@ -52,7 +39,7 @@ async fn walk(ferry: &Ferry, first: &str) -> Vec<(u16, Vec<String>, Option<Strin
         assert!(pages.len() < 20, "more than 20 pages: {pages:?}");
         let r = get(&format!("{}{t}", ferry.url()), &[]).await;
         target = next_link(&r);
-        pages.push((r.status.as_u16(), listed(&r), target.clone()));
+        pages.push((r.status.as_u16(), listed_tags(&r), target.clone()));
     }
     pages
 }
@@ -287,10 +274,10 @@ async fn hostile_tag_lists_are_bounded_and_only_tags_are_listed() {
     assert!(peak_after < 128, "peak RSS {peak_after} MiB");
 
     let mixed = format!("{}/v2/{LOCAL}/mixed/tags/list", ferry.url());
-    assert_eq!(listed(&get(&mixed, &[]).await), ["good", "ok-1"]);
+    assert_eq!(listed_tags(&get(&mixed, &[]).await), ["good", "ok-1"]);
     // Offline: still only its tags.
     drop(upstream);
-    assert_eq!(listed(&get(&mixed, &[]).await), ["good", "ok-1"]);
+    assert_eq!(listed_tags(&get(&mixed, &[]).await), ["good", "ok-1"]);
 
     // What the attack left in the store, once Ferry has written everything out.
     ferry.terminate();
@@ -311,9 +298,9 @@ async fn upstream_pages_are_followed_and_bounded() {
     let url = |repo: &str| format!("{}/v2/{LOCAL}/{repo}/tags/list", ferry.url());
     // Every page of the upstream's, sorted into one list.
     let r = get(&url("paged"), &[]).await;
-    assert_eq!(listed(&r), ["p0", "p1", "p2", "p3", "p4"]);
+    assert_eq!(listed_tags(&r), ["p0", "p1", "p2", "p3", "p4"]);
     let r = get(&format!("{}?n=3", url("paged")), &[]).await;
-    assert_eq!(listed(&r), ["p0", "p1", "p2"]);
+    assert_eq!(listed_tags(&r), ["p0", "p1", "p2"]);
     assert_eq!(
         next_link(&r).as_deref(),
         Some(format!("/v2/{LOCAL}/paged/tags/list?n=3&last=p2").as_str())
@@ -321,7 +308,7 @@ async fn upstream_pages_are_followed_and_bounded() {
     // A page linking to itself ends the walk.
     let started = Instant::now();
     let r = get(&url("loop"), &[]).await;
-    assert_eq!(listed(&r), ["l1"]);
+    assert_eq!(listed_tags(&r), ["l1"]);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",

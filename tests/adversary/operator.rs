@@ -36,15 +36,6 @@ async fn assert_pulls(ferry: &Ferry, img: &PushedImage, what: &str) {
     );
 }
 
-/// Lines of the log after `from` holding every one of `needles`.
-fn log_lines(ferry: &Ferry, from: usize, needles: &[&str]) -> Vec<String> {
-    ferry.log()[from..]
-        .lines()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .map(str::to_owned)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_emptied_or_upstream_less_config_is_refused_on_reload_and_pulls_go_on() {
     let (registry, mut ferry) = local_setup();
@@ -70,7 +61,9 @@ async fn an_emptied_or_upstream_less_config_is_refused_on_reload_and_pulls_go_on
         "one error saying why: {refused}"
     );
     assert!(
-        log_lines(&ferry, mark, &["configuration reloaded"]).is_empty(),
+        ferry
+            .log_lines(mark, &["configuration reloaded"])
+            .is_empty(),
         "the empty file was applied\n{}",
         &ferry.log()[mark..]
     );
@@ -100,7 +93,7 @@ async fn an_emptied_or_upstream_less_config_is_refused_on_reload_and_pulls_go_on
     // Two more polls: the same file is not refused again.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
-        log_lines(&ferry, mark, &["configuration refused"]).len(),
+        ferry.log_lines(mark, &["configuration refused"]).len(),
         1,
         "one error per refused change\n{}",
         &ferry.log()[mark..]

@@ -24,23 +24,13 @@ use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
 use crate::harness::http::client;
 use crate::harness::images::{push_image_http, random_bytes};
 use crate::harness::registry::{Registry, RegistryAuth};
-use crate::harness::{digest_hex, sha256_digest};
-use crate::support::{blob_url, get, manifest_url};
+use crate::harness::sha256_digest;
+use crate::support::{blob_url, get, manifest_url, stored_blob_path};
 
-/// `blobs/sha256/ab/<hex>` in Ferry's store.
-fn stored_path(ferry: &Ferry, digest: &str) -> std::path::PathBuf {
-    let hex = digest_hex(digest);
-    ferry
-        .storage_root()
-        .join("blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-}
-
-/// `stored_path`, once the blob is there: a fetch serves its last byte as soon as
+/// `stored_blob_path`, once the blob is there: a fetch serves its last byte as soon as
 /// the digest verified, and stores the blob just after.
 async fn wait_stored(ferry: &Ferry, digest: &str) -> std::path::PathBuf {
-    let path = stored_path(ferry, digest);
+    let path = stored_blob_path(ferry, digest);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
         assert!(Instant::now() < deadline, "{digest} not stored within 10 s");
@@ -408,7 +398,7 @@ async fn a_range_of_a_download_that_fails_verification_is_cut() {
     );
     assert_eq!(up.gets.load(Ordering::SeqCst), 1);
     // Nothing of it was stored.
-    assert!(!stored_path(&ferry, &up.digest).exists());
+    assert!(!stored_blob_path(&ferry, &up.digest).exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -533,6 +533,15 @@ impl Ferry {
         self.config = text.to_owned();
     }
 
+    /// The log's lines after its first `from` bytes that hold every one of `needles`.
+    pub fn log_lines(&self, from: usize, needles: &[&str]) -> Vec<String> {
+        self.log()[from..]
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Waits up to `timeout` for a log line, after the first `from` bytes of the log,
     /// that contains every one of `needles`; returns it, or `None`.
     pub fn wait_for_log(&self, from: usize, needles: &[&str], timeout: Duration) -> Option<String> {
