@@ -253,11 +253,17 @@ async fn request_ids_are_returned_and_logged() {
     let kept = with_id("deploy-42.pull_7").await;
     kept.assert_error(404, "MANIFEST_UNKNOWN");
     assert_eq!(kept.header("x-request-id"), "deploy-42.pull_7");
-    let log = ferry.log();
+    // The log comes through a pipe, after the response: wait for it (bounded).
     assert!(
-        log.lines()
-            .any(|l| l.contains("deploy-42.pull_7") && l.contains("request refused")),
-        "the request's log line carries its id:\n{log}"
+        ferry
+            .wait_for_log(
+                0,
+                &["deploy-42.pull_7", "request refused"],
+                std::time::Duration::from_secs(5)
+            )
+            .is_some(),
+        "the request's log line carries its id:\n{}",
+        ferry.log()
     );
 
     let long: &'static str = Box::leak("a".repeat(129).into_boxed_str());
