@@ -537,11 +537,17 @@ pub struct Stream {
     registration: Registration,
 }
 
-fn cut_error() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "connection closed by Ferry",
-    )
+/// Registers `cx` on `waker`, then fails if the connection is cut. Registered before
+/// the flag is read: a cut between the two still wakes the task.
+fn uncut(conn: &Conn, waker: &AtomicWaker, cx: &Context<'_>) -> io::Result<()> {
+    waker.register(cx.waker());
+    if conn.is_cut() {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "connection closed by Ferry",
+        ));
+    }
+    Ok(())
 }
 
 impl AsyncRead for Stream {
@@ -552,10 +558,8 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let conn = &this.registration.conn;
-        // Registered before the flag is read: a cut between the two still wakes us.
-        conn.reader.register(cx.waker());
-        if conn.is_cut() {
-            return Poll::Ready(Err(cut_error()));
+        if let Err(e) = uncut(conn, &conn.reader, cx) {
+            return Poll::Ready(Err(e));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -574,9 +578,8 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let conn = &this.registration.conn;
-        conn.writer.register(cx.waker());
-        if conn.is_cut() {
-            return Poll::Ready(Err(cut_error()));
+        if let Err(e) = uncut(conn, &conn.writer, cx) {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -588,9 +591,8 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let conn = &this.registration.conn;
-        conn.writer.register(cx.waker());
-        if conn.is_cut() {
-            return Poll::Ready(Err(cut_error()));
+        if let Err(e) = uncut(conn, &conn.writer, cx) {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }

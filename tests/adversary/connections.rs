@@ -272,6 +272,39 @@ fn silent_slow_and_idle_connections_are_closed_after_their_timeouts() {
     );
 }
 
+/// HTTP/2 frame types the tests read and write.
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const GOAWAY: u8 = 7;
+
+/// Sends the HTTP/2 preface, an empty SETTINGS and `GET <path>` on stream 1 (HPACK:
+/// :method GET, :scheme http, :path, :authority "ferry"; END_STREAM | END_HEADERS).
+fn h2_get(s: &mut TcpStream, path: &str) {
+    assert!(path.len() < 127, "one-byte HPACK length");
+    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(b"\x41\x05ferry");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    out.extend_from_slice(&[0, 0, block.len() as u8, HEADERS, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    s.write_all(&out).unwrap();
+}
+
+/// Sends an HTTP/2 PING every 300 ms, `count` times or until the connection is gone,
+/// as some clients do on idle connections.
+fn h2_pinger(s: &TcpStream, count: u8) -> std::thread::JoinHandle<()> {
+    let mut pinger = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for i in 0..count {
+            let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i];
+            if pinger.write_all(&ping).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })
+}
+
 /// The frames of an HTTP/2 connection, read until it ends or `deadline`: the types
 /// seen, and whether the server closed it.
 fn h2_frames_until_closed(s: &mut TcpStream, deadline: Instant) -> (Vec<u8>, bool) {
@@ -302,33 +335,15 @@ fn h2_frames_until_closed(s: &mut TcpStream, deadline: Instant) -> (Vec<u8>, boo
 /// it open.
 #[test]
 fn an_idle_http2_connection_gets_goaway_after_the_idle_timeout() {
-    const HEADERS: u8 = 1;
-    const GOAWAY: u8 = 7;
     let ferry = FerryBuilder::new()
         .upstream(unused_upstream())
         .server_raw("header_read_timeout = \"2s\"")
         .server_raw("idle_timeout = \"3s\"")
         .start();
     let mut s = TcpStream::connect(ferry.addr()).expect("connect");
-    // Preface, empty SETTINGS, then GET /v2/ on stream 1 (HPACK: :method GET, :scheme
-    // http, :path "/v2/", :authority "ferry"; END_STREAM | END_HEADERS).
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
-    let block = b"\x82\x86\x44\x04/v2/\x41\x05ferry";
-    out.extend_from_slice(&[0, 0, block.len() as u8, HEADERS, 0x05, 0, 0, 0, 1]);
-    out.extend_from_slice(block);
-    s.write_all(&out).unwrap();
+    h2_get(&mut s, "/v2/");
     let sent = Instant::now();
-    // Every few hundred ms a PING, as some clients do on idle connections.
-    let mut pinger = s.try_clone().unwrap();
-    let pings = std::thread::spawn(move || {
-        for i in 0..30u8 {
-            let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i];
-            if pinger.write_all(&ping).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    });
+    let pings = h2_pinger(&s, 30);
     let (types, closed) =
         h2_frames_until_closed(&mut s, sent + Duration::from_millis(3_000 + 2_000 + 3_000));
     let took = sent.elapsed();
@@ -428,8 +443,6 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
 #[test]
 fn an_http2_client_that_never_reopens_its_window_is_cut_after_the_idle_timeout() {
     const SIZE: usize = 32 << 20;
-    const DATA: u8 = 0;
-    const HEADERS: u8 = 1;
     let registry = Registry::start(RegistryAuth::None);
     let img = push_image_http(&registry, "team/big", "1", &[SIZE]);
     let blob = img.largest_layer();
@@ -438,26 +451,9 @@ fn an_http2_client_that_never_reopens_its_window_is_cut_after_the_idle_timeout()
         .server_raw("idle_timeout = \"3s\"")
         .start();
     let mut s = TcpStream::connect(ferry.addr()).expect("connect");
-    let path = format!("/v2/local/team/big/blobs/{}", blob.digest);
-    assert!(path.len() < 127, "one-byte HPACK length");
-    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
-    block.extend_from_slice(path.as_bytes());
-    block.extend_from_slice(b"\x41\x05ferry");
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
-    out.extend_from_slice(&[0, 0, block.len() as u8, HEADERS, 0x05, 0, 0, 0, 1]);
-    out.extend_from_slice(&block);
-    s.write_all(&out).unwrap();
+    h2_get(&mut s, &format!("/v2/local/team/big/blobs/{}", blob.digest));
     let sent = Instant::now();
-    let mut pinger = s.try_clone().unwrap();
-    let pings = std::thread::spawn(move || {
-        for i in 0..40u8 {
-            let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i];
-            if pinger.write_all(&ping).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    });
+    let pings = h2_pinger(&s, 40);
     let (types, closed) = h2_frames_until_closed(&mut s, sent + Duration::from_secs(3 + 7));
     let took = sent.elapsed();
     pings.join().unwrap();
