@@ -267,6 +267,17 @@ async fn blob_range_requests() {
     }
 }
 
+/// The body of a manifest response hashes to the `Docker-Content-Digest` it came
+/// with, and that is the digest the image was pushed as.
+fn assert_served_digest(r: &crate::support::Fetched, digest: &str) {
+    assert_eq!(r.header("docker-content-digest"), digest, "{}", r.text());
+    assert_eq!(
+        crate::harness::sha256_digest(&r.body),
+        digest,
+        "served bytes"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn accept_negotiation() {
     let (registry, ferry) = local_setup();
@@ -276,13 +287,10 @@ async fn accept_negotiation() {
     let docker_url = manifest_url(&ferry, "team/docker", "v1");
 
     // Cold: a Docker-only client is not handed an OCI manifest.
+    // Ferry forwards the Accept, and Distribution answers as the spec's registries do
+    // (protocol.md §5): 404 MANIFEST_UNKNOWN.
     let r = get(&oci_url, &[media::DOCKER_MANIFEST, media::DOCKER_LIST]).await;
-    assert!(
-        r.status.is_client_error(),
-        "OCI manifest for a Docker-only Accept (cold): {} {}",
-        r.status,
-        r.header("content-type")
-    );
+    r.assert_error(404, "MANIFEST_UNKNOWN");
     // Accept as one comma-separated line works as well as separate lines.
     let r = get(
         &oci_url,
@@ -295,6 +303,7 @@ async fn accept_negotiation() {
     .await;
     assert_eq!(r.status, 200, "comma-separated Accept: {}", r.text());
     assert_eq!(r.body, oci.manifest);
+    assert_served_digest(&r, &oci.manifest_digest);
     assert_eq!(r.header("content-type"), media::OCI_MANIFEST);
     // Warm: still not served to a client that cannot take it, by tag or by digest.
     for url in [
@@ -302,38 +311,32 @@ async fn accept_negotiation() {
         manifest_url(&ferry, "team/oci", &oci.manifest_digest),
     ] {
         let r = get(&url, &[media::DOCKER_MANIFEST, media::DOCKER_LIST]).await;
-        assert!(
-            r.status.is_client_error(),
-            "cached OCI manifest for a Docker-only Accept ({url}): {} {}",
-            r.status,
-            r.header("content-type")
-        );
+        let message = r.assert_error(404, "MANIFEST_UNKNOWN");
+        eprintln!("cached OCI manifest, Docker-only Accept ({url}): {message}");
     }
     // `*/*` takes anything.
     let r = get(&oci_url, &["*/*"]).await;
     assert_eq!(r.status, 200, "*/*: {}", r.text());
     assert_eq!(r.body, oci.manifest);
+    assert_served_digest(&r, &oci.manifest_digest);
     assert_eq!(r.header("content-type"), media::OCI_MANIFEST);
 
     // The Docker schema 2 image: served to Docker clients, not to OCI-only ones.
     let r = get(&docker_url, &[media::DOCKER_MANIFEST]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.body, docker.manifest);
+    assert_served_digest(&r, &docker.manifest_digest);
     assert_eq!(r.header("content-type"), media::DOCKER_MANIFEST);
     // Distribution 2.8.2 answers such a request with a converted, signed schema 1
-    // manifest (whose bytes do not hash to its Docker-Content-Digest), so the status
-    // is up to Ferry; what matters is that the cached schema 2 manifest is not served.
+    // manifest whose bytes do not hash to its Docker-Content-Digest: Ferry refuses
+    // it (never a wrong byte) rather than serve it or the cached schema 2 manifest.
     let r = get(&docker_url, &[media::OCI_MANIFEST, media::OCI_INDEX]).await;
-    eprintln!(
-        "Docker schema 2 image, OCI-only Accept: {} {}",
-        r.status,
-        r.header("content-type")
-    );
+    let message = r.assert_error(502, "DIGEST_INVALID");
     assert!(
-        r.body != docker.manifest && r.header("content-type") != media::DOCKER_MANIFEST,
-        "cached Docker manifest served for an OCI-only Accept: {} {}",
-        r.status,
-        r.header("content-type")
+        !r.body
+            .windows(docker.manifest.len())
+            .any(|w| w == docker.manifest),
+        "cached Docker manifest in the refusal: {message}"
     );
 }
 
