@@ -1,6 +1,7 @@
 //! Ferry authenticating to its upstream: htpasswd basic auth, Docker token auth with
 //! credentials and anonymously. Clients of Ferry need no credentials; a wrong upstream
-//! password is a 401 for the client and the password never shows up anywhere.
+//! password is a 401 for the client, and neither the password nor a token the realm
+//! issued ever shows up in a log or response.
 
 use std::time::Duration;
 
@@ -31,21 +32,38 @@ fn secret_forms(user: &str, password: &str) -> Vec<String> {
 }
 
 fn assert_no_leak(ferry: &Ferry, responses: &[&Fetched], password: &str) {
+    assert_absent(
+        ferry,
+        responses,
+        &secret_forms(USER, password),
+        "the upstream password",
+    );
+}
+
+/// No bearer or refresh token `tokens` issued (to Ferry or anyone) is in Ferry's log or
+/// in `responses`: a token is a credential for as long as it lives.
+fn assert_no_token_leak(ferry: &Ferry, responses: &[&Fetched], tokens: &TokenServer) {
+    let issued = tokens.issued_secrets();
+    assert!(!issued.is_empty(), "the token server issued tokens");
+    assert_absent(ferry, responses, &issued, "a token the token server issued");
+}
+
+fn assert_absent(ferry: &Ferry, responses: &[&Fetched], secrets: &[String], what: &str) {
     let log = ferry.log();
-    for secret in secret_forms(USER, password) {
+    for secret in secrets {
         assert!(
-            !log.contains(&secret),
-            "ferry's log contains the upstream password (as {secret:?})"
+            !log.contains(secret.as_str()),
+            "ferry's log contains {what} (as {secret:?})"
         );
         for r in responses {
             assert!(
-                !String::from_utf8_lossy(&r.body).contains(&secret),
-                "a response body contains the upstream password"
+                !String::from_utf8_lossy(&r.body).contains(secret.as_str()),
+                "a response body contains {what}"
             );
             for (name, value) in &r.headers {
                 assert!(
-                    !value.to_str().unwrap_or("").contains(&secret),
-                    "response header {name} contains the upstream password"
+                    !value.to_str().unwrap_or("").contains(secret.as_str()),
+                    "response header {name} contains {what}"
                 );
             }
         }
@@ -143,6 +161,7 @@ async fn token_auth_upstream_with_credentials() {
     );
     let refs: Vec<&Fetched> = responses.iter().collect();
     assert_no_leak(&ferry, &refs, PASSWORD);
+    assert_no_token_leak(&ferry, &refs, &tokens);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,7 +176,7 @@ async fn token_auth_upstream_anonymous() {
     let ferry = FerryBuilder::new()
         .upstream(Upstream::local(&registry.url()))
         .start();
-    pull_all(&ferry, &img).await;
+    let responses = pull_all(&ferry, &img).await;
     let ferry_requests: Vec<_> = tokens.requests().into_iter().skip(seen_before).collect();
     assert!(!ferry_requests.is_empty(), "ferry got an anonymous token");
     for r in &ferry_requests {
@@ -167,6 +186,8 @@ async fn token_auth_upstream_anonymous() {
         );
         assert_eq!(r.status, 200, "{r:?}");
     }
+    let refs: Vec<&Fetched> = responses.iter().collect();
+    assert_no_token_leak(&ferry, &refs, &tokens);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,4 +236,6 @@ async fn wrong_token_realm_password_is_401_and_never_leaks() {
         "the realm refused ferry's credentials: {ferry_requests:?}"
     );
     assert_no_leak(&ferry, &[&m, &b], WRONG_PASSWORD);
+    // Only the pusher's tokens exist; Ferry must not have come by one either.
+    assert_no_token_leak(&ferry, &[&m, &b], &tokens);
 }

@@ -85,6 +85,8 @@ struct Inner {
     requests: Mutex<Vec<TokenRequest>>,
     count: AtomicUsize,
     refresh_tokens: Mutex<HashMap<String, String>>,
+    /// Every bearer token signed, for leak checks.
+    issued: Mutex<Vec<String>>,
 }
 
 /// A running token server; stops when dropped.
@@ -130,6 +132,7 @@ impl TokenServer {
             requests: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
             refresh_tokens: Mutex::new(HashMap::new()),
+            issued: Mutex::new(Vec::new()),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -198,6 +201,21 @@ impl TokenServer {
     /// Every request answered so far.
     pub fn requests(&self) -> Vec<TokenRequest> {
         self.inner.requests.lock().unwrap().clone()
+    }
+
+    /// Every secret this server handed out, in the forms a leak could take: each bearer
+    /// token, its signature alone (a token cut or re-encoded around it still carries
+    /// it), and each refresh token.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for token in self.inner.issued.lock().unwrap().iter() {
+            if let Some(signature) = token.rsplit('.').next() {
+                out.push(signature.to_owned());
+            }
+            out.push(token.clone());
+        }
+        out.extend(self.inner.refresh_tokens.lock().unwrap().keys().cloned());
+        out
     }
 
     /// Mints a token directly (for tests that talk to Distribution themselves).
@@ -302,7 +320,9 @@ impl Inner {
             kid: Some(self.kid.clone()),
             ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256)
         };
-        jsonwebtoken::encode(&header, &claims, &self.encoding_key).expect("sign JWT")
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding_key).expect("sign JWT");
+        self.issued.lock().unwrap().push(token.clone());
+        token
     }
 
     fn check_password(&self, user: &str, password: &str) -> bool {
