@@ -7,7 +7,9 @@
 //! Every round pushes fresh images, so the kill lands on cold fetches (staging,
 //! resumable partial downloads, fsync, rename, index flush), into a store that carries
 //! the crashes of the rounds before; a fresh store takes over every
-//! [`ROUNDS_PER_STORE`] rounds so that fsck's re-hashing stays bounded.
+//! [`ROUNDS_PER_STORE`] rounds so that fsck's re-hashing stays bounded. Every
+//! [`AIM_EVERY`]th kill is aimed at the moment a download is on disk unfinished, and the
+//! test requires at least one kill to have landed there.
 //!
 //! A store fsck does not find clean is recorded (naming what each digest is), repaired
 //! with `ferry fsck --repair`, and the run goes on: the test fails at the end with every
@@ -39,6 +41,14 @@ const CLIENTS_PER_IMAGE: usize = 2;
 /// About 2.5 MiB per image.
 const LAYERS: &[usize] = &[1 << 20, 768 << 10, 512 << 10, 256 << 10];
 const ROUNDS_PER_STORE: usize = 10;
+/// Every this many rounds the kill is aimed at a download being written to the store
+/// rather than at a random moment, so that such kills happen in every run.
+const AIM_EVERY: usize = 2;
+/// An aimed kill waits for this many bytes of unfinished downloads in the store: a
+/// layer being written (a manifest or config is staged and renamed in a moment).
+const AIM_BYTES: u64 = 64 << 10;
+/// How long an aimed kill waits for them.
+const AIM_WAIT: Duration = Duration::from_secs(10);
 
 /// What the clients saw around a kill.
 #[derive(Default)]
@@ -277,12 +287,19 @@ fn assert_no_violations(watch: &Watch, ferry: &Ferry, what: &str) {
     }
 }
 
-/// Files under `staging/` and `partial/`: downloads Ferry had on disk, unfinished.
-fn unfinished_downloads(ferry: &Ferry) -> usize {
-    ["staging", "partial"]
+/// Downloads Ferry has on disk, unfinished (files under `staging/` and `partial/`), and
+/// the bytes written to them so far.
+fn unfinished_downloads(ferry: &Ferry) -> (usize, u64) {
+    let files: Vec<_> = ["staging", "partial"]
         .iter()
-        .map(|d| files_under(&ferry.storage_root().join(d)).len())
-        .sum()
+        .flat_map(|d| files_under(&ferry.storage_root().join(d)))
+        .collect();
+    let bytes = files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    (files.len(), bytes)
 }
 
 /// What `digest` is among `images` (for fsck findings), with its size in the store.
@@ -354,7 +371,8 @@ struct Stats {
     kills: usize,
     /// Some client request had been sent and its body had not ended.
     mid_transfer: usize,
-    /// Ferry had unfinished downloads on disk when it died.
+    /// Ferry was writing downloads to the store when it died: unfinished ones on disk,
+    /// with bytes in them.
     with_downloads_on_disk: usize,
     /// Every pull had finished before the kill.
     after_pulls: usize,
@@ -462,13 +480,25 @@ fn sigkill_at_random_moments_during_concurrent_pulls_leaves_a_clean_store() {
         // Pull, and SIGKILL at a random moment of it.
         let watch = Arc::new(Watch::default());
         let tasks = spawn_pulls(&rt, &http, ferry, &images, CLIENTS_PER_IMAGE, false, &watch);
-        let delay = Duration::from_micros(rng.random_range(0..=window.as_micros() as u64));
-        std::thread::sleep(delay);
+        let pulls_started = Instant::now();
+        let delay = if round % AIM_EVERY == AIM_EVERY - 1 {
+            // Aimed: the moment a layer is being written in the store (staging/ or
+            // partial/), which random delays may all miss.
+            let give_up = pulls_started + AIM_WAIT;
+            while unfinished_downloads(ferry).1 < AIM_BYTES && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            pulls_started.elapsed()
+        } else {
+            let delay = Duration::from_micros(rng.random_range(0..=window.as_micros() as u64));
+            std::thread::sleep(delay);
+            delay
+        };
         watch.killed.store(true, Ordering::SeqCst);
         let in_flight = watch.in_flight.load(Ordering::SeqCst);
         let received = watch.bytes.load(Ordering::SeqCst);
         ferry.stop();
-        let on_disk = unfinished_downloads(ferry);
+        let (on_disk, on_disk_bytes) = unfinished_downloads(ferry);
         let what = format!("round {round}: SIGKILL {delay:?} into the pulls");
         join(&rt, tasks, &watch, ferry, &what);
         assert_no_violations(&watch, ferry, &what);
@@ -476,7 +506,7 @@ fn sigkill_at_random_moments_during_concurrent_pulls_leaves_a_clean_store() {
         if in_flight > 0 {
             stats.mid_transfer += 1;
         }
-        if on_disk > 0 {
+        if on_disk_bytes > 0 {
             stats.with_downloads_on_disk += 1;
         }
         if in_flight == 0 && watch.complete.load(Ordering::SeqCst) == requests_per_round {
@@ -484,9 +514,9 @@ fn sigkill_at_random_moments_during_concurrent_pulls_leaves_a_clean_store() {
         }
         eprintln!(
             "round {round}: killed after {delay:?}: {in_flight} requests in flight, {} KiB \
-             received, {} of {requests_per_round} complete, {on_disk} unfinished downloads on disk",
+             received, {} of {requests_per_round} complete, {on_disk} unfinished downloads on disk ({on_disk_bytes} bytes)",
             received >> 10,
-            watch.complete.load(Ordering::SeqCst)
+            watch.complete.load(Ordering::SeqCst),
         );
 
         // It starts again (start_again panics with the log otherwise) and answers.
@@ -574,6 +604,14 @@ fn sigkill_at_random_moments_during_concurrent_pulls_leaves_a_clean_store() {
             stats.mid_transfer > 0,
             "no kill landed mid-transfer in {rounds} rounds: the test exercised nothing \
              ({stats:?})"
+        );
+    }
+    if rounds >= AIM_EVERY {
+        assert!(
+            stats.with_downloads_on_disk > 0,
+            "no kill in {rounds} rounds landed while a download was being written to the \
+             store (staging/ or partial/), not even the aimed ones: the crash safety of \
+             staging writes was not exercised ({stats:?})"
         );
     }
 }

@@ -1,16 +1,18 @@
 //! An edge site's day: the link to the upstream drops, and every node keeps pulling
-//! what Ferry has cached, without waiting on the dead upstream.
+//! what Ferry has cached, without waiting on the dead upstream: a link that refuses
+//! connections, and one that goes silent (connections accepted, never answered).
 
 use std::time::{Duration, Instant};
 
 use crate::harness::containerd::{Containerd, mirror_hosts_toml};
+use crate::harness::faults::{FaultProxy, Mode};
 use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL, LOCAL_REGISTRY, Upstream};
 use crate::harness::http::media;
 use crate::harness::images::{PushedImage, push_image, push_index};
 use crate::harness::process::run_ok;
 use crate::harness::registry::{Registry, RegistryAuth};
 use crate::harness::skopeo;
-use crate::support::{get, manifest_url};
+use crate::support::{blob_url, get, manifest_url};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -144,10 +146,12 @@ fn edge_day_upstream_stopped_everything_cached_still_pulls() {
         "Warning: {:?}",
         r.header("warning")
     );
-    assert!(
-        matches!(r.x_cache(), "OFFLINE" | "STALE"),
-        "X-Cache {}",
-        r.x_cache()
+    // The first revalidation after the drop was STALE; the many requests since found
+    // the upstream offline.
+    assert_eq!(
+        r.x_cache(),
+        "OFFLINE",
+        "X-Cache once the upstream counts as offline"
     );
     // What was never cached is a clear 503 naming the upstream, at once.
     let started = Instant::now();
@@ -157,8 +161,10 @@ fn edge_day_upstream_stopped_everything_cached_still_pulls() {
     ));
     let message = r.assert_error(503, "UNAVAILABLE");
     assert!(message.contains("local"), "{message}");
+    // Not waiting on the upstream: less than its connect timeout (a loaded machine
+    // may still take a moment).
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < CONNECT_TIMEOUT,
         "uncached request waited {:?}",
         started.elapsed()
     );
@@ -169,4 +175,130 @@ fn edge_day_upstream_stopped_everything_cached_still_pulls() {
     ));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("\"v1\""), "{}", r.text());
+}
+
+/// The link drops in `mode` after a tag was cached and its `tag_ttl` ran out; checks the
+/// sequence the README's "Edge sites" section promises: the first request revalidates,
+/// waits no longer than the `connect_timeout` (plus a margin for a loaded machine, far
+/// below the `read_timeout`), and gets the cached manifest as `STALE` with the Warning;
+/// the upstream is then offline (`offline_after_failures` = 1), so the next requests get
+/// `OFFLINE` without waiting on it, blobs are still served, and what was never cached
+/// is `503 UNAVAILABLE`.
+fn link_drops_stale_then_offline(mode: Mode) {
+    /// Long, so that only the `connect_timeout` can explain a quick revalidation.
+    const READ_TIMEOUT: &str = "60s";
+    const MARGIN: Duration = Duration::from_secs(5);
+    let registry = Registry::start(RegistryAuth::None);
+    let proxy = FaultProxy::start(registry.addr());
+    let app = push_image(&registry, "team/app", "v1", &[300_000]);
+    let ferry = FerryBuilder::new()
+        .upstream(
+            Upstream::local(&proxy.url())
+                .tag_ttl("1s")
+                .raw(&format!(
+                    "connect_timeout = \"{}s\"",
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+                .raw(&format!("read_timeout = \"{READ_TIMEOUT}\"")),
+        )
+        .start();
+    let manifest = manifest_url(&ferry, "team/app", "v1");
+    let fetch = |url: &str, accept: &[&str]| crate::harness::block_on(get(url, accept));
+    let r = fetch(&manifest, &[media::OCI_MANIFEST]);
+    assert_eq!(r.status, 200, "first pull: {}", r.text());
+    for blob in app.blobs() {
+        let r = fetch(&blob_url(&ferry, "team/app", &blob.digest), &[]);
+        assert_eq!(r.status, 200, "first pull of {}: {}", blob.digest, r.text());
+    }
+
+    // The tag's TTL runs out, then the link drops.
+    std::thread::sleep(Duration::from_millis(1100));
+    proxy.set_mode(mode);
+    let connections = proxy.connections();
+
+    // Revalidation fails within the connect timeout: STALE, with the Warning.
+    let started = Instant::now();
+    let r = fetch(&manifest, &[media::OCI_MANIFEST]);
+    let took = started.elapsed();
+    eprintln!(
+        "link dropped ({mode:?}): revalidation answered {} in {took:?}",
+        r.x_cache()
+    );
+    assert_eq!(r.status, 200, "{mode:?}: cached tag: {}", r.text());
+    assert_eq!(r.body, app.manifest, "{mode:?}: cached manifest bytes");
+    assert!(
+        proxy.connections() > connections,
+        "{mode:?}: Ferry did not try the upstream to revalidate the tag past its TTL"
+    );
+    assert!(
+        took <= CONNECT_TIMEOUT + MARGIN,
+        "{mode:?}: revalidating took {took:?}; the README bounds it by the connect_timeout \
+         ({CONNECT_TIMEOUT:?}; read_timeout {READ_TIMEOUT})\n{}",
+        crate::harness::process::tail_str(&ferry.log(), 30)
+    );
+    assert_eq!(
+        r.x_cache(),
+        "STALE",
+        "{mode:?}: first answer after the drop"
+    );
+    assert_eq!(
+        r.header("warning"),
+        "299 - \"served from cache: upstream local unreachable\"",
+        "{mode:?}: Warning of the stale answer"
+    );
+
+    // Offline now: no more waiting on the upstream.
+    let started = Instant::now();
+    let r = fetch(&manifest, &[media::OCI_MANIFEST]);
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{mode:?}: cached tag, offline: {}", r.text());
+    assert_eq!(
+        r.body, app.manifest,
+        "{mode:?}: cached manifest bytes, offline"
+    );
+    assert_eq!(
+        r.x_cache(),
+        "OFFLINE",
+        "{mode:?}: second answer after the drop"
+    );
+    assert!(
+        r.header("warning")
+            .contains("served from cache: upstream local unreachable"),
+        "{mode:?}: Warning offline: {:?}",
+        r.header("warning")
+    );
+    assert!(
+        took < CONNECT_TIMEOUT,
+        "{mode:?}: offline, the cached tag still waited {took:?}"
+    );
+    for blob in app.blobs() {
+        let r = fetch(&blob_url(&ferry, "team/app", &blob.digest), &[]);
+        assert_eq!(r.status, 200, "{mode:?}: cached blob offline: {}", r.text());
+        assert!(r.body == blob.bytes, "{mode:?}: bytes of {}", blob.digest);
+        assert_eq!(r.x_cache(), "HIT", "{mode:?}: cached blob offline");
+    }
+    let started = Instant::now();
+    let r = fetch(
+        &manifest_url(&ferry, "team/other", "v1"),
+        &[media::OCI_MANIFEST],
+    );
+    let took = started.elapsed();
+    let message = r.assert_error(503, "UNAVAILABLE");
+    assert!(message.contains("local"), "{mode:?}: {message}");
+    assert!(
+        took < CONNECT_TIMEOUT,
+        "{mode:?}: uncached request, upstream offline, waited {took:?}"
+    );
+}
+
+#[test]
+fn edge_link_refused_stale_within_connect_timeout_then_offline() {
+    link_drops_stale_then_offline(Mode::Refuse);
+}
+
+/// Packets dropped: connections are accepted and never answered, so only Ferry's own
+/// timeout ends the wait.
+#[test]
+fn edge_link_silent_stale_within_connect_timeout_then_offline() {
+    link_drops_stale_then_offline(Mode::Hang);
 }

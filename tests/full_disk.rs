@@ -44,6 +44,8 @@ fn store_listing(ferry: &Ferry) -> String {
 async fn pull_fails_on_full_disk(ferry: &mut Ferry, img: &PushedImage, what: &str) {
     let layer = img.largest_layer();
     let url = blob_url(ferry, &img.repo, &layer.digest);
+    // Ferry's log must say why for this pull, not for an earlier one.
+    let log_mark = ferry.log().len();
     let outcome = fetch_outcome(&url, &[]).await;
     match &outcome {
         Outcome::Complete { body, .. } => panic!(
@@ -75,11 +77,18 @@ async fn pull_fails_on_full_disk(ferry: &mut Ferry, img: &PushedImage, what: &st
     ferry.assert_running();
     let r = get(&format!("{}/v2/", ferry.url()), &[]).await;
     assert_eq!(r.status, 200, "{what}: /v2/ after the failed pull");
-    let log = ferry.log();
+    // The line comes through a pipe, possibly after the response: wait for it.
+    let said = ["No space left on device", "os error 28"]
+        .iter()
+        .any(|needle| {
+            ferry
+                .wait_for_log(log_mark, &[*needle], Duration::from_secs(5))
+                .is_some()
+        });
     assert!(
-        log.contains("No space left on device") || log.contains("os error 28"),
-        "{what}: Ferry's log does not say the disk is full\n{}",
-        tail_str(&log, 30)
+        said,
+        "{what}: Ferry's log does not say the disk is full for this pull\n{}",
+        tail_str(&ferry.log()[log_mark..], 30)
     );
 
     // Nothing partial: no blob under the digest, no leftover download taking space.

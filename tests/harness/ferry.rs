@@ -254,6 +254,7 @@ impl FerryBuilder {
             args: self.args,
             prefix: self.prefix,
             starts: 0,
+            start_offset: 0,
             dir,
         };
         ferry.spawn();
@@ -275,6 +276,8 @@ pub struct Ferry {
     args: Vec<String>,
     prefix: Vec<String>,
     starts: usize,
+    /// Length of `log` when the current process started: where its own lines begin.
+    start_offset: usize,
     dir: tempfile::TempDir,
 }
 
@@ -312,6 +315,9 @@ impl Ferry {
 
     fn spawn(&mut self) {
         self.starts += 1;
+        // The readers of the previous process were joined when it stopped, so nothing
+        // of it can land after this mark.
+        self.start_offset = self.log.lock().unwrap().len();
         let mut cmd = match self.prefix.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
@@ -429,6 +435,18 @@ impl Ferry {
     /// Everything Ferry wrote to stderr and stdout so far, across restarts.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// What the current process wrote so far: the log from its start on, without the
+    /// lines of earlier starts (which would satisfy a check meant for this one).
+    pub fn log_since_start(&self) -> String {
+        self.log.lock().unwrap()[self.start_offset..].to_owned()
+    }
+
+    /// Where the current process's lines begin in [`Ferry::log`], as a `from` for
+    /// [`Ferry::log_lines`] and [`Ferry::wait_for_log`].
+    pub fn start_offset(&self) -> usize {
+        self.start_offset
     }
 
     /// Whether the process is still running.
