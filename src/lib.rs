@@ -15,6 +15,7 @@ pub mod access;
 pub mod api;
 pub mod bundle;
 pub mod bytesize;
+pub mod cache_status;
 pub mod cli;
 pub mod config;
 pub mod connections;
