@@ -479,6 +479,15 @@ impl Drop for Registration {
     }
 }
 
+/// Bounds what hyper may queue for one HTTP/1 connection (and read of a request
+/// head), on every listener. Its default, ~400 KiB, is what 64 parallel downloads of
+/// warm blobs would hold in memory when chunks come straight from the page cache
+/// faster than the socket drains; 64 KiB keeps every connection to about one chunk in
+/// flight.
+pub(crate) fn limit_http1_buffers<A>(server: &mut axum_server::Server<std::net::SocketAddr, A>) {
+    server.http_builder().http1().max_buf_size(64 * 1024);
+}
+
 /// Puts `server` under `tracker`: accept errors of its listener (out of descriptors)
 /// are counted and logged once a minute rather than retried in silence. The caller
 /// sets the [`Acceptor`].

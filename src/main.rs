@@ -125,7 +125,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     }
                     None => {
                         let config = Config::load(config.as_deref(), &env)?;
-                        ferry::prefetch::pull_in_process(config, &images, platform.as_ref()).await
+                        ferry::prefetch_in_process(config, &images, platform.as_ref()).await
                     }
                 }
                 .map_err(anyhow::Error::from)
