@@ -2,14 +2,28 @@
 //!
 //! Data flows one way: [`api`] (HTTP handlers) → [`proxy`] (cache logic) →
 //! `ferry_storage` (blobs and index) and [`upstream`] (registry clients). Nothing
-//! calls back up. [`config`] is read and validated into an immutable
-//! [`config::Config`]; [`serve`] starts the server on it, swaps in a new one when told
-//! to reload ([`reload`], [`signals`]) and drains when told to stop ([`shutdown`]).
+//! calls back up: every module imports only modules below it in this list.
 //!
-//! Beside that path: [`rules`] (ACR-style cache rules, used by routing), [`quota`]
-//! (the server's housekeeping: startup check, access times, eviction), and the
-//! commands that work on a store while no server does — [`bundle`] (OCI bundles for
-//! air gaps), [`maintenance`] (fsck, gc) — or through one — [`prefetch`].
+//! - The crate root is the top. [`serve`] opens the store, builds the proxy and the
+//!   access policy, binds the listeners ([`connections`], [`tls`]) and serves until
+//!   told to stop ([`shutdown`], [`signals`]), swapping in a new configuration when
+//!   told to reload ([`reload`]) and keeping `[[pin]]` images fetched with the
+//!   [`prefetch`] client. [`prefetch_in_process`] (`ferry prefetch` without a server)
+//!   starts one on loopback and pulls through it.
+//! - The other commands: [`cli`] (their arguments), then those that work on a store
+//!   while no server does — [`bundle`] (OCI bundles for air gaps; it routes names
+//!   through a [`proxy::Proxy`] it never serves from), [`maintenance`] (fsck, gc) —
+//!   and [`nodeconfig`] (a node's container runtime configuration).
+//! - [`api`] asks [`access`] who may pull what and calls [`proxy`]; [`quota`] (the
+//!   server's housekeeping: startup check, access times, eviction) works on the
+//!   proxy's store beside it.
+//! - [`proxy`] routes (by the upstreams and cache rules of the config) and fetches
+//!   through [`upstream`]; both count into [`metrics`], which labels answers by
+//!   [`cache_status`].
+//! - Leaves: [`config`], read and validated once into an immutable
+//!   [`config::Config`] (with the types it holds, e.g. [`config::pattern`] and
+//!   [`config::htpasswd`], which [`access`] is built from); [`rules`] (ACR-style
+//!   cache rules), [`oci`], [`secret`], [`bytesize`].
 
 pub mod access;
 pub mod api;
