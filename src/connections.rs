@@ -119,6 +119,8 @@ fn nofile_limit() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
 
 /// Raises the soft open-file limit to the hard one (systemd and many shells start
 /// processes at 1,024, too few for a registry's clients). Returns the limit in force.
+// `rlim_t` is u64 on 64-bit Linux, where the casts are no-ops, but u32 on 32-bit.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_descriptor_limit() -> io::Result<u64> {
     let (soft, hard) = nofile_limit()?;
     if soft >= hard {
