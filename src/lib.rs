@@ -11,8 +11,9 @@
 //!   [`prefetch`] client. [`prefetch_in_process`] (`ferry prefetch` without a server)
 //!   starts one on loopback and pulls through it.
 //! - The other commands: [`cli`] (their arguments), then those that work on a store
-//!   while no server does — [`bundle`] (OCI bundles for air gaps; it routes names
-//!   through a [`proxy::Proxy`] it never serves from), [`maintenance`] (fsck, gc) —
+//!   while no server does — [`bundle`] (OCI bundles for air gaps; it names images
+//!   as the proxy routes them, by [`proxy::route_offline`]), [`maintenance`] (fsck,
+//!   gc) —
 //!   and [`nodeconfig`] (a node's container runtime configuration).
 //! - [`api`] asks [`access`] who may pull what and calls [`proxy`]; [`quota`] (the
 //!   server's housekeeping: startup check, access times, eviction) works on the

@@ -30,6 +30,7 @@ pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use referrers::Referrers;
 pub use reload::Reloaded;
+pub use route::route_offline;
 pub use status::{ImageStatus, PlatformStatus, Status};
 pub use tags::TagList;
 
