@@ -13,17 +13,21 @@
 //! whole (a config reload calls [`Access::replace`]); the htpasswd file is re-read when
 //! it changes. Successful bcrypt checks are remembered (keyed by a keyed hash of user
 //! and password, bounded), so a node pulling 40 layers pays for one bcrypt, not 40.
+//!
+//! The patterns and the htpasswd file are the config's types
+//! ([`crate::config::pattern`], [`crate::config::htpasswd`]): this policy is built
+//! from them, and the config does not import it.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use sha2::Digest as _;
 
 use crate::config::Config;
-use crate::filestamp::{self, FileStamp};
+use crate::config::htpasswd::Htpasswd;
+use crate::config::pattern::Rules;
 use crate::secret::Secret;
 
 /// Successful verifications remembered at most.
@@ -43,214 +47,6 @@ pub enum Error {
     /// Credentials that do not verify (unknown user, wrong password, malformed).
     #[error("invalid credentials{}", user.as_ref().map(|u| format!(" for user `{u}`")).unwrap_or_default())]
     BadCredentials { user: Option<String> },
-}
-
-/// A repository pattern: `*` matches within one path component, `**` any depth.
-#[derive(Clone)]
-pub struct Pattern {
-    text: String,
-    matcher: globset::GlobMatcher,
-}
-
-impl Pattern {
-    pub fn parse(text: &str) -> Result<Pattern, String> {
-        if text.is_empty() {
-            return Err("an empty pattern matches nothing".into());
-        }
-        if text.starts_with('/') || text.ends_with('/') {
-            return Err(format!("`{text}` may not start or end with `/`"));
-        }
-        let glob = globset::GlobBuilder::new(text)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| format!("`{text}` is not a pattern: {}", e.kind()))?;
-        Ok(Pattern {
-            text: text.to_string(),
-            matcher: glob.compile_matcher(),
-        })
-    }
-
-    fn matches(&self, name: &str) -> bool {
-        self.matcher.is_match(name)
-    }
-}
-
-/// Patterns are equal when they are written the same.
-impl PartialEq for Pattern {
-    fn eq(&self, other: &Pattern) -> bool {
-        self.text == other.text
-    }
-}
-
-impl fmt::Debug for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.text)
-    }
-}
-
-impl fmt::Display for Pattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-/// One principal's patterns.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Rules {
-    /// `None`: everything not denied.
-    pub allow: Option<Vec<Pattern>>,
-    pub deny: Vec<Pattern>,
-}
-
-impl Rules {
-    /// Whether `name` is allowed: no deny matches and (no allow list, or one matches).
-    pub fn permits(&self, name: &str) -> bool {
-        !self.deny.iter().any(|p| p.matches(name))
-            && self
-                .allow
-                .as_ref()
-                .is_none_or(|a| a.iter().any(|p| p.matches(name)))
-    }
-
-    /// Whether these rules restrict anything.
-    pub fn is_open(&self) -> bool {
-        self.allow.is_none() && self.deny.is_empty()
-    }
-
-    /// `allow [..] deny [..]` for `ferry config check`.
-    pub fn describe(&self) -> String {
-        let list = |v: &[Pattern]| {
-            v.iter()
-                .map(|p| p.text.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let allow = match &self.allow {
-            None => "everything".to_string(),
-            Some(a) => list(a),
-        };
-        if self.deny.is_empty() {
-            format!("allow {allow}")
-        } else {
-            format!("allow {allow}; deny {}", list(&self.deny))
-        }
-    }
-}
-
-/// Why an htpasswd file was refused.
-#[derive(Debug, thiserror::Error)]
-#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
-pub struct HtpasswdError {
-    path: PathBuf,
-    line: Option<usize>,
-    message: String,
-}
-
-/// The users of an htpasswd file: name → bcrypt hash. Its `Debug` shows names only.
-#[derive(Clone)]
-pub struct Htpasswd {
-    path: PathBuf,
-    stamp: Option<FileStamp>,
-    entries: Arc<HashMap<String, String>>,
-}
-
-impl fmt::Debug for Htpasswd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Htpasswd")
-            .field("path", &self.path)
-            .field("users", &self.users())
-            .finish()
-    }
-}
-
-impl Htpasswd {
-    /// Reads and checks `path`: `user:hash` lines, `#` comments, bcrypt hashes only.
-    pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
-        let stamp = filestamp::of(path);
-        let text = std::fs::read_to_string(path).map_err(|e| HtpasswdError {
-            path: path.to_owned(),
-            line: None,
-            message: format!("cannot read the htpasswd file: {e}"),
-        })?;
-        let entries = Self::parse(&text).map_err(|(line, message)| HtpasswdError {
-            path: path.to_owned(),
-            line: Some(line),
-            message,
-        })?;
-        Ok(Htpasswd {
-            path: path.to_owned(),
-            stamp,
-            entries: Arc::new(entries),
-        })
-    }
-
-    fn parse(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
-        let mut entries = HashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let n = i + 1;
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((user, hash)) = line.split_once(':') else {
-                return Err((n, "not a `user:hash` line".into()));
-            };
-            if user.is_empty() {
-                return Err((n, "the user name is empty".into()));
-            }
-            if let Some(kind) = not_bcrypt(hash) {
-                return Err((
-                    n,
-                    format!(
-                        "user `{user}` has {kind}; Ferry accepts bcrypt hashes only (create them with `htpasswd -B`)"
-                    ),
-                ));
-            }
-            if hash.parse::<bcrypt::HashParts>().is_err() {
-                return Err((n, format!("user `{user}`: malformed bcrypt hash")));
-            }
-            if entries.insert(user.to_string(), hash.to_string()).is_some() {
-                return Err((n, format!("user `{user}` is listed twice")));
-            }
-        }
-        Ok(entries)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// User names, sorted.
-    pub fn users(&self) -> Vec<&str> {
-        let mut u: Vec<&str> = self.entries.keys().map(String::as_str).collect();
-        u.sort_unstable();
-        u
-    }
-
-    pub fn has_user(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
-    }
-}
-
-/// What a hash that is not bcrypt is, for the error; `None` if it looks like bcrypt.
-fn not_bcrypt(hash: &str) -> Option<&'static str> {
-    if ["$2a$", "$2b$", "$2x$", "$2y$"]
-        .iter()
-        .any(|p| hash.starts_with(p))
-    {
-        return None;
-    }
-    Some(if hash.starts_with("$apr1$") {
-        "an MD5 (apr1) hash"
-    } else if hash.starts_with("{SHA}") {
-        "a SHA-1 hash"
-    } else if hash.starts_with("$1$") {
-        "an MD5-crypt hash"
-    } else if hash.starts_with("$5$") || hash.starts_with("$6$") {
-        "a SHA-crypt hash"
-    } else {
-        "a crypt(3) or plain-text password"
-    })
 }
 
 /// The credentials a request carries, as the API read them.
@@ -333,24 +129,12 @@ impl Policy {
         self.htpasswd.is_some()
     }
 
-    /// The current htpasswd entries, re-read if the file changed. A changed file that
-    /// cannot be used is reported once and the previous entries kept.
+    /// The current htpasswd entries, re-read if the file changed (see
+    /// [`Htpasswd::reload_if_changed`]).
     fn entries(&self) -> Option<Arc<HashMap<String, String>>> {
         let mut h = self.htpasswd.as_ref()?.lock().expect("htpasswd lock");
-        let now = filestamp::of(&h.path);
-        if now.is_some() && now != h.stamp {
-            match Htpasswd::load(&h.path) {
-                Ok(new) => {
-                    tracing::info!(file = %h.path.display(), users = new.entries.len(), "htpasswd file changed; using the new users");
-                    *h = new;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "htpasswd file changed but cannot be used; keeping the previous users");
-                    h.stamp = now;
-                }
-            }
-        }
-        Some(h.entries.clone())
+        h.reload_if_changed();
+        Some(h.entries())
     }
 
     fn cache_key(&self, user: &str, password: &Secret) -> [u8; 32] {
@@ -520,33 +304,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn rules(allow: Option<&[&str]>, deny: &[&str]) -> Rules {
-        Rules {
-            allow: allow.map(|a| a.iter().map(|p| Pattern::parse(p).unwrap()).collect()),
-            deny: deny.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
-        }
-    }
-
-    #[test]
-    fn patterns() {
-        let r = rules(Some(&["library/*", "team/**"]), &["team/secret/**"]);
-        assert!(r.permits("library/nginx"));
-        assert!(!r.permits("library/x/y"), "* stays within one component");
-        assert!(r.permits("team/a"));
-        assert!(r.permits("team/a/b/c"));
-        assert!(!r.permits("team/secret/app"), "deny wins");
-        assert!(!r.permits("other/app"));
-        let open = rules(None, &["private/*"]);
-        assert!(open.permits("anything/at/all"));
-        assert!(!open.permits("private/app"));
-        let r = rules(Some(&["contoso.azurecr.io/aks-*/**"]), &[]);
-        assert!(r.permits("contoso.azurecr.io/aks-managed-repository/oss/pause"));
-        assert!(!r.permits("ghcr.io/aks-x/y"));
-        assert!(Pattern::parse("").is_err());
-        assert!(Pattern::parse("/x").is_err());
-        assert!(Pattern::parse("a/[").is_err());
-    }
-
     /// A config with two upstreams, anonymous rules on one, and (optionally) a user.
     fn access(with_user: bool) -> (tempfile::TempDir, Access) {
         let dir = tempfile::tempdir().unwrap();
@@ -628,30 +385,5 @@ mod tests {
                 .await,
             Err(Error::BadCredentials { .. })
         ));
-    }
-
-    #[test]
-    fn htpasswd_bcrypt_only() {
-        let hash = bcrypt::hash("pw", 4).unwrap();
-        let ok = Htpasswd::parse(&format!("# users\n\nci:{hash}\n")).unwrap();
-        assert!(ok.contains_key("ci"));
-        for (line, kind) in [
-            ("bob:$apr1$abc$def", "MD5 (apr1)"),
-            ("bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "SHA-1"),
-            ("bob:plain", "plain-text"),
-            ("bob:$6$salt$hash", "SHA-crypt"),
-        ] {
-            let (n, e) = Htpasswd::parse(&format!("ci:{hash}\n{line}\n")).unwrap_err();
-            assert_eq!(n, 2, "{e}");
-            assert!(
-                e.contains(kind) && e.contains("bob") && e.contains("bcrypt"),
-                "{e}"
-            );
-        }
-        assert_eq!(Htpasswd::parse("nocolon\n").unwrap_err().0, 1);
-        let (n, e) = Htpasswd::parse(&format!("ci:{hash}\nci:{hash}\n")).unwrap_err();
-        assert!(n == 2 && e.contains("twice"), "{e}");
-        let (_, e) = Htpasswd::parse("ci:$2y$05$short\n").unwrap_err();
-        assert!(e.contains("malformed"), "{e}");
     }
 }

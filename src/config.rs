@@ -4,8 +4,10 @@
 //! Every error names the key and, when it came from a file, the line, so that an
 //! operator can fix it without reading Ferry's source.
 
-use std::collections::{BTreeMap, HashSet};
+pub mod htpasswd;
+pub mod pattern;
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,10 +16,11 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
-use crate::access::{Htpasswd, Pattern, Rules};
 use crate::oci::{ImageName, Platform};
 use crate::rules::{self, Rule};
 pub use crate::secret::{Secret, SecretSource};
+use htpasswd::Htpasswd;
+use pattern::{Pattern, Rules};
 
 /// The configuration `ferry serve` runs on when given no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");

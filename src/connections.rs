@@ -119,6 +119,8 @@ fn nofile_limit() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
 
 /// Raises the soft open-file limit to the hard one (systemd and many shells start
 /// processes at 1,024, too few for a registry's clients). Returns the limit in force.
+// `rlim_t` is u64 on 64-bit Linux, where the casts are no-ops, but u32 on 32-bit.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_descriptor_limit() -> io::Result<u64> {
     let (soft, hard) = nofile_limit()?;
     if soft >= hard {
@@ -477,6 +479,15 @@ impl Drop for Registration {
             conns.remove(&self.id);
         }
     }
+}
+
+/// Bounds what hyper may queue for one HTTP/1 connection (and read of a request
+/// head), on every listener. Its default, ~400 KiB, is what 64 parallel downloads of
+/// warm blobs would hold in memory when chunks come straight from the page cache
+/// faster than the socket drains; 64 KiB keeps every connection to about one chunk in
+/// flight.
+pub(crate) fn limit_http1_buffers<A>(server: &mut axum_server::Server<std::net::SocketAddr, A>) {
+    server.http_builder().http1().max_buf_size(64 * 1024);
 }
 
 /// Puts `server` under `tracker`: accept errors of its listener (out of descriptors)

@@ -2,19 +2,35 @@
 //!
 //! Data flows one way: [`api`] (HTTP handlers) → [`proxy`] (cache logic) →
 //! `ferry_storage` (blobs and index) and [`upstream`] (registry clients). Nothing
-//! calls back up. [`config`] is read and validated into an immutable
-//! [`config::Config`]; [`serve`] starts the server on it, swaps in a new one when told
-//! to reload ([`reload`], [`signals`]) and drains when told to stop ([`shutdown`]).
+//! calls back up: every module imports only modules below it in this list.
 //!
-//! Beside that path: [`rules`] (ACR-style cache rules, used by routing), [`quota`]
-//! (the server's housekeeping: startup check, access times, eviction), and the
-//! commands that work on a store while no server does — [`bundle`] (OCI bundles for
-//! air gaps), [`maintenance`] (fsck, gc) — or through one — [`prefetch`].
+//! - The crate root is the top. [`serve`] opens the store, builds the proxy and the
+//!   access policy, binds the listeners ([`connections`], [`tls`]) and serves until
+//!   told to stop ([`shutdown`], [`signals`]), swapping in a new configuration when
+//!   told to reload ([`reload`]) and keeping `[[pin]]` images fetched with the
+//!   [`prefetch`] client. [`prefetch_in_process`] (`ferry prefetch` without a server)
+//!   starts one on loopback and pulls through it.
+//! - The other commands: [`cli`] (their arguments), then those that work on a store
+//!   while no server does — [`bundle`] (OCI bundles for air gaps; it names images
+//!   as the proxy routes them, by [`proxy::route_offline`]), [`maintenance`] (fsck,
+//!   gc) —
+//!   and [`nodeconfig`] (a node's container runtime configuration).
+//! - [`api`] asks [`access`] who may pull what and calls [`proxy`]; [`quota`] (the
+//!   server's housekeeping: startup check, access times, eviction) works on the
+//!   proxy's store beside it.
+//! - [`proxy`] routes (by the upstreams and cache rules of the config) and fetches
+//!   through [`upstream`]; both count into [`metrics`], which labels answers by
+//!   [`cache_status`].
+//! - Leaves: [`config`], read and validated once into an immutable
+//!   [`config::Config`] (with the types it holds, e.g. [`config::pattern`] and
+//!   [`config::htpasswd`], which [`access`] is built from); [`rules`] (ACR-style
+//!   cache rules), [`oci`], [`secret`], [`bytesize`].
 
 pub mod access;
 pub mod api;
 pub mod bundle;
 pub mod bytesize;
+pub mod cache_status;
 pub mod cli;
 pub mod config;
 pub mod connections;
@@ -65,24 +81,58 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Bounds what hyper may queue for one HTTP/1 connection (and read of a request
-/// head), on every listener. Its default, ~400 KiB, is what 64 parallel downloads of
-/// warm blobs would hold in memory when chunks come straight from the page cache
-/// faster than the socket drains; 64 KiB keeps every connection to about one chunk in
-/// flight.
-pub(crate) fn limit_http1_buffers<A>(server: &mut axum_server::Server<std::net::SocketAddr, A>) {
-    server.http_builder().http1().max_buf_size(64 * 1024);
-}
-
 /// Opens the store, binds the listeners and serves until `controls` asks it to stop
 /// (see [`shutdown`]), reloading the configuration when they ask that (see [`reload`]).
 pub async fn serve(config: Config, controls: Controls) -> Result<(), ServeError> {
     serve_and_report(config, controls, |_| {}).await
 }
 
+/// `ferry prefetch` without `--server`: pulls `images` through a Ferry started in
+/// this process on `config` (its store and
+/// upstreams), listening on a loopback port only for the duration.
+pub async fn prefetch_in_process(
+    mut config: Config,
+    images: &[oci::ImageName],
+    platform: Option<&oci::Platform>,
+) -> Result<Vec<prefetch::Pulled>, prefetch::PrefetchError> {
+    config.listen = (std::net::Ipv4Addr::LOCALHOST, 0).into();
+    config.pins.clear();
+    // The operator's own pulls, on a loopback port that lives only as long: no HTTPS
+    // listener, and the access policy (meant for clients) does not apply.
+    config.tls = None;
+    config.access = Default::default();
+    for u in &mut config.upstreams {
+        u.anonymous = Default::default();
+    }
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_and_report(
+        config,
+        Controls::stop_on(async move {
+            let _ = stop_rx.await;
+        }),
+        move |addr| {
+            let _ = addr_tx.send(addr);
+        },
+    ));
+    let Ok(addr) = addr_rx.await else {
+        let why = match server.await {
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => "it stopped at once".to_string(),
+            Err(e) => e.to_string(),
+        };
+        return Err(prefetch::PrefetchError::Server(why));
+    };
+    let base = url::Url::parse(&format!("http://{addr}/")).expect("a socket address makes a URL");
+    let result = prefetch::pull_all(&prefetch::Prefetcher::new(base, true), images, platform).await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    result
+}
+
 /// [`serve`], telling `on_listening` the bound address (for an in-process Ferry on
 /// port 0, as `ferry prefetch` runs one).
-pub async fn serve_and_report(
+async fn serve_and_report(
     config: Config,
     controls: Controls,
     on_listening: impl FnOnce(std::net::SocketAddr),
@@ -134,7 +184,7 @@ pub async fn serve_and_report(
             .acceptor(connections::Acceptor::new(tracker.clone())),
         &tracker,
     );
-    limit_http1_buffers(&mut plain);
+    connections::limit_http1_buffers(&mut plain);
     servers.spawn(
         plain
             .handle(axum_server::Handle::with_control(control.clone()))

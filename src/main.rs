@@ -68,10 +68,6 @@ fn run(args: Args) -> anyhow::Result<()> {
                 since,
                 sign,
             };
-            // Upstream clients are built for routing only, but inside a runtime,
-            // which they may expect.
-            let runtime = tokio::runtime::Runtime::new()?;
-            let _entered = runtime.enter();
             print!("{}", ferry::bundle::export(&config, &opts)?);
             Ok(())
         }
@@ -89,8 +85,6 @@ fn run(args: Args) -> anyhow::Result<()> {
                 trust,
                 name,
             };
-            let runtime = tokio::runtime::Runtime::new()?;
-            let _entered = runtime.enter();
             print!("{}", ferry::bundle::import(&config, &opts)?);
             Ok(())
         }
@@ -125,7 +119,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     }
                     None => {
                         let config = Config::load(config.as_deref(), &env)?;
-                        ferry::prefetch::pull_in_process(config, &images, platform.as_ref()).await
+                        ferry::prefetch_in_process(config, &images, platform.as_ref()).await
                     }
                 }
                 .map_err(anyhow::Error::from)

@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::proxy::CacheStatus;
+use crate::cache_status::CacheStatus;
 
 /// Response-time buckets (seconds): from a warm manifest hit to a large cold blob.
 const HTTP_BUCKETS: [f64; 14] = [

@@ -2,7 +2,8 @@
 //! the `[[pin]]` refresher.
 //!
 //! The prefetcher is a registry client of a Ferry — a running one, or one started
-//! in-process on loopback — so content enters the store exactly as when a node pulls
+//! in-process on loopback (by `crate::prefetch_in_process`, which sits above both the
+//! server and this client) — so content enters the store exactly as when a node pulls
 //! it: verified, deduplicated, with tags recorded. It pulls every platform of an index
 //! unless told one, and checks each blob's digest as it reads it.
 
@@ -56,48 +57,6 @@ pub async fn pull_all(
         out.push(prefetcher.pull(image, platform).await?);
     }
     Ok(out)
-}
-
-/// Pulls `images` through a Ferry started in this process on `config` (its store and
-/// upstreams), listening on a loopback port only for the duration.
-pub async fn pull_in_process(
-    mut config: crate::config::Config,
-    images: &[ImageName],
-    platform: Option<&Platform>,
-) -> Result<Vec<Pulled>, PrefetchError> {
-    config.listen = (std::net::Ipv4Addr::LOCALHOST, 0).into();
-    config.pins.clear();
-    // The operator's own pulls, on a loopback port that lives only as long: no HTTPS
-    // listener, and the access policy (meant for clients) does not apply.
-    config.tls = None;
-    config.access = Default::default();
-    for u in &mut config.upstreams {
-        u.anonymous = Default::default();
-    }
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::serve_and_report(
-        config,
-        crate::signals::Controls::stop_on(async move {
-            let _ = stop_rx.await;
-        }),
-        move |addr| {
-            let _ = addr_tx.send(addr);
-        },
-    ));
-    let Ok(addr) = addr_rx.await else {
-        let why = match server.await {
-            Ok(Err(e)) => e.to_string(),
-            Ok(Ok(())) => "it stopped at once".to_string(),
-            Err(e) => e.to_string(),
-        };
-        return Err(PrefetchError::Server(why));
-    };
-    let base = Url::parse(&format!("http://{addr}/")).expect("a socket address makes a URL");
-    let result = pull_all(&Prefetcher::new(base, true), images, platform).await;
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    result
 }
 
 /// What one image's prefetch did.

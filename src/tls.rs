@@ -86,7 +86,7 @@ impl Listener {
                 .map(|tls| tls.acceptor(Acceptor::new(tracker.clone()))),
             &tracker,
         );
-        crate::limit_http1_buffers(&mut server);
+        crate::connections::limit_http1_buffers(&mut server);
         let served = server.handle(handle).serve(app.into_make_service()).await;
         watcher.abort();
         served

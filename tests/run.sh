@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what the integration tests need when it is missing
-# (Debian packages, as root), then runs unit and integration tests and a smoke run of
-# the benchmark.
+# (Debian packages, as root), then runs clippy, unit and integration tests and a smoke
+# run of the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo fmt --all -- --check
+# Every crate and target (tests, benches) with the lints of Cargo.toml; a warning fails.
+cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets -- --test-threads "${FERRY_TEST_THREADS:-2}"
 # The benchmark (benches/compare.rs) at tiny sizes, once, so that it cannot rot.
 FERRY_BENCH_SCALE=tiny FERRY_BENCH_REPS=1 cargo bench --bench compare

@@ -20,8 +20,6 @@ pub enum Error {
         error: ferry_storage::Error,
     },
     #[error(transparent)]
-    Upstream(#[from] crate::upstream::Error),
-    #[error(transparent)]
     Storage(#[from] ferry_storage::Error),
     #[error("{path}: {error}")]
     Io { path: String, error: std::io::Error },

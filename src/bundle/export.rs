@@ -105,14 +105,13 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Err
         Some(Since::Time(t)) => Skip::Before(*t),
         None => Skip::Nothing,
     };
-    let proxy = open_store(config, false)?;
-    let store = proxy.store();
+    let store = &open_store(config, false)?;
 
     let mut plan = Plan::default();
     let mut entries: Vec<(Descriptor, String)> = Vec::new();
     let mut images = Vec::new();
     for name in &names {
-        let (repo, registry) = name.route(&proxy, config)?;
+        let (repo, registry) = name.route(config)?;
         let reference = name
             .reference
             .clone()

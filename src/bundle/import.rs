@@ -122,12 +122,11 @@ pub fn import(config: &Config, opts: &ImportOptions) -> Result<ImportReport, Err
         });
     }
 
-    let proxy = open_store(config, true)?;
-    let store = proxy.store();
+    let store = &open_store(config, true)?;
     let mut planned = Vec::new();
     for entry in entries {
         let name = destination(&entry, override_name.as_ref(), config)?;
-        let (repo, registry) = name.route(&proxy, config)?;
+        let (repo, registry) = name.route(config)?;
         let full = match &name.reference {
             Some(r) => full_ref(&registry, &repo.name, r),
             None => full_ref(

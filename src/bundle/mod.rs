@@ -30,20 +30,19 @@ pub use import::{ImportOptions, ImportReport, import};
 pub use signing::{SIGNATURE_FILE, keygen};
 
 use crate::config::Config;
-use crate::proxy::Proxy;
 
 /// How deep indexes may nest inside indexes before a bundle is refused.
 const MAX_DEPTH: usize = 4;
 
-/// Opens the store under `config` with Ferry's routing over it (no server runs).
-/// `create`: an import may start a new store; an export needs an existing one.
-fn open_store(config: &Config, create: bool) -> Result<Proxy, Error> {
+/// Opens the store under `config` (no server runs). `create`: an import may start a
+/// new store; an export needs an existing one.
+fn open_store(config: &Config, create: bool) -> Result<ferry_storage::Store, Error> {
     let root = &config.storage_root;
     let path = root.display().to_string();
     if !create && !ferry_storage::Layout::new(root).index_dir().exists() {
         return Err(Error::NoStore { path });
     }
-    let store = ferry_storage::Store::open(root).map_err(|error| {
+    ferry_storage::Store::open(root).map_err(|error| {
         if is_locked(&error) {
             Error::StoreLocked { path: path.clone() }
         } else {
@@ -52,8 +51,7 @@ fn open_store(config: &Config, create: bool) -> Result<Proxy, Error> {
                 error,
             }
         }
-    })?;
-    Ok(Proxy::new(config, store)?)
+    })
 }
 
 /// Whether the store is open in another process: its lock file is held or, failing

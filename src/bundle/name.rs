@@ -7,7 +7,6 @@ use ferry_storage::{Digest, Reference, Repo, RepoName};
 
 use super::Error;
 use crate::config::Config;
-use crate::proxy::Proxy;
 
 /// A parsed image name. `registry` is the host (or an upstream's short name) when
 /// the first component names one.
@@ -57,7 +56,7 @@ impl ImageName {
     /// The repository Ferry caches this name under, routed as a request for it
     /// would be: with no registry named, to the default upstream. Also returns the
     /// upstream's registry host, the name the bundle records.
-    pub fn route(&self, proxy: &Proxy, config: &Config) -> Result<(Repo, String), Error> {
+    pub fn route(&self, config: &Config) -> Result<(Repo, String), Error> {
         // An upstream's short name stands for its registry, as a path prefix does.
         let ns = self.registry.as_deref().map(|r| {
             config
@@ -66,11 +65,10 @@ impl ImageName {
                 .find(|u| u.name == r)
                 .map_or(r, |u| u.registry.as_str())
         });
-        let target = proxy.route(&self.repo, ns).map_err(|error| Error::Route {
+        crate::proxy::route_offline(config, &self.repo, ns).map_err(|error| Error::Route {
             name: self.to_string(),
             error,
-        })?;
-        Ok((target.repo, target.upstream.config().registry.clone()))
+        })
     }
 }
 

@@ -30,40 +30,20 @@ pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use referrers::Referrers;
 pub use reload::Reloaded;
+pub use route::route_offline;
 pub use status::{ImageStatus, PlatformStatus, Status};
 pub use tags::TagList;
+
+pub use crate::cache_status::CacheStatus;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rules::Rules;
 use crate::upstream;
 
-/// What the cache did for a request, reported to clients as `X-Cache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
-    /// Served from the store.
-    Hit,
-    /// Fetched from the upstream by this request.
-    Miss,
-    /// Joined a fetch another request had started.
-    Joined,
-    /// Served from the store because asking the upstream failed just now.
-    Stale,
-    /// Served from the store without asking: the upstream is known to be offline.
-    Offline,
-}
-
+// Here, not in `cache_status`: it reads the upstream's errors, and that module must
+// stay a leaf (`upstream` imports `metrics`, which imports it).
 impl CacheStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::Hit => "HIT",
-            CacheStatus::Miss => "MISS",
-            CacheStatus::Joined => "JOINED",
-            CacheStatus::Stale => "STALE",
-            CacheStatus::Offline => "OFFLINE",
-        }
-    }
-
     /// The label of an answer the cache gave because the upstream could not be asked.
     fn for_unavailable(e: &upstream::Error) -> CacheStatus {
         match e {

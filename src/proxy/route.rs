@@ -5,6 +5,8 @@ use std::sync::Arc;
 use ferry_storage::{Repo, RepoName};
 
 use super::{Error, Proxy, Result, Settings, Target};
+use crate::config::{self, Config};
+use crate::rules::Rules;
 use crate::upstream;
 
 impl Proxy {
@@ -24,80 +26,117 @@ impl Proxy {
 
 impl Settings {
     fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<Target> {
-        let (registry, path) = if let Some(ns) = ns {
-            (Some(ns.to_ascii_lowercase()), name.clone())
-        } else if let Some((first, rest)) = name.split_first()
-            && let Some(registry) = self.registry_named(first)
-        {
-            (Some(registry), rest)
-        } else {
-            (None, name.clone())
-        };
-        if let Some(reg) = &registry
-            && let Some((rule, repo)) = self.rules.resolve(reg, &path)
-        {
-            let up = self
-                .upstream(&rule.upstream)
-                .ok_or_else(|| self.no_upstream(reg))?;
-            return Ok(target(up, repo));
-        }
-        let up = match &registry {
-            Some(reg) => self
-                .upstreams
-                .iter()
-                .find(|u| &u.config().registry == reg)
-                .ok_or_else(|| self.no_upstream(reg))?,
-            None => self
-                .upstreams
-                .iter()
-                .find(|u| u.config().default)
-                .ok_or_else(|| {
-                    self.no_upstream(name.split_first().map_or(name.as_str(), |(f, _)| f))
-                })?,
-        };
-        let repo = if up.config().implicit_library() && path.component_count() == 1 {
-            path.prefixed(&"library".parse().expect("valid name"))
-        } else {
-            path
-        };
+        let (up, repo) = pick(&self.upstreams, &self.rules, name, ns)?;
         Ok(target(up, repo))
     }
+}
 
-    /// The registry a first path component names: an upstream's registry or short
-    /// name, or a cache rule's source registry.
-    fn registry_named(&self, first: &str) -> Option<String> {
-        if let Some(u) = self
-            .upstreams
-            .iter()
-            .find(|u| u.config().registry == first || u.config().name == first)
-        {
-            return Some(u.config().registry.clone());
-        }
-        self.rules.covers_registry(first).then(|| first.to_string())
+/// Routes `name` as a request for it would be, on the configuration alone: for the
+/// commands that work on a store while no server runs (`ferry export`, `ferry
+/// import`), which need no upstream client. Returns the repository and the registry
+/// host of the upstream it is cached under.
+pub fn route_offline(config: &Config, name: &RepoName, ns: Option<&str>) -> Result<(Repo, String)> {
+    let rules = Rules::new(config.rules.clone());
+    let (up, repo) = pick(&config.upstreams, &rules, name, ns)?;
+    Ok((
+        Repo {
+            upstream: up.name.clone(),
+            name: repo,
+        },
+        up.registry.clone(),
+    ))
+}
+
+/// What routing needs of an upstream: its configuration. The proxy routes over its
+/// clients, [`route_offline`] over the configured upstreams themselves.
+trait Routable {
+    fn upstream_config(&self) -> &config::Upstream;
+}
+
+impl Routable for Arc<upstream::Client> {
+    fn upstream_config(&self) -> &config::Upstream {
+        self.config()
     }
+}
 
-    fn upstream(&self, name: &str) -> Option<&Arc<upstream::Client>> {
-        self.upstreams.iter().find(|u| u.name() == name)
+impl Routable for config::Upstream {
+    fn upstream_config(&self) -> &config::Upstream {
+        self
     }
+}
 
-    fn no_upstream(&self, requested: &str) -> Error {
-        let mut registries: Vec<String> = self
-            .upstreams
+/// The routing decision (see [`Proxy::route`]): the upstream and the repository there.
+fn pick<'a, U: Routable>(
+    upstreams: &'a [U],
+    rules: &Rules,
+    name: &RepoName,
+    ns: Option<&str>,
+) -> Result<(&'a U, RepoName)> {
+    let (registry, path) = if let Some(ns) = ns {
+        (Some(ns.to_ascii_lowercase()), name.clone())
+    } else if let Some((first, rest)) = name.split_first()
+        && let Some(registry) = registry_named(upstreams, rules, first)
+    {
+        (Some(registry), rest)
+    } else {
+        (None, name.clone())
+    };
+    if let Some(reg) = &registry
+        && let Some((rule, repo)) = rules.resolve(reg, &path)
+    {
+        let up = upstreams
             .iter()
-            .map(|u| {
-                format!(
-                    "{} (prefix {}/ or ?ns={})",
-                    u.config().registry,
-                    u.config().name,
-                    u.config().registry
+            .find(|u| u.upstream_config().name == rule.upstream)
+            .ok_or_else(|| no_upstream(upstreams, rules, reg))?;
+        return Ok((up, repo));
+    }
+    let up = match &registry {
+        Some(reg) => upstreams
+            .iter()
+            .find(|u| &u.upstream_config().registry == reg)
+            .ok_or_else(|| no_upstream(upstreams, rules, reg))?,
+        None => upstreams
+            .iter()
+            .find(|u| u.upstream_config().default)
+            .ok_or_else(|| {
+                no_upstream(
+                    upstreams,
+                    rules,
+                    name.split_first().map_or(name.as_str(), |(f, _)| f),
                 )
-            })
-            .collect();
-        registries.extend(self.rules.sources().map(|s| format!("{s} (cache rule)")));
-        Error::NoUpstream {
-            requested: requested.to_string(),
-            registries,
-        }
+            })?,
+    };
+    let repo = if up.upstream_config().implicit_library() && path.component_count() == 1 {
+        path.prefixed(&"library".parse().expect("valid name"))
+    } else {
+        path
+    };
+    Ok((up, repo))
+}
+
+/// The registry a first path component names: an upstream's registry or short
+/// name, or a cache rule's source registry.
+fn registry_named<U: Routable>(upstreams: &[U], rules: &Rules, first: &str) -> Option<String> {
+    if let Some(u) = upstreams
+        .iter()
+        .map(U::upstream_config)
+        .find(|u| u.registry == first || u.name == first)
+    {
+        return Some(u.registry.clone());
+    }
+    rules.covers_registry(first).then(|| first.to_string())
+}
+
+fn no_upstream<U: Routable>(upstreams: &[U], rules: &Rules, requested: &str) -> Error {
+    let mut registries: Vec<String> = upstreams
+        .iter()
+        .map(U::upstream_config)
+        .map(|u| format!("{} (prefix {}/ or ?ns={})", u.registry, u.name, u.registry))
+        .collect();
+    registries.extend(rules.sources().map(|s| format!("{s} (cache rule)")));
+    Error::NoUpstream {
+        requested: requested.to_string(),
+        registries,
     }
 }
 
@@ -223,5 +262,44 @@ mod tests {
             r("mcr/oss/kubernetes/pause", None),
             ("acr".into(), pause.1.clone())
         );
+    }
+
+    /// `ferry export` / `import` route on the config alone, with no client built:
+    /// the same answers as the proxy, errors included.
+    #[test]
+    fn offline_routes_as_the_proxy_does() {
+        let extra = "[[rule]]\nname = \"aks-managed-mcr\"\nsource = \"mcr.microsoft.com/*\"\ntarget = \"aks-managed-repository/*\"\nupstream = \"acr\"\n";
+        let (_d, p) = proxy(extra);
+        let config = Config::parse(
+            "test",
+            &format!(
+                "{}\n[[upstream]]\nname = \"acr\"\nregistry = \"contoso.azurecr.io\"\nurl = \"https://contoso.azurecr.io\"\n{extra}",
+                crate::config::DEFAULT_CONFIG
+            ),
+            &[],
+        )
+        .unwrap();
+        for (name, ns) in [
+            ("library/nginx", Some("docker.io")),
+            ("docker.io/nginx", None),
+            ("alpine", None),
+            ("ghcr/a/b", None),
+            ("team/app", Some("contoso.azurecr.io")),
+            ("mcr.microsoft.com/oss/kubernetes/pause", None),
+            ("mcr/oss/kubernetes/pause", None),
+            ("x", Some("unknown.example")),
+        ] {
+            let repo: RepoName = name.parse().unwrap();
+            let online = p.route(&repo, ns).map(|t| {
+                let registry = t.upstream.config().registry.clone();
+                (t.repo, registry)
+            });
+            let offline = route_offline(&config, &repo, ns);
+            match (online, offline) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{name}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}"),
+                (a, b) => panic!("{name}: proxy {a:?}, offline {b:?}"),
+            }
+        }
     }
 }
