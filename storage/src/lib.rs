@@ -37,7 +37,10 @@ mod snapshot;
 mod testutil;
 mod usage;
 
+use std::collections::HashSet;
 use std::path::Path;
+
+use refs::Refs;
 
 pub use access::{AccessTimes, now_millis};
 pub use blobs::scan::{StoredFile, Walk};
@@ -103,22 +106,58 @@ impl Store {
 
     /// Records blob files that have no index record: what a crash left between a
     /// blob's rename into `blobs/` and its index write. Their bytes were verified
-    /// before the rename, so recording them is safe; what else the lost write held
-    /// (which repository the blob came from, a manifest's media type) is learned
-    /// again from the upstream on the next request, as for any unlinked blob.
+    /// before the rename, so recording them is safe. The lost write also linked the
+    /// blob to its repository: it is linked again to every repository holding a
+    /// manifest that references it (the manifest was stored and linked before its
+    /// blobs were fetched), so an edge site whose upstream is gone still serves it.
+    /// What cannot be rebuilt (a manifest's media type) is learned again from the
+    /// upstream on the next request, as for any unlinked blob.
     fn index_unrecorded(&self) -> Result<usize> {
-        let mut added = 0;
+        let mut added = HashSet::new();
         for f in self.blobs.walk()?.files {
             if self.index.blob(&f.digest)?.is_none() && self.index.manifest(&f.digest)?.is_none() {
                 self.index.blob_stored(&f.digest, f.size)?;
-                added += 1;
+                added.insert(f.digest);
             }
         }
-        if added > 0 {
-            self.index.flush()?;
-            tracing::info!(added, "recorded blobs an interrupted run had stored");
+        if added.is_empty() {
+            return Ok(0);
         }
-        Ok(added)
+        let relinked = self.relink(&added)?;
+        self.index.flush()?;
+        tracing::info!(
+            added = added.len(),
+            relinked,
+            "recorded blobs an interrupted run had stored"
+        );
+        Ok(added.len())
+    }
+
+    /// Links each of `blobs` to the repositories whose linked manifests reference it;
+    /// returns how many links it made.
+    fn relink(&self, blobs: &HashSet<Digest>) -> Result<usize> {
+        let mut made = 0;
+        for scanned in self.index.scan_links()? {
+            let Ok((repo, manifest)) = scanned.value else {
+                continue;
+            };
+            if self.index.manifest(&manifest)?.is_none() {
+                continue;
+            }
+            let Some(bytes) = self.blobs.read(&manifest)? else {
+                continue;
+            };
+            let Ok(refs) = Refs::parse(&bytes) else {
+                continue;
+            };
+            for d in refs.contents().filter(|d| blobs.contains(*d)) {
+                if !self.index.is_linked(&repo, d)? {
+                    self.index.link(&repo, d)?;
+                    made += 1;
+                }
+            }
+        }
+        Ok(made)
     }
 
     pub fn layout(&self) -> &Layout {
@@ -184,6 +223,31 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.index.blob(&d).unwrap().map(|r| r.size), Some(5));
+        assert!(store.fsck(false).unwrap().is_clean());
+    }
+
+    #[test]
+    fn a_recovered_blob_is_linked_again_where_its_manifest_is() {
+        use crate::testutil::{self, OCI_MANIFEST};
+        let dir = tempfile::tempdir().unwrap();
+        let (app, other) = (testutil::repo("team/app"), testutil::repo("team/other"));
+        let layer = b"layer bytes".to_vec();
+        let l = Digest::sha256_of(&layer);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let manifest = testutil::image_manifest((&l, layer.len()), &[(&l, layer.len())]);
+            testutil::put_manifest(&store, &app, Some("1"), OCI_MANIFEST, &manifest);
+            // A crash between the layer's rename into blobs/ and its index writes.
+            store.blobs.put(&l, &layer).unwrap();
+            assert!(!store.index.is_linked(&app, &l).unwrap());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.index.blob(&l).unwrap().is_some());
+        assert!(store.index.is_linked(&app, &l).unwrap(), "linked again");
+        assert!(
+            !store.index.is_linked(&other, &l).unwrap(),
+            "only where a manifest references it"
+        );
         assert!(store.fsck(false).unwrap().is_clean());
     }
 
