@@ -561,9 +561,11 @@ fn emulator_knobs_expire_throttle_and_revoke() {
 
         // Expired Entra tokens are refused by the exchange, expired refresh tokens by
         // the token endpoint.
+        // Two seconds, not one: `exp` has one-second granularity, so a one-second
+        // token can expire before a loaded machine gets to use it once.
         emu.set_lifetimes(Lifetimes {
-            entra: 1,
-            refresh: 1,
+            entra: 2,
+            refresh: 2,
             ..emu.lifetimes()
         });
         let (_, b) = entra_secret(&emu, &c, &emu.ids().sp_client_secret).await;
@@ -583,7 +585,7 @@ fn emulator_knobs_expire_throttle_and_revoke() {
             .as_str()
             .unwrap()
             .to_owned();
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        tokio::time::sleep(Duration::from_millis(3100)).await;
         assert_eq!(
             exchange(aad).await.unwrap().status(),
             401,
