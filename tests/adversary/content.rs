@@ -4,7 +4,6 @@
 //! served under a type a browser would render; referrers answered online kept for
 //! offline, empty answers included.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -14,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::harness::ferry::{Ferry, FerryBuilder, LOCAL, Upstream};
+use crate::harness::hostile::Hostile;
 use crate::harness::http::media;
 use crate::harness::images::{push_artifact_with_referrer, push_image_http, put_manifest};
 use crate::harness::registry::{Registry, RegistryAuth};
@@ -115,49 +115,16 @@ fn strings(s: &[&str]) -> Vec<String> {
 /// 100,001 tags, `/v2/mixed/tags/list` lists names that are not tags among tags,
 /// `/v2/paged/tags/list` pages its list with `Link`, `/v2/loop/tags/list` links to
 /// itself. Stops when dropped.
-struct TagListUpstream {
-    addr: SocketAddr,
-    runtime: Option<tokio::runtime::Runtime>,
+fn tag_list_upstream() -> Hostile {
+    Hostile::http("127.0.0.1", |_| {
+        axum::Router::new().fallback(serve_tag_lists)
+    })
 }
 
 const HUGE_LIST: usize = 15 << 20;
 
 /// Listed by `/v2/mixed/tags/list`: only the first two are tags.
 const MIXED: [&str; 6] = ["good", "ok-1", "../x", "a b", ".hidden", "x\r\ny"];
-
-impl TagListUpstream {
-    fn start() -> TagListUpstream {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local_addr");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let app = axum::Router::new().fallback(serve_tag_lists);
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            axum::serve(listener, app).await.expect("serve");
-        });
-        TagListUpstream {
-            addr,
-            runtime: Some(runtime),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for TagListUpstream {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
 
 async fn serve_tag_lists(req: Request) -> Response {
     let json = [(header::CONTENT_TYPE, "application/json")];
@@ -243,7 +210,7 @@ fn store_bytes(ferry: &Ferry) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_tag_lists_are_bounded_and_only_tags_are_listed() {
-    let upstream = TagListUpstream::start();
+    let upstream = tag_list_upstream();
     let mut ferry = FerryBuilder::new()
         .upstream(Upstream::local(&upstream.url()))
         .start();
@@ -291,7 +258,7 @@ async fn hostile_tag_lists_are_bounded_and_only_tags_are_listed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_pages_are_followed_and_bounded() {
-    let upstream = TagListUpstream::start();
+    let upstream = tag_list_upstream();
     let ferry = FerryBuilder::new()
         .upstream(Upstream::local(&upstream.url()))
         .start();

@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
+use crate::harness::hostile::Hostile;
 use crate::harness::http::client;
 use crate::harness::images::{push_image_http, random_bytes};
 use crate::harness::registry::{Registry, RegistryAuth};
@@ -201,11 +202,10 @@ async fn a_cold_pull_works_after_staging_and_partial_are_deleted() {
 /// only once released (or after 20 s). With `wrong`, the bytes do not hash to the
 /// digest it serves them under. `/v2/` answers 200; anything else 404.
 struct HostileBlob {
-    addr: std::net::SocketAddr,
+    server: Hostile,
     digest: String,
     release: watch::Sender<bool>,
     gets: Arc<AtomicUsize>,
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl HostileBlob {
@@ -216,21 +216,11 @@ impl HostileBlob {
             let last = served.len() - 1;
             served[last] ^= 0xff;
         }
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let (release, released) = watch::channel(false);
         let gets = Arc::new(AtomicUsize::new(0));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("hostile-blob")
-            .enable_all()
-            .build()
-            .unwrap();
         let shared = Arc::new((digest.clone(), served, split));
         let counter = gets.clone();
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let server = Hostile::spawn("127.0.0.1", |listener, _| async move {
             // Bounded: no test makes more than a few requests.
             for _ in 0..100 {
                 let Ok((sock, _)) = listener.accept().await else {
@@ -248,29 +238,20 @@ impl HostileBlob {
             }
         });
         HostileBlob {
-            addr,
+            server,
             digest,
             release,
             gets,
-            runtime: Some(runtime),
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Lets the rest of the body go.
     fn release(&self) {
         self.release.send_replace(true);
-    }
-}
-
-impl Drop for HostileBlob {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

@@ -9,13 +9,11 @@
 //!   signature shows nowhere, not in the client's error, Ferry's log, `/_ferry/status`
 //!   or the status page.
 //!
-//! The hostile upstreams are small servers in this file, on 127.0.0.1 (and 127.0.0.2
-//! as "another host"): no real registry plays them. Each stops when dropped; every
+//! The hostile upstreams are small servers in this file ([`Hostile`]), on 127.0.0.1
+//! (and 127.0.0.2 as "another host"): no real registry plays them. Each stops when dropped; every
 //! stream they send is bounded in size and time.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -24,67 +22,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::harness::ferry::{FerryBuilder, Upstream};
+use crate::harness::hostile::Hostile;
 use crate::harness::http::media;
 use crate::harness::images::{PushedImage, push_image_http};
 use crate::harness::registry::{Registry, RegistryAuth};
 use crate::harness::token_server::{TokenServer, TokenServerOptions};
 use crate::support::{Fetched, blob_url, get, manifest_url};
-
-/// A server on `host:0` in its own runtime; stops when dropped.
-struct Hostile {
-    addr: SocketAddr,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Hostile {
-    /// Runs `serve` on a listener bound to `host:0`.
-    fn spawn<F>(host: &str, serve: impl FnOnce(tokio::net::TcpListener, SocketAddr) -> F) -> Hostile
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let listener = std::net::TcpListener::bind((host, 0))
-            .unwrap_or_else(|e| panic!("bind a hostile server on {host}:0: {e}"));
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local_addr");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("hostile-upstream")
-            .enable_all()
-            .build()
-            .expect("hostile server runtime");
-        let listener = {
-            let _in_runtime = runtime.enter();
-            tokio::net::TcpListener::from_std(listener).expect("tokio listener")
-        };
-        runtime.spawn(serve(listener, addr));
-        Hostile {
-            addr,
-            runtime: Some(runtime),
-        }
-    }
-
-    /// An HTTP server answering with the router `app` builds for its address.
-    fn http(host: &str, app: impl FnOnce(SocketAddr) -> axum::Router) -> Hostile {
-        Hostile::spawn(host, |listener, addr| {
-            let app = app(addr);
-            async move {
-                let _ = axum::serve(listener, app).await;
-            }
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------
 // Item 3: token answers that never end, drip, or are huge.

@@ -36,6 +36,7 @@ pub mod data_endpoint;
 pub mod faults;
 pub mod ferry;
 pub mod front;
+pub mod hostile;
 pub mod http;
 pub mod images;
 pub mod podman;
