@@ -25,7 +25,7 @@
 //! like it.
 //!
 //! The number of open connections is bounded below the process's descriptor limit
-//! ([`Limits::max_connections`]). At the bound, a new connection closes one that has
+//! (`[server] max_connections`). At the bound, a new connection closes one that has
 //! no request in flight: first those that never made a request, oldest first, then
 //! the one idle longest. Only if every open connection has a request in flight is the
 //! new one closed instead. One warning per burst (at most one a minute) says how many
@@ -52,6 +52,8 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::config::ConnectionLimits;
+
 /// The share of the open-file limit that connections may use; the rest is kept for
 /// store files, upstream connections and the listeners themselves.
 const SHARE_NUM: u64 = 3;
@@ -62,38 +64,24 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 /// How long a burst of closings may go on before it is reported anyway.
 const BURST: Duration = Duration::from_secs(10);
 
-/// What the tracker enforces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-}
-
-impl Limits {
-    /// The limits for `[server]`: `max_connections` if set, but never more than the
-    /// share of the open-file limit (a warning says so when it is cut).
-    pub fn new(config: &crate::config::ConnectionLimits) -> Limits {
-        let budget = descriptor_budget();
-        let max_connections = match (config.max_connections, budget) {
-            (Some(max), Some(budget)) if max > budget => {
-                tracing::warn!(
-                    max_connections = max,
-                    budget,
-                    "server.max_connections is more than the open-file limit allows; using {budget}"
-                );
-                budget
-            }
-            (Some(max), _) => max,
-            (None, Some(budget)) => budget,
-            (None, None) => usize::MAX,
-        };
-        Limits {
-            header_read_timeout: config.header_read_timeout,
-            idle_timeout: config.idle_timeout,
-            max_connections: max_connections.max(1),
+/// `[server] max_connections` if set, but never more than the share of the
+/// open-file limit (a warning says so when it is cut); that share when unset.
+fn max_connections(configured: Option<usize>) -> usize {
+    let budget = descriptor_budget();
+    let max = match (configured, budget) {
+        (Some(max), Some(budget)) if max > budget => {
+            tracing::warn!(
+                max_connections = max,
+                budget,
+                "server.max_connections is more than the open-file limit allows; using {budget}"
+            );
+            budget
         }
-    }
+        (Some(max), _) => max,
+        (None, Some(budget)) => budget,
+        (None, None) => usize::MAX,
+    };
+    max.max(1)
 }
 
 /// Three quarters of the soft `RLIMIT_NOFILE`, if there is one.
@@ -145,7 +133,9 @@ pub struct Tracker {
 }
 
 struct Inner {
-    limits: Limits,
+    limits: ConnectionLimits,
+    /// `limits.max_connections`, resolved against the open-file limit.
+    max_connections: usize,
     epoch: Instant,
     next_id: AtomicU64,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
@@ -234,7 +224,7 @@ enum Verdict {
 }
 
 impl Conn {
-    fn verdict(&self, now: u64, limits: &Limits) -> Verdict {
+    fn verdict(&self, now: u64, limits: &ConnectionLimits) -> Verdict {
         let header = limits.header_read_timeout.as_millis() as u64;
         let idle = limits.idle_timeout.as_millis() as u64;
         let past = |at: u64, limit: u64| at != 0 && now.saturating_sub(at) >= limit;
@@ -277,10 +267,11 @@ impl Conn {
 impl Tracker {
     /// A tracker enforcing `limits`, and its sweeping task (abort it when the server
     /// stops).
-    pub fn start(limits: Limits) -> (Tracker, tokio::task::JoinHandle<()>) {
+    pub fn start(limits: &ConnectionLimits) -> (Tracker, tokio::task::JoinHandle<()>) {
         let tracker = Tracker {
             inner: Arc::new(Inner {
-                limits,
+                limits: *limits,
+                max_connections: max_connections(limits.max_connections),
                 epoch: Instant::now(),
                 next_id: AtomicU64::new(0),
                 conns: Mutex::new(HashMap::new()),
@@ -291,8 +282,9 @@ impl Tracker {
         (tracker, sweeper)
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.inner.limits
+    /// The bound on open connections in force.
+    pub fn max_connections(&self) -> usize {
+        self.inner.max_connections
     }
 
     fn now(&self) -> u64 {
@@ -303,7 +295,7 @@ impl Tracker {
     fn admit(&self) -> io::Result<Registration> {
         let now = self.now();
         let mut conns = self.inner.conns.lock().expect("connections lock");
-        let max = self.inner.limits.max_connections;
+        let max = self.inner.max_connections;
         // Those already cut are on their way out: only count the others (and only
         // walk the map when it is full).
         if conns.len() >= max && conns.values().filter(|c| !c.is_cut()).count() >= max {
@@ -386,7 +378,7 @@ impl Tracker {
             return;
         }
         let due = |at: Option<Instant>| at.is_none_or(|at| at.elapsed() >= WARN_EVERY);
-        let max = self.inner.limits.max_connections;
+        let max = self.inner.max_connections;
         if (w.evicted > 0 || w.refused > 0) && due(w.limit_warned) {
             let mut message = format!(
                 "connection limit reached ({max} open connections): closed {} connection(s) with no request in flight (never-used first, oldest first) to serve new ones",
@@ -742,11 +734,11 @@ impl HttpBody for Tracked {
 mod tests {
     use super::*;
 
-    fn limits() -> Limits {
-        Limits {
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
-            max_connections: 2,
+            max_connections: Some(2),
         }
     }
 
@@ -756,7 +748,7 @@ mod tests {
 
     #[tokio::test]
     async fn timeouts_mean_what_their_names_say() {
-        let (tracker, sweeper) = Tracker::start(limits());
+        let (tracker, sweeper) = Tracker::start(&limits());
         let l = limits();
         let r = conn(&tracker);
         let c = &r.conn;
@@ -790,7 +782,7 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_bound_a_never_used_connection_goes_first() {
-        let (tracker, sweeper) = Tracker::start(limits());
+        let (tracker, sweeper) = Tracker::start(&limits());
         let used = conn(&tracker);
         used.conn.requests.fetch_add(1, Ordering::Relaxed);
         let fresh = conn(&tracker);

@@ -175,9 +175,8 @@ async fn serve_and_report(
     // One control over both listeners: one drain, one count of open connections;
     // and one tracker: one bound on them, the same timeouts.
     let control = axum_server::Control::new();
-    let (tracker, sweeper) =
-        connections::Tracker::start(connections::Limits::new(&config.connections));
-    tracing::debug!(limits = ?tracker.limits(), "client connection limits");
+    let (tracker, sweeper) = connections::Tracker::start(&config.connections);
+    tracing::debug!(limits = ?config.connections, max_connections = tracker.max_connections(), "client connection limits");
     let mut servers = tokio::task::JoinSet::new();
     let mut plain = connections::watch_accept_errors(
         axum_server::from_tcp(listener.into_std()?)?
