@@ -45,7 +45,7 @@ pub enum Command {
         /// Leave out configs and layers stored before this RFC 3339 UTC time, or held
         /// by this earlier bundle. The importing store must already hold them.
         #[arg(long, value_name = "TIME|BUNDLE")]
-        since: Option<crate::bundle::Since>,
+        since: Option<crate::ops::bundle::Since>,
         /// Sign the bundle with this ed25519 private key (PKCS#8 PEM, `ferry keygen`).
         #[arg(long, value_name = "KEYFILE")]
         sign: Option<PathBuf>,
@@ -129,7 +129,7 @@ pub enum Command {
         config: Option<PathBuf>,
         /// Ferry as nodes reach it, e.g. http://10.0.0.50:5000.
         #[arg(long, value_name = "URL")]
-        mirror: crate::nodeconfig::Mirror,
+        mirror: crate::ops::nodeconfig::Mirror,
         /// Write the files under this directory (e.g. /etc/containerd/certs.d); files
         /// are replaced atomically and only when their content changed.
         #[arg(long, value_name = "DIR")]
@@ -139,7 +139,7 @@ pub enum Command {
         #[arg(long)]
         fallback: bool,
         #[arg(long, value_enum, default_value = "containerd")]
-        format: crate::nodeconfig::Format,
+        format: crate::ops::nodeconfig::Format,
         /// CA file (its path on the node) that signed an https:// mirror's certificate.
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,

@@ -93,7 +93,7 @@ impl Proxy {
         want_body: bool,
     ) -> Result<Blob> {
         // Leased from before the lookup until the body is done or dropped, so that
-        // eviction (`crate::quota`) never deletes a blob a response is using.
+        // eviction (`crate::server::housekeeping`) never deletes a blob a response is using.
         let lease = self.store.blobs.lease(digest);
         let mut blob = self.blob_unleased(t, digest, range, want_body).await?;
         if let Some(body) = blob.body.take() {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use ferry_storage::{Repo, RepoName};
 
 use super::{Error, Proxy, Result, Settings, Target};
+use crate::cache_rules::CacheRules;
 use crate::config::{self, Config};
-use crate::rules::Rules;
 use crate::upstream;
 
 impl Proxy {
@@ -36,7 +36,7 @@ impl Settings {
 /// import`), which need no upstream client. Returns the repository and the registry
 /// host of the upstream it is cached under.
 pub fn route_offline(config: &Config, name: &RepoName, ns: Option<&str>) -> Result<(Repo, String)> {
-    let rules = Rules::new(config.rules.clone());
+    let rules = CacheRules::new(config.rules.clone());
     let (up, repo) = pick(&config.upstreams, &rules, name, ns)?;
     Ok((
         Repo {
@@ -68,7 +68,7 @@ impl Routable for config::Upstream {
 /// The routing decision (see [`Proxy::route`]): the upstream and the repository there.
 fn pick<'a, U: Routable>(
     upstreams: &'a [U],
-    rules: &Rules,
+    rules: &CacheRules,
     name: &RepoName,
     ns: Option<&str>,
 ) -> Result<(&'a U, RepoName)> {
@@ -116,7 +116,7 @@ fn pick<'a, U: Routable>(
 
 /// The registry a first path component names: an upstream's registry or short
 /// name, or a cache rule's source registry.
-fn registry_named<U: Routable>(upstreams: &[U], rules: &Rules, first: &str) -> Option<String> {
+fn registry_named<U: Routable>(upstreams: &[U], rules: &CacheRules, first: &str) -> Option<String> {
     if let Some(u) = upstreams
         .iter()
         .map(U::upstream_config)
@@ -127,7 +127,7 @@ fn registry_named<U: Routable>(upstreams: &[U], rules: &Rules, first: &str) -> O
     rules.covers_registry(first).then(|| first.to_string())
 }
 
-fn no_upstream<U: Routable>(upstreams: &[U], rules: &Rules, requested: &str) -> Error {
+fn no_upstream<U: Routable>(upstreams: &[U], rules: &CacheRules, requested: &str) -> Error {
     let mut registries: Vec<String> = upstreams
         .iter()
         .map(U::upstream_config)

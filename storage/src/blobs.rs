@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::access::AccessTimes;
+use crate::access_times::AccessTimes;
 use crate::lease::{Lease, Leases};
 use crate::usage::Usage;
 use crate::{Digest, Error, Hasher, Layout, Result};

@@ -17,7 +17,7 @@
 //!
 //! This crate knows nothing of HTTP or upstreams.
 
-mod access;
+mod access_times;
 mod blobs;
 mod digest;
 mod error;
@@ -42,7 +42,7 @@ use std::path::Path;
 
 use refs::Refs;
 
-pub use access::{AccessTimes, now_millis};
+pub use access_times::{AccessTimes, now_millis};
 pub use blobs::scan::{StoredFile, Walk};
 pub use blobs::{Blobs, Ingest, Verified};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
