@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use ferry_storage::RepoName;
+use ferry_oci::RepoName;
 
 /// ACR allows 1,000 cache rules per registry; Ferry keeps the same limit.
 pub const MAX_RULES: usize = 1000;

@@ -51,7 +51,7 @@ pub fn manifest_type(content_type: Option<&str>, body: &[u8]) -> Result<&'static
 /// The parts of manifests and indexes that make them what they are, as the image
 /// spec and Docker's schema 2 require them.
 mod shape {
-    use ferry_storage::Digest;
+    use ferry_oci::Digest;
     use serde::Deserialize;
 
     #[derive(Deserialize)]
@@ -206,15 +206,15 @@ mod tests {
 /// or `…@<digest>` (no tag: `latest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageName {
-    pub name: ferry_storage::RepoName,
-    pub reference: ferry_storage::Reference,
+    pub name: ferry_oci::RepoName,
+    pub reference: ferry_oci::Reference,
 }
 
 impl std::str::FromStr for ImageName {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        use ferry_storage::Reference;
+        use ferry_oci::Reference;
         let bad = |why: &str| format!("`{s}` is not an image name ({why})");
         let (name, reference) = if let Some((name, digest)) = s.split_once('@') {
             (
@@ -239,8 +239,8 @@ impl std::str::FromStr for ImageName {
 impl std::fmt::Display for ImageName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.reference {
-            ferry_storage::Reference::Tag(t) => write!(f, "{}:{t}", self.name),
-            ferry_storage::Reference::Digest(d) => write!(f, "{}@{d}", self.name),
+            ferry_oci::Reference::Tag(t) => write!(f, "{}:{t}", self.name),
+            ferry_oci::Reference::Digest(d) => write!(f, "{}@{d}", self.name),
         }
     }
 }

@@ -111,7 +111,7 @@ fn authorize(
     proxy: &Proxy,
     access: &Gate,
     who: &Identity,
-    name: &ferry_storage::RepoName,
+    name: &ferry_oci::RepoName,
     params: &Params,
 ) -> Result<Target, ApiError> {
     let target = proxy.route(name, params.ns.as_deref())?;
@@ -219,7 +219,7 @@ async fn log_and_stamp(req: Request, next: Next) -> Response {
 /// Headers every manifest and blob response carries.
 fn content_headers(
     builder: http::response::Builder,
-    digest: &ferry_storage::Digest,
+    digest: &ferry_oci::Digest,
     content_length: u64,
     cache: CacheStatus,
     warning: Option<&str>,

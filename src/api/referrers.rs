@@ -2,7 +2,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::StatusCode;
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
 
 use super::{ApiError, Params, build, warning_value};
 use crate::oci;

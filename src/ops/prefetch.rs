@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use url::Url;
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
 
 use crate::oci::{self, ImageName, Platform};
 

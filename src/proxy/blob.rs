@@ -9,7 +9,9 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use http::{HeaderMap, Method, StatusCode};
 
-use ferry_storage::{Digest, Error as StorageError};
+use ferry_oci::Digest;
+
+use ferry_storage::Error as StorageError;
 
 use super::inflight::{Joined, Leader, State};
 use super::{CacheStatus, Error, Proxy, Result, Target, chunks};

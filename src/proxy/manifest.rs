@@ -8,8 +8,9 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
+use ferry_oci::{Digest, Reference, Tag};
 use ferry_storage::index::now_secs;
-use ferry_storage::{Digest, ManifestRecord, Reference, Tag, TagRecord};
+use ferry_storage::{ManifestRecord, TagRecord};
 
 use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
 use crate::oci::{self, Accept};

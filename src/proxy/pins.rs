@@ -1,7 +1,9 @@
 //! `[[pin]]` images, as the rest of the proxy sees them: which cached content they
 //! keep. Status reports them, eviction spares them.
 
-use ferry_storage::{Digest, Reference, Repo, Tag};
+use ferry_oci::{Digest, Reference, Tag};
+
+use ferry_storage::Repo;
 
 use super::Proxy;
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::header::ACCEPT;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use ferry_storage::{Digest, Reference, Tag};
+use ferry_oci::{Digest, Reference, Tag};
 
 use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
 use crate::oci::{self, Accept};

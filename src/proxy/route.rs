@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use ferry_storage::{Repo, RepoName};
+use ferry_oci::RepoName;
+
+use ferry_storage::Repo;
 
 use super::{Error, Proxy, Result, Settings, Target};
 use crate::cache_rules::CacheRules;

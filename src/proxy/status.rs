@@ -2,7 +2,7 @@
 //! store (per platform for an index), how much is missing, and which pinned images
 //! are incomplete — the answer to "what breaks if the link drops?" before it drops.
 
-use ferry_storage::{Digest, Reference};
+use ferry_oci::{Digest, Reference};
 use serde::{Deserialize, Serialize};
 
 use super::{Proxy, Result};

@@ -369,12 +369,6 @@ pub struct Ingest {
     _resume: Option<ResumeSlot>,
 }
 
-impl std::fmt::Debug for Hasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hasher")
-    }
-}
-
 impl Ingest {
     /// Appends bytes, hashing them. Refuses bytes past the expected size.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {

@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
 
 /// Why an export, import or key operation failed. Every variant names what the
 /// operator has to look at: a file, an image, a digest. Causes are part of the

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use ferry_storage::{Digest, Hasher, Reference, Store, Tag};
+use ferry_oci::{Digest, Hasher, Reference, Tag};
+
+use ferry_storage::Store;
 
 use super::layout::{BundleReader, BundleWriter, INDEX_JSON, index_json};
 use super::manifest::{self, Children, Descriptor};

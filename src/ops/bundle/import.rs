@@ -17,8 +17,9 @@ use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
 
+use ferry_oci::{Digest, Reference};
 use ferry_storage::index::now_secs;
-use ferry_storage::{Digest, ManifestRecord, Reference, Repo, Store, TagRecord};
+use ferry_storage::{ManifestRecord, Repo, Store, TagRecord};
 
 use super::export::{human_size, kind};
 use super::layout::{BundleReader, TopEntry};
@@ -262,7 +263,7 @@ fn destination(
     };
     let reference = match (ref_name, &parsed) {
         (None, _) => over.reference.clone(),
-        (Some(r), _) if r.parse::<ferry_storage::Tag>().is_ok() => {
+        (Some(r), _) if r.parse::<ferry_oci::Tag>().is_ok() => {
             Some(Reference::Tag(r.parse().expect("checked")))
         }
         (Some(_), Some(p)) if matches!(p.reference, Some(Reference::Tag(_))) => p.reference.clone(),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
 
 use super::Error;
 use super::manifest::Descriptor;

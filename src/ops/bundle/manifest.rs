@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
 
 use super::Error;
 use crate::oci;

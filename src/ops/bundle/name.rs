@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use ferry_storage::{Digest, Reference, Repo, RepoName};
+use ferry_oci::{Digest, Reference, RepoName};
+
+use ferry_storage::Repo;
 
 use super::Error;
 use crate::config::Config;
