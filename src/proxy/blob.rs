@@ -362,8 +362,7 @@ impl Proxy {
         let (repo, d) = (t.repo.clone(), digest.clone());
         self.blocking(move |s| {
             verified.commit()?;
-            s.index.blob_stored(&d, size)?;
-            s.index.link(&repo, &d)?;
+            s.index.blob_stored_in(&repo, &d, size)?;
             s.index.flush()
         })
         .await?;

@@ -17,6 +17,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
 
+use ferry_oci::manifest::MAX_MANIFEST_SIZE;
 use ferry_oci::{Digest, Reference};
 use ferry_storage::index::now_secs;
 use ferry_storage::{ManifestRecord, Repo, Store, TagRecord};
@@ -28,7 +29,6 @@ use super::name::{ImageName, full_ref};
 use super::signing::{self, SIGNATURE_FILE};
 use super::{Error, MAX_DEPTH, open_store};
 use crate::config::Config;
-use crate::oci;
 
 /// Blobs are copied from the bundle into the store in pieces of this size.
 const COPY_CHUNK: usize = 1024 * 1024;
@@ -169,8 +169,7 @@ pub fn import(config: &Config, opts: &ImportOptions) -> Result<ImportReport, Err
     let mut images = Vec::new();
     for (p, node) in planned.iter().zip(loaded) {
         for (d, size) in &node.blobs {
-            index.blob_stored(d, *size)?;
-            index.link(&p.repo, d)?;
+            index.blob_stored_in(&p.repo, d, *size)?;
         }
         for (d, media_type, size) in &node.manifests {
             index.put_manifest(
@@ -389,11 +388,10 @@ impl Loader<'_> {
             }
             return Ok(bytes);
         };
-        if size != desc.size || size > oci::MAX_MANIFEST_SIZE as u64 {
+        if size != desc.size || size > MAX_MANIFEST_SIZE as u64 {
             return Err(corrupt(format!(
                 "{size} bytes, its descriptor says {} (manifests are at most {} bytes)",
-                desc.size,
-                oci::MAX_MANIFEST_SIZE
+                desc.size, MAX_MANIFEST_SIZE
             )));
         }
         let mut bytes = Vec::with_capacity(size as usize);
