@@ -1,99 +1,4 @@
-//! OCI and Docker media types, and `Accept` negotiation for manifests.
-
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// The manifest types Ferry asks for when a client names none.
-pub const ALL_MANIFESTS: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
-
-/// Manifests larger than this are refused (the spec asks registries to take at least
-/// 4 MB; containerd refuses more than about 4 MiB).
-pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
-
-/// Checks that `body` is the OCI or Docker image manifest or index it claims to be
-/// and says which: the `mediaType` its JSON declares, else a `Content-Type` naming one
-/// of the four types, else what its shape says. Anything else (another media type, a
-/// JSON object of another shape, a descriptor without a valid digest) is refused with
-/// the reason: Ferry stores and serves manifests only, under their own type.
-pub fn manifest_type(content_type: Option<&str>, body: &[u8]) -> Result<&'static str, String> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-        manifests: Option<serde_json::Value>,
-    }
-    let probe: Probe =
-        serde_json::from_slice(body).map_err(|e| format!("not a JSON manifest ({e})"))?;
-    let known = |mt: &str| ALL_MANIFESTS.iter().copied().find(|&k| k == mt);
-    let declared = probe.media_type.filter(|m| !m.is_empty());
-    let media_type = match (&declared, content_type.and_then(known)) {
-        (Some(d), _) => known(d).ok_or_else(|| {
-            format!(
-                "media type {:?} is not a manifest or index type",
-                d.chars().take(100).collect::<String>()
-            )
-        })?,
-        (None, Some(ct)) => ct,
-        (None, None) if probe.manifests.is_some() => OCI_INDEX,
-        (None, None) => OCI_MANIFEST,
-    };
-    if let Some(ct) = content_type.and_then(known)
-        && ct != media_type
-    {
-        return Err(format!("served as {ct} but declares {media_type}"));
-    }
-    shape::check(media_type, body)?;
-    Ok(media_type)
-}
-
-/// The parts of manifests and indexes that make them what they are, as the image
-/// spec and Docker's schema 2 require them.
-mod shape {
-    use ferry_oci::Digest;
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)] // Parsed to be checked, not read.
-    struct Descriptor {
-        media_type: String,
-        digest: Digest,
-        size: u64,
-    }
-
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    struct ImageManifest {
-        #[serde(rename = "schemaVersion")]
-        schema_version: u32,
-        config: Descriptor,
-        layers: Vec<Descriptor>,
-    }
-
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    struct Index {
-        #[serde(rename = "schemaVersion")]
-        schema_version: u32,
-        manifests: Vec<Descriptor>,
-    }
-
-    pub fn check(media_type: &str, body: &[u8]) -> Result<(), String> {
-        let schema_version =
-            if media_type == super::OCI_INDEX || media_type == super::DOCKER_LIST {
-                serde_json::from_slice::<Index>(body).map(|i| i.schema_version)
-            } else {
-                serde_json::from_slice::<ImageManifest>(body).map(|m| m.schema_version)
-            }
-            .map_err(|e| format!("not a valid {media_type} ({e})"))?;
-        if schema_version != 2 {
-            return Err(format!("schemaVersion {schema_version} is not 2"));
-        }
-        Ok(())
-    }
-}
+//! `Accept` negotiation for manifests, image names and platforms as users write them.
 
 /// The media types a client accepts, from every `Accept` header it sent (skopeo
 /// sends one type per header line), without parameters.
@@ -128,20 +33,11 @@ impl Accept {
     /// negotiates as it would for the client, or every manifest type if it sent none.
     pub fn upstream_header(&self) -> String {
         if self.0.is_empty() {
-            ALL_MANIFESTS.join(", ")
+            ferry_oci::manifest::ALL_MANIFESTS.join(", ")
         } else {
             self.0.join(", ")
         }
     }
-}
-
-/// The descriptors of an image manifest's blobs: its config, then its layers.
-pub fn blob_descriptors(manifest: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
-    let layers = manifest.get("layers").and_then(|l| l.as_array());
-    manifest
-        .get("config")
-        .into_iter()
-        .chain(layers.into_iter().flatten())
 }
 
 /// A `Content-Type` value without parameters, lowercased.
@@ -152,6 +48,7 @@ pub fn media_type(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_oci::manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
     #[test]
     fn accept_reads_every_header_and_ignores_parameters() {
@@ -168,37 +65,6 @@ mod tests {
         assert!(!a.allows(OCI_INDEX));
         assert!(Accept::default().allows(OCI_INDEX));
         assert!(Accept::of(&[OCI_MANIFEST, "*/*"]).allows(OCI_INDEX));
-    }
-
-    #[test]
-    fn manifest_types_are_checked_against_their_shape() {
-        let d = format!("sha256:{}", "a".repeat(64));
-        let image = format!(
-            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":1}},"layers":[]}}"#
-        );
-        let index = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
-        assert_eq!(
-            manifest_type(Some("application/json"), index.as_bytes()),
-            Ok(OCI_INDEX)
-        );
-        assert_eq!(
-            manifest_type(Some(DOCKER_MANIFEST), image.as_bytes()),
-            Ok(DOCKER_MANIFEST)
-        );
-        assert_eq!(manifest_type(None, image.as_bytes()), Ok(OCI_MANIFEST));
-        let html = image.replacen('{', r#"{"mediaType":"text/html","#, 1);
-        assert!(manifest_type(None, html.as_bytes()).is_err());
-        let crlf = image.replacen(
-            '{',
-            r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json\r\nX: y","#,
-            1,
-        );
-        assert!(manifest_type(None, crlf.as_bytes()).is_err());
-        assert!(manifest_type(None, br#"{"hello":"world"}"#).is_err());
-        assert!(manifest_type(Some(OCI_INDEX), image.as_bytes()).is_err());
-        assert!(manifest_type(None, b"<html>").is_err());
-        let bad_digest = image.replace(&d, "sha256:zz");
-        assert!(manifest_type(None, bad_digest.as_bytes()).is_err());
     }
 }
 
@@ -275,16 +141,15 @@ impl std::str::FromStr for Platform {
 }
 
 impl Platform {
-    /// Whether an index entry's `platform` object is this platform (a variant given
-    /// here must match; none given matches any).
-    pub fn matches(&self, platform: &serde_json::Value) -> bool {
-        let field = |k: &str| platform.get(k).and_then(|v| v.as_str());
-        field("os") == Some(self.os.as_str())
-            && field("architecture") == Some(self.architecture.as_str())
+    /// Whether an index entry's `platform` is this platform (a variant given here
+    /// must match; none given matches any).
+    pub fn matches(&self, platform: &ferry_oci::manifest::Platform) -> bool {
+        platform.os().to_string() == self.os
+            && platform.architecture().to_string() == self.architecture
             && self
                 .variant
                 .as_deref()
-                .is_none_or(|v| field("variant") == Some(v))
+                .is_none_or(|v| platform.variant().as_deref() == Some(v))
     }
 }
 
@@ -307,10 +172,11 @@ mod image_tests {
         assert!("Bad/Name:1".parse::<ImageName>().is_err());
         assert!("a/b:".parse::<ImageName>().is_err());
         let p: Platform = "linux/arm64/v8".parse().unwrap();
-        assert!(
-            p.matches(&serde_json::json!({"os":"linux","architecture":"arm64","variant":"v8"}))
-        );
-        assert!(!p.matches(&serde_json::json!({"os":"linux","architecture":"amd64"})));
+        let spec = |json: &str| serde_json::from_str(json).unwrap();
+        assert!(p.matches(&spec(
+            r#"{"os":"linux","architecture":"arm64","variant":"v8"}"#
+        )));
+        assert!(!p.matches(&spec(r#"{"os":"linux","architecture":"amd64"}"#)));
         assert!("linux".parse::<Platform>().is_err());
     }
 }

@@ -1,57 +1,29 @@
-//! What a stored manifest points at, read from its JSON.
-//!
-//! Only the descriptors matter: `config`, `layers`, `manifests` (an index's children),
-//! `subject` (what an artifact refers to), plus the rarer `blobs` (OCI artifact manifest
-//! drafts) and Docker schema 1 `fsLayers`. Descriptors whose digest Ferry cannot verify
-//! are skipped: such content can never be in the store.
-
-use serde_json::Value;
+//! What a stored manifest points at: an image manifest's config and layers, an
+//! index's child manifests, and the `subject` an artifact refers to. Descriptors whose
+//! digest Ferry cannot verify are skipped: such content can never be in the store.
 
 use crate::Digest;
+use crate::manifest::{self, Manifest};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Refs {
-    /// Config and layers (and other plain blobs).
+    /// Config and layers.
     pub blobs: Vec<Digest>,
     /// An index's child manifests.
     pub manifests: Vec<Digest>,
     pub subject: Option<Digest>,
 }
 
-/// Why a stored manifest could not be read as one.
-#[derive(Debug, thiserror::Error)]
-#[error("not a JSON manifest: {0}")]
-pub struct RefsError(String);
-
 impl Refs {
-    pub fn parse(bytes: &[u8]) -> Result<Refs, RefsError> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| RefsError(e.to_string()))?;
-        if !v.is_object() {
-            return Err(RefsError("not a JSON object".into()));
-        }
-        let digest = |d: &Value, field: &str| {
-            d.get(field)
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse::<Digest>().ok())
+    pub fn parse(bytes: &[u8]) -> Result<Refs, manifest::ManifestError> {
+        let m = Manifest::read(bytes)?;
+        let digests = |ds: &mut dyn Iterator<Item = &manifest::Descriptor>| {
+            ds.filter_map(|d| manifest::digest(d).ok()).collect()
         };
-        let list = |field: &str, key: &str| -> Vec<Digest> {
-            v.get(field)
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|d| digest(d, key)).collect())
-                .unwrap_or_default()
-        };
-        let mut blobs: Vec<Digest> = v
-            .get("config")
-            .and_then(|c| digest(c, "digest"))
-            .into_iter()
-            .collect();
-        blobs.extend(list("layers", "digest"));
-        blobs.extend(list("blobs", "digest"));
-        blobs.extend(list("fsLayers", "blobSum"));
         Ok(Refs {
-            blobs,
-            manifests: list("manifests", "digest"),
-            subject: v.get("subject").and_then(|s| digest(s, "digest")),
+            blobs: digests(&mut m.blobs()),
+            manifests: digests(&mut m.children()),
+            subject: m.subject().and_then(|d| manifest::digest(d).ok()),
         })
     }
 
@@ -71,22 +43,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_every_kind_of_descriptor() {
+    fn reads_images_and_indexes() {
         let (c, l, m, s) = (
             Digest::sha256_of(b"c"),
             Digest::sha256_of(b"l"),
             Digest::sha256_of(b"m"),
             Digest::sha256_of(b"s"),
         );
+        let d = |d: &Digest| format!(r#"{{"mediaType":"x","digest":"{d}","size":1}}"#);
         let json = format!(
-            r#"{{"schemaVersion":2,"config":{{"digest":"{c}"}},"layers":[{{"digest":"{l}"}},{{"digest":"md5:00"}}],"manifests":[{{"digest":"{m}"}}],"subject":{{"digest":"{s}"}}}}"#
+            r#"{{"schemaVersion":2,"config":{},"layers":[{},{{"mediaType":"x","digest":"md5:00","size":1}}],"subject":{}}}"#,
+            d(&c),
+            d(&l),
+            d(&s)
         );
         let r = Refs::parse(json.as_bytes()).unwrap();
         assert_eq!(r.blobs, vec![c, l]);
-        assert_eq!(r.manifests, vec![m]);
         assert_eq!(r.subject, Some(s));
-        assert_eq!(r.all().count(), 4);
-        assert_eq!(r.contents().count(), 3);
+        assert_eq!(r.all().count(), 3);
+        assert_eq!(r.contents().count(), 2);
+        let index = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, d(&m));
+        let r = Refs::parse(index.as_bytes()).unwrap();
+        assert_eq!(r.manifests, vec![m]);
         assert!(Refs::parse(b"<html>").is_err());
         assert!(Refs::parse(b"[1]").is_err());
     }

@@ -27,7 +27,7 @@ use ferry_storage::{Repo, Store};
 
 pub use blob::{Blob, ByteRange};
 pub use error::{Error, Result};
-pub use manifest::Manifest;
+pub use manifest::ServedManifest;
 pub use reconfigure::Reconfigured;
 pub use referrers::Referrers;
 pub use route::route_offline;

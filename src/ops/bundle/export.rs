@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::SystemTime;
 
+use ferry_oci::manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use ferry_oci::{Digest, Hasher, Reference, Tag};
 
 use ferry_storage::Store;
@@ -17,7 +18,6 @@ use super::name::{ImageName, full_ref};
 use super::signing::{self, SIGNATURE_FILE};
 use super::{Error, MAX_DEPTH, open_store};
 use crate::config::Config;
-use crate::oci;
 
 /// What `ferry export` was asked for.
 #[derive(Debug, Clone)]
@@ -423,8 +423,8 @@ impl fmt::Display for ExportReport {
 /// A short word for a manifest media type, for summaries.
 pub(crate) fn kind(media_type: &str) -> &str {
     match media_type {
-        oci::OCI_INDEX | oci::DOCKER_LIST => "index",
-        oci::OCI_MANIFEST | oci::DOCKER_MANIFEST => "image",
+        OCI_INDEX | DOCKER_LIST => "index",
+        OCI_MANIFEST | DOCKER_MANIFEST => "image",
         other => other,
     }
 }

@@ -2,12 +2,12 @@
 //! index's platform manifests, or an image manifest's config and layers. A
 //! `subject` is not followed: the image does not need its referrers' target.
 
-use serde::Deserialize;
-
 use ferry_oci::Digest;
+use ferry_oci::manifest::{self, ALL_MANIFESTS, Manifest, is_index};
 
 use super::Error;
-use crate::oci;
+#[cfg(test)]
+use ferry_oci::manifest::{DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
 /// A content descriptor, its digest validated.
 #[derive(Debug, Clone)]
@@ -33,49 +33,16 @@ pub(crate) struct Parsed {
     pub children: Children,
 }
 
-#[derive(Deserialize)]
-struct Raw {
-    #[serde(rename = "mediaType")]
-    media_type: Option<String>,
-    manifests: Option<Vec<RawDescriptor>>,
-    config: Option<RawDescriptor>,
-    layers: Option<Vec<RawDescriptor>>,
-    /// The short-lived OCI artifact manifest's list of blobs.
-    blobs: Option<Vec<RawDescriptor>>,
-    #[serde(rename = "fsLayers")]
-    fs_layers: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct RawDescriptor {
-    #[serde(rename = "mediaType")]
-    media_type: Option<String>,
-    digest: String,
-    size: u64,
-    platform: Option<RawPlatform>,
-}
-
-#[derive(Deserialize)]
-struct RawPlatform {
-    os: String,
-    architecture: String,
-    variant: Option<String>,
-}
-
-impl RawDescriptor {
-    fn validate(self, manifest: &Digest) -> Result<Descriptor, Error> {
-        let digest = self.digest.parse().map_err(|e| Error::BadManifest {
-            digest: manifest.clone(),
-            reason: format!("{e}"),
-        })?;
+impl Descriptor {
+    fn of(d: &manifest::Descriptor, parent: &Digest) -> Result<Descriptor, Error> {
         Ok(Descriptor {
-            media_type: self.media_type,
-            digest,
-            size: self.size,
-            platform: self.platform.map(|p| match p.variant {
-                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-                None => format!("{}/{}", p.os, p.architecture),
-            }),
+            media_type: Some(d.media_type().to_string()).filter(|t| !t.is_empty()),
+            digest: manifest::digest(d).map_err(|e| Error::BadManifest {
+                digest: parent.clone(),
+                reason: e.to_string(),
+            })?,
+            size: d.size(),
+            platform: d.platform().as_ref().map(manifest::platform_label),
         })
     }
 }
@@ -91,35 +58,24 @@ pub(crate) fn parse(
         digest: digest.clone(),
         reason,
     };
-    let raw: Raw =
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("not a JSON manifest ({e})")))?;
-    if raw.fs_layers.is_some() {
-        return Err(bad("Docker schema 1 manifests are not supported".into()));
+    let (found, parsed) = Manifest::check(None, bytes).map_err(|e| bad(e.to_string()))?;
+    let media_type = match declared {
+        Some(d)
+            if parsed.declared_type().is_none()
+                && ALL_MANIFESTS.contains(&d)
+                && is_index(d) == is_index(found) =>
+        {
+            d
+        }
+        _ => found,
     }
-    let is_index = raw.manifests.is_some();
-    let media_type = raw
-        .media_type
-        .filter(|m| !m.is_empty())
-        .or_else(|| declared.filter(|m| !m.is_empty()).map(str::to_string))
-        .unwrap_or_else(|| {
-            if is_index {
-                oci::OCI_INDEX
-            } else {
-                oci::OCI_MANIFEST
-            }
-            .to_string()
-        });
-    let validate = |v: Vec<RawDescriptor>| -> Result<Vec<Descriptor>, Error> {
-        v.into_iter().map(|d| d.validate(digest)).collect()
-    };
-    let children = if let Some(manifests) = raw.manifests {
-        Children::Manifests(validate(manifests)?)
-    } else {
-        let mut blobs = Vec::new();
-        blobs.extend(raw.config.map(|c| c.validate(digest)).transpose()?);
-        blobs.extend(validate(raw.layers.unwrap_or_default())?);
-        blobs.extend(validate(raw.blobs.unwrap_or_default())?);
-        Children::Blobs(blobs)
+    .to_string();
+    let of = |d| Descriptor::of(d, digest);
+    let children = match &parsed {
+        Manifest::Index(_) => {
+            Children::Manifests(parsed.children().map(of).collect::<Result<_, _>>()?)
+        }
+        Manifest::Image(_) => Children::Blobs(parsed.blobs().map(of).collect::<Result<_, _>>()?),
     };
     Ok(Parsed {
         media_type,
@@ -137,10 +93,10 @@ mod tests {
         let child = Digest::sha256_of(b"child");
         let index = format!(
             r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{child}","size":5,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}}]}}"#,
-            oci::OCI_MANIFEST
+            OCI_MANIFEST
         );
         let p = parse(&d, index.as_bytes(), None).unwrap();
-        assert_eq!(p.media_type, oci::OCI_INDEX);
+        assert_eq!(p.media_type, OCI_INDEX);
         let Children::Manifests(m) = p.children else {
             panic!("an index")
         };
@@ -148,11 +104,11 @@ mod tests {
         assert_eq!(m[0].platform.as_deref(), Some("linux/arm64/v8"));
 
         let image = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"digest":"{child}","size":5}},"layers":[{{"digest":"{d}","size":1}}]}}"#,
-            oci::DOCKER_MANIFEST
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"c","digest":"{child}","size":5}},"layers":[{{"mediaType":"l","digest":"{d}","size":1}}]}}"#,
+            DOCKER_MANIFEST
         );
-        let p = parse(&d, image.as_bytes(), Some(oci::OCI_MANIFEST)).unwrap();
-        assert_eq!(p.media_type, oci::DOCKER_MANIFEST);
+        let p = parse(&d, image.as_bytes(), Some(OCI_MANIFEST)).unwrap();
+        assert_eq!(p.media_type, DOCKER_MANIFEST);
         let Children::Blobs(b) = p.children else {
             panic!("an image")
         };
