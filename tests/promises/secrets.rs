@@ -87,6 +87,62 @@ async fn password_env_takes_the_password_from_the_environment_and_never_logs_it(
     assert_not_logged(&ferry, "puller", &password);
 }
 
+/// `token_env`: the bearer token from the environment only, sent, never logged.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_env_takes_the_bearer_token_from_the_environment() {
+    const VAR: &str = "CORP_REGISTRY_TOKEN";
+    let token = format!("tok-env-{}", &sha256_digest(b"token_env")[7..39]);
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image_http(&registry, "team/app", "v1", &[30_000]);
+    let gate = BearerGate::start(registry.addr(), &token);
+    let ferry = FerryBuilder::new()
+        .upstream(
+            Upstream::local(&gate.url())
+                .auth_inline(&format!("{{ kind = \"bearer\", token_env = \"{VAR}\" }}")),
+        )
+        .env(VAR, &token)
+        .start();
+    assert!(!ferry.config().contains(&token));
+    pull(&ferry, &img).await;
+    let bearer = format!("Bearer {token}");
+    assert!(
+        gate.seen()
+            .iter()
+            .all(|a| a.as_deref() == Some(bearer.as_str())),
+        "every upstream request carries the token from {VAR}"
+    );
+    assert!(!ferry.log().contains(&token), "the token is in Ferry's log");
+}
+
+/// `client_secret_env`: the Entra client secret from the environment only.
+#[test]
+fn client_secret_env_takes_the_entra_secret_from_the_environment() {
+    const VAR: &str = "ACR_SP_CLIENT_SECRET";
+    let emu = AcrEmulator::start_with(Lifetimes::default());
+    let app = emu.push_image("team/app", "1", &[40_000]);
+    let (toml, env) = emu.ferry_config(Credential::Secret);
+    let file = format!(
+        "client_secret_file = \"{}\"",
+        emu.dir().join("client-secret").display()
+    );
+    assert!(toml.contains(&file), "{toml}");
+    std::fs::remove_file(emu.dir().join("client-secret")).unwrap();
+    let mut builder = FerryBuilder::new()
+        .extra_toml(&toml.replace(&file, &format!("client_secret_env = \"{VAR}\"")))
+        .env(VAR, &emu.ids().sp_client_secret);
+    for (k, v) in &env {
+        builder = builder.env(k, v);
+    }
+    let ferry = builder.start();
+    block_on(async {
+        let base = format!("{}/v2/{UPSTREAM}/team/app", ferry.url());
+        let r = get(&format!("{base}/manifests/1"), &media::ALL_MANIFESTS).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.body, app.manifest);
+    });
+    emu.assert_no_leaks(&[("ferry log", ferry.log().as_bytes())]);
+}
+
 /// README: `auth = { kind = "bearer", token_file = … }`, and "secret files
 /// (`password_file`, `token_file`, …) are re-read whenever they change". An upstream
 /// that takes only the current token: Ferry sends it, and after the file is replaced

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use crate::harness::ferry::{FerryBuilder, Upstream};
+use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
 use crate::harness::images::push_image_http;
+use crate::harness::process::run_with_timeout;
 use crate::harness::registry::{Registry, RegistryAuth};
 
 use super::pull;
@@ -29,6 +30,28 @@ async fn ferry_config_names_the_file_serve_runs_on() {
     assert!(
         ferry.storage_root().join("blobs").is_dir(),
         "the file's [storage] root holds the store"
+    );
+
+    // The one-off commands read it too: `ferry fsck` with no `--config` checks this
+    // store (the built-in config's `./ferry-data` would hold nothing).
+    let mut ferry = ferry;
+    assert!(ferry.terminate(), "ferry stops on SIGTERM");
+    let elsewhere = crate::harness::temp_dir("cwd");
+    let mut fsck = Ferry::cli_command();
+    fsck.arg("fsck")
+        .env("FERRY_CONFIG", ferry.config_path())
+        .current_dir(elsewhere.path());
+    let out = run_with_timeout(fsck, Duration::from_secs(60));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "fsck on FERRY_CONFIG\n{text}");
+    // Manifest, config and layer.
+    assert!(
+        text.contains("checked 3 blobs"),
+        "fsck checked the file's store\n{text}"
     );
 }
 
