@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::harness::acr::tls::TestCa;
 use crate::harness::ferry::{FerryBuilder, LOCAL, Upstream};
 use crate::harness::images::push_image_http;
 use crate::harness::registry::{Registry, RegistryAuth};
@@ -24,6 +25,16 @@ async fn a_reload_names_each_setting_that_needs_a_restart_and_keeps_it() {
     pull(&ferry, &first).await;
 
     let elsewhere = temp_dir("other-store");
+    // A valid certificate pair for a `[tls]` listener added by the reload.
+    let certs = temp_dir("reload-tls");
+    let leaf = TestCa::generate(certs.path()).leaf(&["localhost", "127.0.0.1"]);
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(
+        &key,
+        pem::encode(&pem::Pem::new("PRIVATE KEY", leaf.key_pkcs8_der.clone())),
+    )
+    .unwrap();
     let root_line = format!("root = \"{}\"\n", ferry.storage_root().display());
     let text = ferry.config().to_owned();
     assert!(text.contains(&root_line), "{text}");
@@ -43,7 +54,12 @@ async fn a_reload_names_each_setting_that_needs_a_restart_and_keeps_it() {
         .replace(
             &format!("name = \"{LOCAL}\"\n"),
             &format!("name = \"{LOCAL}\"\ntag_ttl = \"5m\"\n"),
-        ) + &format!("\n[[pin]]\nimages = [\"{LOCAL}/team/first:v1\"]\n");
+        ) + &format!(
+            "\n[[pin]]\nimages = [\"{LOCAL}/team/first:v1\"]\n\n\
+             [tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
     assert_ne!(changed, text);
     let mark = ferry.log().len();
     ferry.write_config(&changed);
@@ -66,12 +82,17 @@ async fn a_reload_names_each_setting_that_needs_a_restart_and_keeps_it() {
         "storage.scrub_rate",
         "header_read_timeout",
         "pin",
+        "tls",
     ] {
         assert!(warning.contains(key), "the line names {key}: {warning}");
     }
     assert!(
-        !warning.contains("server.listen") && !warning.contains("tls"),
+        !warning.contains("server.listen") && !warning.contains("min_free"),
         "only what changed: {warning}"
+    );
+    assert!(
+        ferry.log_lines(mark, &["listening on https://"]).is_empty(),
+        "a TLS listener started without a restart"
     );
 
     // Ignored until a restart: the store is where it was.
