@@ -353,7 +353,11 @@ impl Ferry {
             None => Command::new(Ferry::binary()),
         };
         if self.config_from_env {
-            cmd.arg("serve").env("FERRY_CONFIG", &self.config_path);
+            // In its temp dir: a Ferry that ignored the variable would put the
+            // built-in config's `./ferry-data` there, not in the test's directory.
+            cmd.arg("serve")
+                .env("FERRY_CONFIG", &self.config_path)
+                .current_dir(self.dir.path());
         } else {
             cmd.arg("serve").arg("--config").arg(&self.config_path);
         }
