@@ -59,6 +59,10 @@ mod operations;
 mod platforms;
 /// `ferry prefetch` and `[[pin]]` fill the store ahead of need.
 mod prefetch;
+/// README promises that had no test: secrets from the environment and rotated files,
+/// proxies, `FERRY_CONFIG`, `max_stale`, SIGINT, reload messages, static rules, pins,
+/// `/readyz` on a read-only store, eviction to 90%, last use across a restart.
+mod promises;
 /// containerd's `ctr` pulling through `hosts.toml` (the `?ns=` path).
 mod pull_containerd;
 /// skopeo copying single-platform, Docker schema 2 and multi-platform images.

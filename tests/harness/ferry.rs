@@ -37,8 +37,16 @@ pub struct Upstream {
 #[derive(Clone, Debug)]
 pub enum UpstreamAuth {
     Anonymous,
-    Basic { username: String, password: String },
-    Bearer { token: String },
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer {
+        token: String,
+    },
+    /// An `auth` inline table written verbatim (e.g. `password_env`, or a secret file
+    /// the test rotates itself).
+    Inline(String),
 }
 
 impl Upstream {
@@ -87,6 +95,13 @@ impl Upstream {
         self
     }
 
+    /// `auth = <table>` verbatim, e.g.
+    /// `{ kind = "basic", username = "u", password_env = "VAR" }`.
+    pub fn auth_inline(mut self, table: &str) -> Upstream {
+        self.auth = UpstreamAuth::Inline(table.to_owned());
+        self
+    }
+
     /// Appends a raw `key = value` line to this `[[upstream]]` table.
     pub fn raw(mut self, line: &str) -> Upstream {
         self.extra.push(line.to_owned());
@@ -123,6 +138,7 @@ impl Upstream {
                     toml_str(&path.display().to_string())
                 );
             }
+            UpstreamAuth::Inline(table) => s += &format!("auth = {table}\n"),
         }
         for line in &self.extra {
             s += line;
@@ -158,6 +174,7 @@ pub struct FerryBuilder {
     env: Vec<(String, String)>,
     storage_root: Option<PathBuf>,
     prefix: Vec<String>,
+    config_from_env: bool,
 }
 
 impl FerryBuilder {
@@ -216,6 +233,12 @@ impl FerryBuilder {
         self
     }
 
+    /// Names the config file in `FERRY_CONFIG` instead of `--config`.
+    pub fn config_from_env(mut self) -> FerryBuilder {
+        self.config_from_env = true;
+        self
+    }
+
     pub fn start(self) -> Ferry {
         let dir = super::temp_dir("ferry");
         let store = self
@@ -253,6 +276,7 @@ impl FerryBuilder {
             env: self.env,
             args: self.args,
             prefix: self.prefix,
+            config_from_env: self.config_from_env,
             starts: 0,
             start_offset: 0,
             dir,
@@ -275,6 +299,8 @@ pub struct Ferry {
     env: Vec<(String, String)>,
     args: Vec<String>,
     prefix: Vec<String>,
+    /// `FERRY_CONFIG=<file>` instead of `--config <file>`.
+    config_from_env: bool,
     starts: usize,
     /// Length of `log` when the current process started: where its own lines begin.
     start_offset: usize,
@@ -326,7 +352,15 @@ impl Ferry {
             }
             None => Command::new(Ferry::binary()),
         };
-        cmd.arg("serve").arg("--config").arg(&self.config_path);
+        if self.config_from_env {
+            // In its temp dir: a Ferry that ignored the variable would put the
+            // built-in config's `./ferry-data` there, not in the test's directory.
+            cmd.arg("serve")
+                .env("FERRY_CONFIG", &self.config_path)
+                .current_dir(self.dir.path());
+        } else {
+            cmd.arg("serve").arg("--config").arg(&self.config_path);
+        }
         cmd.args(&self.args);
         // Debug logs on, so the leak checks read everything Ferry can log.
         if std::env::var_os("FERRY_LOG").is_none() {
