@@ -81,13 +81,13 @@ impl Proxy {
             .iter()
             .flat_map(|p| &p.images)
             .filter(|pin| {
-                let Ok(t) = self.route(&pin.name, None) else {
+                let Ok(t) = self.route_image(pin) else {
                     return true;
                 };
                 !images.iter().any(|(repo, tag, i)| {
                     *repo == t.repo
                         && i.complete
-                        && match &pin.reference {
+                        && match &pin.reference_or_latest() {
                             Reference::Tag(want) => tag == want,
                             Reference::Digest(d) => i.digest == d.as_str(),
                         }

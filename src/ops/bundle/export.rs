@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use ferry_oci::{Digest, Hasher, Reference, Tag};
+use ferry_oci::{Digest, Hasher, Reference};
 
 use ferry_storage::Store;
 
 use super::layout::{BundleReader, BundleWriter, INDEX_JSON, index_json};
 use super::manifest::{self, Children, Descriptor};
-use super::name::{ImageName, full_ref};
+use super::name::{self, full_ref};
 use super::signing::{self, SIGNATURE_FILE};
 use super::{Error, MAX_DEPTH, open_store};
 use crate::config::Config;
@@ -97,7 +97,7 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Err
     let names = opts
         .images
         .iter()
-        .map(|s| ImageName::parse(s, config))
+        .map(|s| name::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     let skip = match &opts.since {
         Some(Since::Bundle(path)) => {
@@ -113,11 +113,8 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Err
     let mut entries: Vec<(Descriptor, String)> = Vec::new();
     let mut images = Vec::new();
     for name in &names {
-        let (repo, registry) = name.route(config)?;
-        let reference = name
-            .reference
-            .clone()
-            .unwrap_or_else(|| Reference::Tag(Tag::from_str("latest").expect("valid tag")));
+        let (repo, registry) = name::route(name, config)?;
+        let reference = name.reference_or_latest();
         let full = full_ref(&registry, &repo.name, &reference);
         if images.iter().any(|i: &ExportedImage| i.name == full) {
             continue;
