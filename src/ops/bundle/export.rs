@@ -22,8 +22,7 @@ use crate::oci;
 /// What `ferry export` was asked for.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// Images as clients name them: `<registry or upstream name>/<repo>[:tag|@digest]`.
-    pub images: Vec<String>,
+    pub images: Vec<oci::ImageName>,
     pub output: PathBuf,
     pub since: Option<Since>,
     /// A PKCS#8 PEM ed25519 private key to sign `index.json` with.
@@ -94,11 +93,7 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Err
         .as_deref()
         .map(signing::load_signing_key)
         .transpose()?;
-    let names = opts
-        .images
-        .iter()
-        .map(|s| name::parse(s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let names = &opts.images;
     let skip = match &opts.since {
         Some(Since::Bundle(path)) => {
             let dir = path.is_dir();
@@ -112,7 +107,7 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Err
     let mut plan = Plan::default();
     let mut entries: Vec<(Descriptor, String)> = Vec::new();
     let mut images = Vec::new();
-    for name in &names {
+    for name in names {
         let (repo, registry) = name::route(name, config)?;
         let reference = name.reference_or_latest();
         let full = full_ref(&registry, &repo.name, &reference);
