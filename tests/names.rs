@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
 use crate::harness::images::{push_image, push_index};
+use crate::harness::podman::Podman;
 use crate::harness::process::{free_port, run_with_timeout};
 use crate::harness::registry::{Registry, RegistryAuth};
 use crate::harness::temp_dir;
@@ -219,4 +220,161 @@ async fn status_with_a_config_asks_the_ferry_that_holds_the_store() {
     ferry.terminate();
     assert_eq!(ferry_ok(&["status", "--config", &config]), asked);
     assert_eq!(ferry_ok(&["status", "--json", "--config", &config]), json);
+}
+
+/// `skopeo <args>` with `HOME` at `home` (so `$HOME/.config/containers/` is its
+/// registries configuration), bounded to 60 s.
+fn skopeo(home: &std::path::Path, args: &[&str]) -> Output {
+    let mut cmd =
+        std::process::Command::new(crate::harness::process::require_binary("skopeo", "skopeo"));
+    cmd.env("HOME", home)
+        .env_remove("CONTAINERS_REGISTRIES_CONF")
+        .args(args);
+    run_with_timeout(cmd, Duration::from_secs(60))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// What the README's "Docker Engine" and "registries.conf" sections say, done with
+/// skopeo (which reads names and registries.conf as podman, CRI-O and buildah do):
+/// the path forms reach Ferry, `host:port` is never a path component, and with a
+/// generated drop-in pulls go to Ferry while tag listing goes to the registry itself.
+#[test]
+fn clients_reach_ferry_by_the_names_the_readme_gives() {
+    let registry = Registry::start(RegistryAuth::None);
+    push_image(&registry, "team/app", "v1", &[20_000]);
+    push_image(&registry, "library/nginx", "1.27", &[20_000]);
+    let ferry = two_upstreams(&registry).start();
+    let home = temp_dir("home");
+    let addr = ferry.addr();
+    let inspect = |name: &str| {
+        skopeo(
+            home.path(),
+            &[
+                "inspect",
+                "--tls-verify=false",
+                "--no-tags",
+                &format!("docker://{name}"),
+            ],
+        )
+    };
+
+    // Docker Engine: a `registry-mirrors` entry gets Docker Hub names as paths
+    // (`/v2/library/nginx/…`), routed to the default upstream; other registries by
+    // the short-name form; a registry with a port as a path component is refused by
+    // the client's own reference parser.
+    for name in [
+        format!("{addr}/library/nginx:1.27"),
+        format!("{addr}/corp/team/app:v1"),
+        format!("{addr}/docker.io/library/nginx:1.27"),
+    ] {
+        let out = inspect(&name);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+    }
+    let out = inspect(&format!("{addr}/{CORP_REGISTRY}/team/app:v1"));
+    assert!(
+        !out.status.success() && text(&out).contains("invalid reference format"),
+        "{}",
+        text(&out)
+    );
+
+    // registries.conf: the generated file as a drop-in (the per-user drop-in
+    // directory, read as /etc/containers/registries.conf.d/ is, after the main file).
+    let containers = home.path().join(".config/containers");
+    std::fs::create_dir_all(&containers).unwrap();
+    std::fs::write(
+        containers.join("registries.conf"),
+        "unqualified-search-registries = []\n",
+    )
+    .unwrap();
+    let dropins = containers.join("registries.conf.d");
+    let written = ferry_ok(&[
+        "node-config",
+        "--config",
+        ferry.config_path().to_str().unwrap(),
+        "--mirror",
+        &ferry.url(),
+        "--format",
+        "registries-conf",
+        "--write",
+        &format!("{}/", dropins.display()),
+    ]);
+    assert!(
+        written.contains(&dropins.join("registries.conf").display().to_string()),
+        "{written}"
+    );
+    // Pulls (manifests and blobs) go to Ferry, by the registry's own name.
+    let name = format!("docker://{CORP_REGISTRY}/team/app:v1");
+    let out = skopeo(home.path(), &["inspect", "--no-tags", &name]);
+    assert!(out.status.success(), "{}", text(&out));
+    let dest = home.path().join("copied");
+    let out = skopeo(
+        home.path(),
+        &[
+            "--insecure-policy",
+            "copy",
+            &name,
+            &format!("dir:{}", dest.display()),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Tag listing goes to the registry itself (unresolvable here), not to Ferry.
+    for args in [
+        vec!["inspect", name.as_str()],
+        vec!["list-tags", "docker://registry.corp.test:16101/team/app"],
+    ] {
+        let out = skopeo(home.path(), &args);
+        assert!(
+            !out.status.success() && text(&out).contains("registry.corp.test"),
+            "skopeo {args:?}: {}",
+            text(&out)
+        );
+    }
+    // The path form lists the tags through Ferry.
+    let out = skopeo(
+        home.path(),
+        &[
+            "list-tags",
+            "--tls-verify=false",
+            &format!("docker://{addr}/corp/team/app"),
+        ],
+    );
+    assert!(
+        out.status.success() && text(&out).contains("\"v1\""),
+        "{}",
+        text(&out)
+    );
+
+    // podman, reading the same file: pulls through Ferry, lists tags at the registry
+    // itself, and through Ferry by the path form.
+    let podman = Podman::new(Some(&dropins.join("registries.conf")));
+    podman.pull_ok(&[], &format!("{CORP_REGISTRY}/team/app:v1"), &ferry);
+    let search = |args: &[&str]| run_with_timeout(podman.command(args), Duration::from_secs(60));
+    let out = search(&[
+        "search",
+        "--list-tags",
+        &format!("{CORP_REGISTRY}/team/app"),
+    ]);
+    assert!(
+        !out.status.success() && text(&out).contains("registry.corp.test"),
+        "{}",
+        text(&out)
+    );
+    let out = search(&[
+        "search",
+        "--list-tags",
+        "--tls-verify=false",
+        &format!("{addr}/corp/team/app"),
+    ]);
+    assert!(
+        out.status.success() && text(&out).contains("v1"),
+        "{}",
+        text(&out)
+    );
 }
