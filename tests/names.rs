@@ -325,9 +325,20 @@ fn clients_reach_ferry_by_the_names_the_readme_gives() {
     );
     assert!(out.status.success(), "{}", text(&out));
     // Tag listing goes to the registry itself (unresolvable here), not to Ferry.
+    let synced = home.path().join("synced");
     for args in [
         vec!["inspect", name.as_str()],
         vec!["list-tags", "docker://registry.corp.test:16101/team/app"],
+        vec![
+            "--insecure-policy",
+            "sync",
+            "--src",
+            "docker",
+            "--dest",
+            "dir",
+            "registry.corp.test:16101/team/app",
+            synced.to_str().unwrap(),
+        ],
     ] {
         let out = skopeo(home.path(), &args);
         assert!(
