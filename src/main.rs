@@ -31,6 +31,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let path = (file.as_os_str() != "-").then_some(file.as_path());
             let config = Config::load(path, &env)?;
+            // A pin no upstream serves would only fail at its first refresh: say so now,
+            // routed as a pull of it is.
+            for image in config.pins.iter().flat_map(|p| &p.images) {
+                ferry::proxy::route_offline(&config, image)
+                    .map_err(|e| anyhow::anyhow!("[[pin]] image `{image}`: {e}"))?;
+            }
             print!("configuration is valid\n{}", config.describe());
             Ok(())
         }

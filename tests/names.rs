@@ -137,6 +137,16 @@ async fn every_name_ferry_status_prints_is_taken_back_by_every_command() {
     std::fs::write(&file, &pinned).unwrap();
     let check = ferry_ok(&["config", "check", file.to_str().unwrap()]);
     assert!(check.contains("configuration is valid"), "{check}");
+    // One no upstream serves is named.
+    let unserved = format!("{pinned}\n[[pin]]\nimages = [\"other.example:5000/team/app:v1\"]\n");
+    let bad = dir.path().join("unserved.toml");
+    std::fs::write(&bad, unserved).unwrap();
+    let out = ferry_with_env(&["config", "check", bad.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("`other.example:5000/team/app:v1`"),
+        "{err}"
+    );
     ferry.write_config(&pinned);
     ferry.restart();
     let status: serde_json::Value =
