@@ -34,8 +34,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             // A pin no upstream serves would only fail at its first refresh: say so now,
             // routed as a pull of it is.
             for image in config.pins.iter().flat_map(|p| &p.images) {
-                ferry::proxy::route_offline(&config, image)
-                    .map_err(|e| anyhow::anyhow!("[[pin]] image `{image}`: {e}"))?;
+                ferry::proxy::route_offline(&config, image).map_err(|e| {
+                    anyhow::anyhow!("{}: [[pin]] image `{image}`: {e}", file.display())
+                })?;
             }
             print!("configuration is valid\n{}", config.describe());
             Ok(())
