@@ -293,6 +293,40 @@ mod tests {
         );
     }
 
+    /// The names `ferry status` prints (`<registry>/<repository>:<tag>` of what is
+    /// cached) route back to the repository they were printed for, cache-rule targets
+    /// and Docker Hub's `library/` included.
+    #[test]
+    fn status_names_route_back_to_their_repository() {
+        let extra = "[[upstream]]\nname = \"corp\"\nregistry = \"registry.corp.test:16101\"\nurl = \"https://registry.corp.test:16101\"\n[[rule]]\nname = \"aks-managed-mcr\"\nsource = \"mcr.microsoft.com/*\"\ntarget = \"aks-managed-repository/*\"\nupstream = \"acr\"\n";
+        let (_d, p) = proxy(extra);
+        for (upstream, repo) in [
+            ("docker", "library/nginx"),
+            ("docker", "someone/app"),
+            ("ghcr", "org/tool"),
+            ("acr", "aks-managed-repository/oss/kubernetes/pause"),
+            ("acr", "team/app"),
+            ("corp", "team/app"),
+        ] {
+            let registry = p
+                .upstreams()
+                .iter()
+                .find(|u| u.name() == upstream)
+                .unwrap()
+                .config()
+                .registry
+                .clone();
+            let printed = format!("{registry}/{repo}:1");
+            let image: ImageName = printed.parse().unwrap();
+            let t = p.route_image(&image).unwrap();
+            assert_eq!(
+                (t.repo.upstream.as_str(), t.repo.name.as_str()),
+                (upstream, repo),
+                "{printed}"
+            );
+        }
+    }
+
     /// `ferry export` / `import` route on the config alone, with no client built:
     /// the same answers as the proxy, errors included.
     #[test]
