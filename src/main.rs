@@ -31,6 +31,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let path = (file.as_os_str() != "-").then_some(file.as_path());
             let config = Config::load(path, &env)?;
+            // A pin no upstream serves would only fail at its first refresh: say so now,
+            // routed as a pull of it is.
+            for image in config.pins.iter().flat_map(|p| &p.images) {
+                ferry::proxy::route_offline(&config, image).map_err(|e| {
+                    anyhow::anyhow!("{}: [[pin]] image `{image}`: {e}", file.display())
+                })?;
+            }
             print!("configuration is valid\n{}", config.describe());
             Ok(())
         }
@@ -141,24 +148,21 @@ fn run(args: Args) -> anyhow::Result<()> {
             config,
             json,
         } => {
-            let status = match config {
-                Some(path) => {
-                    let config = Config::load(Some(&path), &env)?;
-                    let store = ferry_storage::Store::open(&config.storage_root)?;
-                    ferry::proxy::Proxy::new(&config, store)?.status()?
+            let runtime = tokio::runtime::Runtime::new()?;
+            let status = runtime.block_on(async {
+                match (server, config) {
+                    (Some(url), _) => ferry::ops::status::ask(&url).await,
+                    (None, Some(path)) => {
+                        let config = Config::load(Some(&path), &env)?;
+                        ferry::ops::status::of_config(&config).await
+                    }
+                    (None, None) => {
+                        let url = ferry::ops::status::DEFAULT_SERVER.parse()?;
+                        ferry::ops::status::ask(&url).await
+                    }
                 }
-                None => {
-                    let url = server.join("_ferry/status")?;
-                    let runtime = tokio::runtime::Runtime::new()?;
-                    let body = runtime
-                        .block_on(async {
-                            let resp = reqwest::get(url.clone()).await?.error_for_status()?;
-                            resp.bytes().await
-                        })
-                        .map_err(|e| anyhow::anyhow!("cannot ask Ferry at {url}: {e}"))?;
-                    serde_json::from_slice(&body)?
-                }
-            };
+                .map_err(anyhow::Error::from)
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

@@ -44,6 +44,9 @@ mod faults;
 mod full_disk;
 /// Range, late GET and HEAD joining a blob download in flight: one upstream GET.
 mod inflight;
+/// Image names as `ferry status` prints them, taken back by prefetch, pins and export;
+/// `ferry status --config` beside a running Ferry.
+mod names;
 /// `ferry node-config`: containerd (`ctr`) and podman pull through the files it
 /// writes; without `--fallback` neither goes to a registry directly; the examples in
 /// `docker/` are exactly what it writes.

@@ -117,7 +117,7 @@ impl Prefetcher {
         let started = Instant::now();
         let label = image.to_string();
         let (top, top_type) = self
-            .manifest(&label, image, &image.reference.to_string())
+            .manifest(&label, image, &image.reference_or_latest().to_string())
             .await?;
         let mut manifests = 1;
         let mut wanted = Vec::new();
@@ -167,8 +167,16 @@ impl Prefetcher {
         Ok(pulled)
     }
 
+    /// The URL of `image`'s manifest or blob at the Ferry: a registry the name starts
+    /// with goes as the `ns` parameter (a host with a port is no path component), so
+    /// Ferry routes the name exactly as a mirror request for it.
     fn url(&self, image: &ImageName, kind: &str, reference: &str) -> String {
-        format!("{}v2/{}/{kind}/{reference}", self.base, image.name)
+        let mut url = format!("{}v2/{}/{kind}/{reference}", self.base, image.repo);
+        if let Some(registry) = &image.registry {
+            url += "?ns=";
+            url.extend(url::form_urlencoded::byte_serialize(registry.as_bytes()));
+        }
+        url
     }
 
     async fn get(

@@ -30,7 +30,7 @@ pub use error::{Error, Result};
 pub use manifest::ServedManifest;
 pub use reconfigure::Reconfigured;
 pub use referrers::Referrers;
-pub use route::route_offline;
+pub use route::{names_registry, route_offline};
 pub use status::{ImageStatus, PlatformStatus, Status};
 pub use tags::TagList;
 

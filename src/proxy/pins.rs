@@ -13,7 +13,7 @@ impl Proxy {
         self.pins
             .iter()
             .flat_map(|p| &p.images)
-            .filter_map(|i| Some((self.route(&i.name, None).ok()?.repo, i.reference.clone())))
+            .filter_map(|i| Some((self.route_image(i).ok()?.repo, i.reference_or_latest())))
             .collect()
     }
 

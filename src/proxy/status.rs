@@ -17,7 +17,8 @@ pub struct Status {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ImageStatus {
-    /// `<registry>/<repository>:<tag>`, as nodes name it.
+    /// `<registry>/<repository>:<tag>`, as nodes name it; every command takes it back
+    /// as an [`crate::oci::ImageName`], which routes to this image's repository.
     pub image: String,
     pub upstream: String,
     pub digest: String,
@@ -82,13 +83,13 @@ impl Proxy {
             .iter()
             .flat_map(|p| &p.images)
             .filter(|pin| {
-                let Ok(t) = self.route(&pin.name, None) else {
+                let Ok(t) = self.route_image(pin) else {
                     return true;
                 };
                 !images.iter().any(|(repo, tag, i)| {
                     *repo == t.repo
                         && i.complete
-                        && match &pin.reference {
+                        && match &pin.reference_or_latest() {
                             Reference::Tag(want) => tag == want,
                             Reference::Digest(d) => i.digest == d.as_str(),
                         }

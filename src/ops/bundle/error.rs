@@ -25,6 +25,8 @@ pub enum Error {
     Io { path: String, error: std::io::Error },
     #[error("invalid image name `{name}`: {reason}")]
     ImageName { name: String, reason: String },
+    #[error(transparent)]
+    Name(#[from] crate::oci::ImageNameError),
     #[error("cannot route {name}: {error}")]
     Route {
         name: String,

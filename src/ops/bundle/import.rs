@@ -25,10 +25,11 @@ use ferry_storage::{ManifestRecord, Repo, Store, TagRecord};
 use super::export::{human_size, kind};
 use super::layout::{BundleReader, TopEntry};
 use super::manifest::{self, Children, Descriptor};
-use super::name::{ImageName, full_ref};
+use super::name::{self, full_ref};
 use super::signing::{self, SIGNATURE_FILE};
 use super::{Error, MAX_DEPTH, open_store};
 use crate::config::Config;
+use crate::oci::ImageName;
 
 /// Blobs are copied from the bundle into the store in pieces of this size.
 const COPY_CHUNK: usize = 1024 * 1024;
@@ -127,7 +128,7 @@ pub fn import(config: &Config, opts: &ImportOptions) -> Result<ImportReport, Err
     let mut planned = Vec::new();
     for entry in entries {
         let name = destination(&entry, override_name.as_ref(), config)?;
-        let (repo, registry) = name.route(config)?;
+        let (repo, registry) = name::route(&name, config)?;
         let full = match &name.reference {
             Some(r) => full_ref(&registry, &repo.name, r),
             None => full_ref(
@@ -222,8 +223,8 @@ pub fn import(config: &Config, opts: &ImportOptions) -> Result<ImportReport, Err
 /// `--name`: a registry and repository, maybe a tag for images the bundle names
 /// not at all.
 fn parse_override(s: &str, config: &Config) -> Result<ImageName, Error> {
-    let name = ImageName::parse(s, config)?;
-    if name.registry.is_none() {
+    let name = name::parse(s)?;
+    if !crate::proxy::names_registry(config, &name) {
         return Err(Error::ImageName {
             name: s.to_string(),
             reason: "--name must start with a registry (or an upstream's short name)".into(),
@@ -241,9 +242,9 @@ fn destination(
     config: &Config,
 ) -> Result<ImageName, Error> {
     let ref_name = entry.ref_name.as_deref();
-    let parsed = ref_name.and_then(|r| ImageName::parse(r, config).ok());
+    let parsed = ref_name.and_then(|r| name::parse(r).ok());
     if let Some(name) = &parsed
-        && name.registry.is_some()
+        && crate::proxy::names_registry(config, name)
     {
         if let Some(Reference::Digest(d)) = name.reference.as_ref()
             && d != &entry.descriptor.digest

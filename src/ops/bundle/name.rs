@@ -1,91 +1,28 @@
-//! Image names as operators and bundles write them, `[registry/]repository[:tag|@digest]`,
-//! and their resolution to a cached repository through Ferry's own routing.
+//! Image names in bundles: which cached repository a name means (routed as a pull of
+//! it would be, by [`crate::proxy::route_offline`]), and the full name a bundle
+//! records. Names are parsed by [`crate::oci::ImageName`], as in every command.
 
-use std::fmt;
-
-use ferry_oci::{Digest, Reference, RepoName};
+use ferry_oci::{Reference, RepoName};
 
 use ferry_storage::Repo;
 
 use super::Error;
 use crate::config::Config;
+use crate::oci::ImageName;
 
-/// A parsed image name. `registry` is the host (or an upstream's short name) when
-/// the first component names one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ImageName {
-    pub registry: Option<String>,
-    pub repo: RepoName,
-    pub reference: Option<Reference>,
+/// Parses an image name given to `ferry export` or `ferry import`.
+pub(crate) fn parse(s: &str) -> Result<ImageName, Error> {
+    Ok(s.parse()?)
 }
 
-impl ImageName {
-    /// Parses `s`. The first path component is a registry if it is an upstream's
-    /// registry or short name, or looks like a host (a dot, a port or `localhost`),
-    /// the rule Docker uses: so `team/app` names no registry, `ghcr.io/team/app` does.
-    pub fn parse(s: &str, config: &Config) -> Result<ImageName, Error> {
-        let bad = |reason: &str| Error::ImageName {
-            name: s.chars().take(300).collect(),
-            reason: reason.to_string(),
-        };
-        let (name, reference) = if let Some((name, digest)) = s.split_once('@') {
-            let d: Digest = digest.parse().map_err(|e| bad(&format!("{e}")))?;
-            (name, Some(Reference::Digest(d)))
-        } else {
-            match s.rsplit_once(':') {
-                // A colon before the last slash is a registry's port, not a tag.
-                Some((name, tag)) if !tag.contains('/') => {
-                    let tag = tag.parse().map_err(|e| bad(&format!("{e}")))?;
-                    (name, Some(Reference::Tag(tag)))
-                }
-                _ => (s, None),
-            }
-        };
-        let (registry, path) = match name.split_once('/') {
-            Some((first, rest)) if names_registry(first, config) => (Some(first), rest),
-            _ => (None, name),
-        };
-        let repo: RepoName = path
-            .parse()
-            .map_err(|_| bad("not a valid repository name (lowercase, a-z 0-9 . _ - /)"))?;
-        Ok(ImageName {
-            registry: registry.map(str::to_ascii_lowercase),
-            repo,
-            reference,
-        })
-    }
-
-    /// The repository Ferry caches this name under, routed as a request for it
-    /// would be: with no registry named, to the default upstream. Also returns the
-    /// upstream's registry host, the name the bundle records.
-    pub fn route(&self, config: &Config) -> Result<(Repo, String), Error> {
-        // An upstream's short name stands for its registry, as a path prefix does.
-        let ns = self.registry.as_deref().map(|r| {
-            config
-                .upstreams
-                .iter()
-                .find(|u| u.name == r)
-                .map_or(r, |u| u.registry.as_str())
-        });
-        crate::proxy::route_offline(config, &self.repo, ns).map_err(|error| Error::Route {
-            name: self.to_string(),
-            error,
-        })
-    }
-}
-
-impl fmt::Display for ImageName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(r) = &self.registry {
-            write!(f, "{r}/")?;
-        }
-        write!(f, "{}", self.repo)?;
-        match &self.reference {
-            Some(Reference::Tag(t)) => write!(f, ":{t}"),
-            Some(Reference::Digest(d)) => write!(f, "@{d}"),
-            None => Ok(()),
-        }
-    }
+/// The repository Ferry caches `image` under, routed as a request for it would be
+/// (with no registry named, to the default upstream), and the upstream's registry
+/// host, the name the bundle records.
+pub(crate) fn route(image: &ImageName, config: &Config) -> Result<(Repo, String), Error> {
+    crate::proxy::route_offline(config, image).map_err(|error| Error::Route {
+        name: image.to_string(),
+        error,
+    })
 }
 
 /// The full name a bundle records for an image: `<registry>/<repository>` at the
@@ -97,15 +34,6 @@ pub(crate) fn full_ref(registry: &str, repo: &RepoName, reference: &Reference) -
     }
 }
 
-fn names_registry(first: &str, config: &Config) -> bool {
-    first.contains(['.', ':'])
-        || first == "localhost"
-        || config
-            .upstreams
-            .iter()
-            .any(|u| u.name == first || u.registry == first)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,35 +42,37 @@ mod tests {
         Config::parse("test", crate::config::DEFAULT_CONFIG, &[]).unwrap()
     }
 
-    fn parse(s: &str) -> ImageName {
-        ImageName::parse(s, &config()).unwrap()
-    }
-
+    /// Every form a user writes routes to the repository a pull of it reaches.
     #[test]
-    fn names_with_and_without_registry() {
-        let n = parse("registry.example:5000/team/app:v1");
-        assert_eq!(n.registry.as_deref(), Some("registry.example:5000"));
-        assert_eq!(n.repo.as_str(), "team/app");
-        assert_eq!(n.reference, Some(Reference::Tag("v1".parse().unwrap())));
-        assert_eq!(n.to_string(), "registry.example:5000/team/app:v1");
-
-        let n = parse("team/app");
-        assert_eq!(
-            (n.registry, n.repo.as_str(), n.reference),
-            (None, "team/app", None)
-        );
-
-        // An upstream's short name counts as a registry.
-        assert_eq!(parse("ghcr/a/b:1").registry.as_deref(), Some("ghcr"));
-
-        let d = Digest::sha256_of(b"x");
-        let n = parse(&format!("localhost/a@{d}"));
-        assert_eq!(n.registry.as_deref(), Some("localhost"));
-        assert_eq!(n.reference, Some(Reference::Digest(d)));
-
-        for bad in ["Team/app:v1", "a/b:", "a/b@sha256:00", "registry.example/"] {
-            assert!(ImageName::parse(bad, &config()).is_err(), "{bad}");
+    fn names_route_as_pulls_do() {
+        let config = config();
+        for (written, upstream, repo, registry) in [
+            ("ghcr.io/a/b:1", "ghcr", "a/b", "ghcr.io"),
+            ("ghcr/a/b:1", "ghcr", "a/b", "ghcr.io"),
+            ("nginx", "docker", "library/nginx", "docker.io"),
+            ("library/nginx", "docker", "library/nginx", "docker.io"),
+            ("docker.io/nginx", "docker", "library/nginx", "docker.io"),
+            (
+                "index.docker.io/nginx",
+                "docker",
+                "library/nginx",
+                "docker.io",
+            ),
+            ("someone/app", "docker", "someone/app", "docker.io"),
+        ] {
+            let (r, reg) = route(&parse(written).unwrap(), &config).unwrap();
+            assert_eq!(
+                (r.upstream.as_str(), r.name.as_str(), reg.as_str()),
+                (upstream, repo, registry),
+                "{written}"
+            );
         }
+        let e = route(&parse("unknown.example:5000/a").unwrap(), &config)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown.example:5000"), "{e}");
+        let e = parse("Team/app:v1").unwrap_err().to_string();
+        assert!(e.contains("Team/app"), "{e}");
     }
 
     #[test]
