@@ -1,0 +1,778 @@
+//! From the raw shape to a [`Config`]: defaults, ranges, names and cross-references.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use url::Url;
+
+use super::auth::validate_auth;
+use super::htpasswd::Htpasswd;
+use super::pattern::{Pattern, Permissions};
+use super::raw::{RawAccess, RawConfig, RawServer, RawTls};
+use super::*;
+use crate::cache_rules::{self, CacheRule};
+
+/// `[server] header_read_timeout`, `idle_timeout` (durations, more than zero) and
+/// `max_connections` (a count, more than zero).
+fn validate_connections(raw: &RawServer, src: &Source) -> Result<ConnectionLimits, ConfigError> {
+    let duration = |v: &Option<Spanned<String>>, key: &str, default: Duration| {
+        let Some(s) = v else { return Ok(default) };
+        match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(src.error(
+                Some(s.span()),
+                format!("server.{key} must be more than zero"),
+            )),
+            Err(e) => Err(src.error(
+                Some(s.span()),
+                format!(
+                    "server.{key}: `{}` is not a duration like 30s ({e})",
+                    s.get_ref()
+                ),
+            )),
+        }
+    };
+    let max_connections = match &raw.max_connections {
+        None => None,
+        Some(s) => match usize::try_from(*s.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(src.error(Some(s.span()), "server.max_connections must be at least 1"));
+            }
+        },
+    };
+    Ok(ConnectionLimits {
+        header_read_timeout: duration(
+            &raw.header_read_timeout,
+            "header_read_timeout",
+            DEFAULT_HEADER_READ_TIMEOUT,
+        )?,
+        idle_timeout: duration(&raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
+        max_connections,
+    })
+}
+
+pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
+    let connections = validate_connections(&raw.server, src)?;
+    let listen = match raw.server.listen {
+        None => "127.0.0.1:5000".parse().expect("default listen address"),
+        Some(s) => s.get_ref().parse::<SocketAddr>().map_err(|e| {
+            src.error(
+                Some(s.span()),
+                format!(
+                    "server.listen: `{}` is not an address like 127.0.0.1:5000 ({e})",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
+    let shutdown_timeout = match raw.server.shutdown_timeout {
+        None => DEFAULT_SHUTDOWN_TIMEOUT,
+        Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
+            src.error(
+                Some(s.span()),
+                format!(
+                    "server.shutdown_timeout: `{}` is not a duration like 30s ({e})",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
+    let storage_root = match raw.storage.root {
+        None => PathBuf::from("./ferry-data"),
+        Some(s) if s.get_ref().is_empty() => {
+            return Err(src.error(Some(s.span()), "storage.root is empty"));
+        }
+        Some(s) => PathBuf::from(s.into_inner()),
+    };
+    let size = |v: Option<Spanned<String>>, key: &str| -> Result<Option<u64>, ConfigError> {
+        let Some(s) = v else { return Ok(None) };
+        match crate::bytesize::parse(s.get_ref()) {
+            Ok(0) => Err(src.error(
+                Some(s.span()),
+                format!("storage.{key} must be more than zero (leave it out for no limit)"),
+            )),
+            Ok(n) => Ok(Some(n)),
+            Err(e) => Err(src.error(Some(s.span()), format!("storage.{key}: {e}"))),
+        }
+    };
+    let quota = Quota {
+        max_size: size(raw.storage.max_size, "max_size")?,
+        min_free: size(raw.storage.min_free, "min_free")?,
+    };
+    let scrub_rate = match raw.storage.scrub_rate {
+        None => DEFAULT_SCRUB_RATE,
+        Some(s) => crate::bytesize::parse(s.get_ref()).map_err(|e| {
+            src.error(
+                Some(s.span()),
+                format!("storage.scrub_rate: {e} (bytes per second, like \"8MiB\"; \"0\" for off)"),
+            )
+        })?,
+    };
+    let mut upstreams = Vec::new();
+    let mut names = HashSet::new();
+    let mut registries = HashSet::new();
+    for u in raw.upstream {
+        let name = u.name.get_ref().clone();
+        let here = |field: &str| format!("upstream `{name}`: {field}");
+        let valid_name = !name.is_empty()
+            && name.split(['.', '_', '-']).all(|c| {
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
+        if !valid_name {
+            return Err(src.error(Some(u.name.span()), format!("upstream name `{name}` must be lowercase letters, digits, and . _ - between them")));
+        }
+        if !names.insert(name.clone()) {
+            return Err(src.error(
+                Some(u.name.span()),
+                format!("upstream name `{name}` is defined twice"),
+            ));
+        }
+        let url_s = u
+            .url
+            .ok_or_else(|| src.error(Some(u.name.span()), here("`url` is missing")))?;
+        let url = Url::parse(url_s.get_ref()).map_err(|e| {
+            src.error(
+                Some(url_s.span()),
+                format!("{}: `{}` is not a URL ({e})", here("url"), url_s.get_ref()),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(src.error(
+                Some(url_s.span()),
+                format!(
+                    "{}: `{url}` must be an http:// or https:// URL with a host",
+                    here("url")
+                ),
+            ));
+        }
+        if url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(src.error(
+                Some(url_s.span()),
+                format!(
+                    "{}: must not carry credentials, a query or a fragment (use `auth`)",
+                    here("url")
+                ),
+            ));
+        }
+        let registry = match u.registry {
+            Some(r) => {
+                let reg = r.get_ref().to_ascii_lowercase();
+                let ok = !reg.is_empty()
+                    && reg.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                    });
+                if !ok {
+                    return Err(src.error(
+                        Some(r.span()),
+                        format!(
+                            "{}: `{}` is not a registry host[:port]",
+                            here("registry"),
+                            r.get_ref()
+                        ),
+                    ));
+                }
+                if !registries.insert(reg.clone()) {
+                    return Err(src.error(
+                        Some(r.span()),
+                        format!(
+                            "{}: registry `{reg}` is already served by another upstream",
+                            here("registry")
+                        ),
+                    ));
+                }
+                reg
+            }
+            None => {
+                let reg = match url.port() {
+                    Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+                    None => url.host_str().unwrap_or_default().to_string(),
+                };
+                if !registries.insert(reg.clone()) {
+                    return Err(src.error(
+                        Some(u.name.span()),
+                        format!(
+                            "{}: registry `{reg}` (from url) is already served by another upstream",
+                            here("registry")
+                        ),
+                    ));
+                }
+                reg
+            }
+        };
+        let duration = |v: Option<Spanned<String>>,
+                        field: &str,
+                        default: Duration|
+         -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
+                    src.error(
+                        Some(s.span()),
+                        format!(
+                            "{}: `{}` is not a duration like 60s or 5m ({e})",
+                            here(field),
+                            s.get_ref()
+                        ),
+                    )
+                }),
+            }
+        };
+        let tag_ttl = duration(u.tag_ttl, "tag_ttl", DEFAULT_TAG_TTL)?;
+        let connect_timeout = duration(
+            u.connect_timeout,
+            "connect_timeout",
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
+        let read_timeout = duration(u.read_timeout, "read_timeout", DEFAULT_READ_TIMEOUT)?;
+        let max_stale = match u.max_stale {
+            None => None,
+            Some(s) => Some(duration(Some(s), "max_stale", Duration::ZERO)?),
+        };
+        let offline_after_failures = match u.offline_after_failures {
+            None => 1,
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(src.error(
+                    Some(n.span()),
+                    format!("{} must be at least 1", here("offline_after_failures")),
+                ));
+            }
+            Some(n) => n.into_inner(),
+        };
+        for (d, f) in [
+            (connect_timeout, "connect_timeout"),
+            (read_timeout, "read_timeout"),
+        ] {
+            if d.is_zero() {
+                return Err(src.error(
+                    Some(u.name.span()),
+                    format!("{} must be more than zero", here(f)),
+                ));
+            }
+        }
+        let auth = match u.auth {
+            None => Auth::Anonymous,
+            Some(a) => validate_auth(a, src, &name)?,
+        };
+        let mut resolve = Vec::new();
+        for (host, addr) in u.resolve {
+            let ip = addr.get_ref().parse::<IpAddr>().map_err(|_| {
+                src.error(
+                    Some(addr.span()),
+                    format!(
+                        "{}: `{}` is not an IP address",
+                        here(&format!("resolve.\"{host}\"")),
+                        addr.get_ref()
+                    ),
+                )
+            })?;
+            resolve.push((host.to_ascii_lowercase(), ip));
+        }
+        let ca_pem = match u.ca_file {
+            None => None,
+            Some(f) => {
+                let pem = std::fs::read(f.get_ref()).map_err(|e| {
+                    src.error(
+                        Some(f.span()),
+                        format!("{}: cannot read `{}`: {e}", here("ca_file"), f.get_ref()),
+                    )
+                })?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(src.error(
+                        Some(f.span()),
+                        format!(
+                            "{}: `{}` holds no PEM certificate",
+                            here("ca_file"),
+                            f.get_ref()
+                        ),
+                    ));
+                }
+                Some(pem)
+            }
+        };
+        let proxy = match u.proxy {
+            None => None,
+            Some(p) => Some(
+                Url::parse(p.get_ref())
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h"))
+                    .ok_or_else(|| {
+                        src.error(
+                            Some(p.span()),
+                            format!("{}: `{}` is not a proxy URL", here("proxy"), p.get_ref()),
+                        )
+                    })?,
+            ),
+        };
+        let mut realm_hosts = Vec::new();
+        for h in u.realm_hosts {
+            let host = url::Host::parse(h.get_ref()).map_err(|_| {
+                src.error(
+                    Some(h.span()),
+                    format!(
+                        "{}: `{}` is not a host name or IP address (no scheme, port or path)",
+                        here("realm_hosts"),
+                        h.get_ref()
+                    ),
+                )
+            })?;
+            realm_hosts.push(host.to_string());
+        }
+        let anonymous = rules_of(u.allow, u.deny, src, &format!("upstream `{name}`"))?;
+        upstreams.push(Upstream {
+            name,
+            registry,
+            url,
+            default: u.default.map(|d| d.into_inner()).unwrap_or(false),
+            tag_ttl,
+            connect_timeout,
+            read_timeout,
+            max_stale,
+            offline_after_failures,
+            auth,
+            resolve,
+            ca_pem,
+            proxy,
+            insecure_skip_verify: u.insecure_skip_verify.is_some_and(|v| v.into_inner()),
+            realm_hosts,
+            anonymous,
+        });
+    }
+    if upstreams.is_empty() {
+        // Every request, cached images included, is routed through an upstream's
+        // registry name: a file without one (emptied by accident, say) would turn a
+        // running cache into a 404 for everything.
+        return Err(src.error(
+            None,
+            "no [[upstream]] is configured: Ferry routes every image, cached ones included, through an upstream; add one (name and url)",
+        ));
+    }
+    if upstreams.iter().filter(|u| u.default).count() > 1 {
+        let which: Vec<_> = upstreams
+            .iter()
+            .filter(|u| u.default)
+            .map(|u| u.name.as_str())
+            .collect();
+        return Err(src.error(
+            None,
+            format!(
+                "only one upstream may be `default = true`, found: {}",
+                which.join(", ")
+            ),
+        ));
+    }
+    let mut rule_list = Vec::new();
+    let mut rule_spans = Vec::new();
+    for r in raw.rule {
+        let name = r.name.get_ref();
+        if !upstreams.iter().any(|u| &u.name == r.upstream.get_ref()) {
+            return Err(src.error(
+                Some(r.upstream.span()),
+                format!(
+                    "rule `{name}`: upstream `{}` is not configured",
+                    r.upstream.get_ref()
+                ),
+            ));
+        }
+        let rule = CacheRule::parse(
+            name,
+            r.source.get_ref(),
+            r.target.get_ref(),
+            r.upstream.get_ref(),
+        )
+        .map_err(|e| src.error(Some(r.name.span()), format!("rule `{name}`: {e}")))?;
+        rule_list.push(rule);
+        rule_spans.push(r.name.span());
+    }
+    if let Err(e) = cache_rules::check(&rule_list) {
+        // Named at the first rule that makes the set invalid (the later of a
+        // conflicting pair), so the error has a line.
+        let at = (1..=rule_list.len())
+            .find(|&n| cache_rules::check(&rule_list[..n]).is_err())
+            .map(|n| rule_spans[n - 1].clone());
+        return Err(src.error(at, e));
+    }
+    let mut pins = Vec::new();
+    for p in raw.pin {
+        let images = p
+            .images
+            .iter()
+            .map(|i| {
+                i.get_ref()
+                    .parse::<ImageName>()
+                    .map_err(|e| src.error(Some(i.span()), format!("pin: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let refresh = match &p.refresh {
+            None => DEFAULT_PIN_REFRESH,
+            Some(r) => humantime::parse_duration(r.get_ref())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    src.error(
+                        Some(r.span()),
+                        format!("pin: refresh `{}` is not a duration like 6h", r.get_ref()),
+                    )
+                })?,
+        };
+        let platform = match &p.platform {
+            None => None,
+            Some(pl) => Some(
+                pl.get_ref()
+                    .parse::<Platform>()
+                    .map_err(|e| src.error(Some(pl.span()), format!("pin: {e}")))?,
+            ),
+        };
+        pins.push(Pin {
+            images,
+            refresh,
+            platform,
+        });
+    }
+    let access = validate_access(raw.access, src)?;
+    let tls = raw.tls.map(|t| validate_tls(t, src)).transpose()?;
+    Ok(Config {
+        listen,
+        shutdown_timeout,
+        connections,
+        storage_root,
+        upstreams,
+        rules: rule_list,
+        quota,
+        scrub_rate,
+        pins,
+        access,
+        tls,
+    })
+}
+
+/// `allow` / `deny` lists of `who` (an upstream or a user), for errors.
+fn rules_of(
+    allow: Option<Vec<Spanned<String>>>,
+    deny: Vec<Spanned<String>>,
+    src: &Source,
+    who: &str,
+) -> Result<Permissions, ConfigError> {
+    let parse = |list: Vec<Spanned<String>>, key: &str| {
+        list.into_iter()
+            .map(|p| {
+                Pattern::parse(p.get_ref())
+                    .map_err(|e| src.error(Some(p.span()), format!("{who}: {key}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Permissions {
+        allow: allow.map(|a| parse(a, "allow")).transpose()?,
+        deny: parse(deny, "deny")?,
+    })
+}
+
+fn validate_access(raw: RawAccess, src: &Source) -> Result<Access, ConfigError> {
+    let htpasswd = match &raw.htpasswd {
+        None => None,
+        Some(h) => Some(
+            Htpasswd::load(Path::new(h.get_ref()))
+                .map_err(|e| src.error(Some(h.span()), format!("access.htpasswd: {e}")))?,
+        ),
+    };
+    let mut users: Vec<AccessUser> = Vec::new();
+    for u in raw.user {
+        let name = u.name.get_ref().clone();
+        let Some(h) = &htpasswd else {
+            return Err(src.error(
+                Some(u.name.span()),
+                format!("access.user `{name}`: users need `[access] htpasswd` to log in with"),
+            ));
+        };
+        if !h.has_user(&name) {
+            return Err(src.error(
+                Some(u.name.span()),
+                format!(
+                    "access.user `{name}` is not in the htpasswd file {}",
+                    h.path().display()
+                ),
+            ));
+        }
+        if users.iter().any(|x| x.name == name) {
+            return Err(src.error(
+                Some(u.name.span()),
+                format!("access.user `{name}` is defined twice"),
+            ));
+        }
+        let rules = rules_of(u.allow, u.deny, src, &format!("access.user `{name}`"))?;
+        users.push(AccessUser { name, rules });
+    }
+    Ok(Access { htpasswd, users })
+}
+
+fn validate_tls(raw: RawTls, src: &Source) -> Result<Tls, ConfigError> {
+    let listen = match raw.listen {
+        None => return Err(src.error(None, "tls.listen is missing (e.g. \"0.0.0.0:5443\")")),
+        Some(s) => s.get_ref().parse::<SocketAddr>().map_err(|e| {
+            src.error(
+                Some(s.span()),
+                format!(
+                    "tls.listen: `{}` is not an address like 0.0.0.0:5443 ({e})",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
+    // A light look now (`ferry config check`); the pair is fully checked when served.
+    let pem = |v: Option<Spanned<String>>, key: &str, marker: &str| {
+        let Some(f) = v else {
+            return Err(src.error(None, format!("tls.{key} is missing")));
+        };
+        let text = std::fs::read(f.get_ref()).map_err(|e| {
+            src.error(
+                Some(f.span()),
+                format!("tls.{key}: cannot read `{}`: {e}", f.get_ref()),
+            )
+        })?;
+        if !String::from_utf8_lossy(&text).contains(marker) {
+            return Err(src.error(
+                Some(f.span()),
+                format!("tls.{key}: `{}` holds no PEM {marker}", f.get_ref()),
+            ));
+        }
+        Ok(PathBuf::from(f.into_inner()))
+    };
+    Ok(Tls {
+        listen,
+        cert_file: pem(raw.cert_file, "cert_file", "CERTIFICATE")?,
+        key_file: pem(raw.key_file, "key_file", "PRIVATE KEY")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::{parse, parse_with};
+
+    #[test]
+    fn shutdown_timeout() {
+        assert_eq!(parse("").unwrap().shutdown_timeout, Duration::from_secs(30));
+        let c = parse("[server]\nshutdown_timeout = \"5s\"\n").unwrap();
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        let e = parse("[server]\nshutdown_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:2") && e.contains("server.shutdown_timeout"),
+            "{e}"
+        );
+        let env = vec![(
+            "FERRY_SERVER_SHUTDOWN_TIMEOUT".to_string(),
+            "1m".to_string(),
+        )];
+        let c = parse_with("", &env).unwrap();
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = parse("").unwrap().connections;
+        assert_eq!(c.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.max_connections, None);
+        let c = parse("[server]\nheader_read_timeout = \"2s\"\nidle_timeout = \"1m\"\nmax_connections = 500\n")
+            .unwrap();
+        assert_eq!(c.connections.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.connections.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.connections.max_connections, Some(500));
+        assert!(
+            c.describe().contains("max_connections 500"),
+            "{}",
+            c.describe()
+        );
+        for (text, key) in [
+            ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+            ("idle_timeout = \"soon\"", "server.idle_timeout"),
+            ("max_connections = 0", "server.max_connections"),
+        ] {
+            let e = parse(&format!("[server]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("test.toml:2") && e.contains(key), "{e}");
+        }
+        let env = vec![
+            ("FERRY_SERVER_IDLE_TIMEOUT".to_string(), "5s".to_string()),
+            ("FERRY_SERVER_MAX_CONNECTIONS".to_string(), "7".to_string()),
+        ];
+        let c = parse_with("", &env).unwrap().connections;
+        assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_connections, Some(7));
+    }
+
+    #[test]
+    fn storage_limits() {
+        let c = parse("[storage]\nmax_size = \"200GiB\"\nmin_free = \"5G\"\n").unwrap();
+        assert_eq!(c.quota.max_size, Some(200 << 30));
+        assert_eq!(c.quota.min_free, Some(5 << 30));
+        assert!(
+            c.describe().contains("max_size: 200 GiB"),
+            "{}",
+            c.describe()
+        );
+        assert_eq!(parse("").unwrap().quota, Quota::default());
+        let e = parse("[storage]\nroot = \"/x\"\nmax_size = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:3") && e.contains("storage.max_size") && e.contains("lots"),
+            "{e}"
+        );
+        let e = parse("[storage]\nmin_free = \"0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:2") && e.contains("min_free"), "{e}");
+        assert_eq!(c.scrub_rate, DEFAULT_SCRUB_RATE);
+        assert!(
+            c.describe().contains("scrub_rate: 8 MiB/s"),
+            "{}",
+            c.describe()
+        );
+        let c = parse("[storage]\nscrub_rate = \"0\"\n").unwrap();
+        assert_eq!(c.scrub_rate, 0);
+        assert!(c.describe().contains("scrub_rate: off"));
+        let e = parse("[storage]\nscrub_rate = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:2") && e.contains("storage.scrub_rate"),
+            "{e}"
+        );
+        let env = vec![("FERRY_STORAGE_SCRUB_RATE".to_string(), "1MiB".to_string())];
+        let up = "[[upstream]]\nname = \"t\"\nurl = \"http://127.0.0.1:9\"\n";
+        assert_eq!(Config::parse("t", up, &env).unwrap().scrub_rate, 1 << 20);
+        let env = vec![("FERRY_STORAGE_MAX_SIZE".to_string(), "6MiB".to_string())];
+        let c = parse_with("[storage]\nmax_size = \"1G\"\n", &env).unwrap();
+        assert_eq!(c.quota.max_size, Some(6 << 20));
+        let bad = vec![("FERRY_STORAGE_MIN_FREE".to_string(), "x".to_string())];
+        let e = parse_with("", &bad).unwrap_err().to_string();
+        assert!(e.contains("storage.min_free"), "{e}");
+    }
+
+    #[test]
+    fn rules_are_validated() {
+        let base = "[[upstream]]\nname = \"acr\"\nurl = \"https://contoso.azurecr.io\"\n";
+        let ok = format!(
+            "{base}[[rule]]\nname = \"aks-managed-mcr\"\nsource = \"mcr.microsoft.com/*\"\ntarget = \"aks-managed-repository/*\"\nupstream = \"acr\"\n"
+        );
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.rules.len(), 1);
+        assert!(c.describe().contains("aks-managed-mcr"));
+        let e = parse(&ok.replace("upstream = \"acr\"\n", "upstream = \"nope\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:8") && e.contains("nope"), "{e}");
+        let twice = format!(
+            "{ok}[[rule]]\nname = \"other\"\nsource = \"ghcr.io/*\"\ntarget = \"aks-managed-repository/x/*\"\nupstream = \"acr\"\n"
+        );
+        let e = parse(&twice).unwrap_err().to_string();
+        assert!(
+            e.contains("aks-managed-mcr") && e.contains("other") && e.contains("overlap"),
+            "{e}"
+        );
+        assert!(e.contains("test.toml:10:"), "at the later rule: {e}");
+    }
+
+    #[test]
+    fn access_and_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = dir.path().join("htpasswd");
+        std::fs::write(&h, format!("ci:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
+        let base = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nallow = [\"team/**\"]\n";
+        let ok = format!(
+            "{base}[access]\nhtpasswd = \"{}\"\n[[access.user]]\nname = \"ci\"\nallow = [\"x/**\"]\n",
+            h.display()
+        );
+        let c = parse(&ok).unwrap();
+        assert_eq!(c.access.users.len(), 1);
+        assert!(c.describe().contains("ci: allow x/**"), "{}", c.describe());
+        assert!(!format!("{c:?}").contains("$2"), "hashes never print");
+        let e = parse(&ok.replace("\"ci\"", "\"nobody\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:8") && e.contains("nobody"), "{e}");
+        let e = parse(&format!("{base}[[access.user]]\nname = \"ci\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("htpasswd"), "{e}");
+        let e = parse(&base.replace("team/**", "team/["))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:4") && e.contains("allow"), "{e}");
+        std::fs::write(&h, "ci:$apr1$x$y\n").unwrap();
+        let e = parse(&ok).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{}:1", h.display())) && e.contains("bcrypt"),
+            "{e}"
+        );
+        let e = parse("[tls]\nlisten = \"0.0.0.0:5443\"\ncert_file = \"/nonexistent/c\"\nkey_file = \"/nonexistent/k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:3") && e.contains("cert_file"), "{e}");
+        let e = parse("[tls]\nlisten = \"nope\"\n").unwrap_err().to_string();
+        assert!(e.contains("tls.listen"), "{e}");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        let env: Vec<(String, String)> = [
+            ("FERRY_TLS_LISTEN", "127.0.0.1:5443".to_string()),
+            ("FERRY_TLS_CERT_FILE", cert.display().to_string()),
+            ("FERRY_TLS_KEY_FILE", key.display().to_string()),
+            ("FERRY_ACCESS_HTPASSWD", h.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        std::fs::write(&h, format!("ci:{}\n", bcrypt::hash("pw", 4).unwrap())).unwrap();
+        let c = parse_with("", &env).unwrap();
+        assert_eq!(c.tls.unwrap().listen.to_string(), "127.0.0.1:5443");
+        assert_eq!(c.access.htpasswd.unwrap().users(), ["ci"]);
+    }
+
+    #[test]
+    fn realm_hosts() {
+        let text = "[[upstream]]\nname = \"a\"\nurl = \"https://r.example\"\nrealm_hosts = [\"Auth.Example\", \"10.0.0.1\"]\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.upstreams[0].realm_hosts, ["auth.example", "10.0.0.1"]);
+        assert!(
+            c.describe()
+                .contains("token realms also on auth.example, 10.0.0.1"),
+            "{}",
+            c.describe()
+        );
+        for bad in [
+            "https://auth.example",
+            "auth.example:443",
+            "auth.example/token",
+            "",
+        ] {
+            let text = format!(
+                "[[upstream]]\nname = \"a\"\nurl = \"https://r.example\"\nrealm_hosts = [\"{bad}\"]\n"
+            );
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("test.toml:4") && e.contains("realm_hosts"),
+                "{bad}: {e}"
+            );
+        }
+        let env = vec![(
+            "FERRY_UPSTREAM_A_REALM_HOSTS".to_string(),
+            "x.example, y.example".to_string(),
+        )];
+        let c = Config::parse("t", text, &env).unwrap();
+        assert_eq!(c.upstreams[0].realm_hosts, ["x.example", "y.example"]);
+    }
+}
