@@ -1,154 +1,82 @@
-//! `[[upstream]] auth`: which credential an upstream is asked with.
+//! `[[upstream]] auth`: which credential an upstream is asked with. Which keys each
+//! kind takes is the schema's business ([`RawAuth`]); this checks what the keys say.
 
+use std::ops::Range;
 use std::path::PathBuf;
 
 use toml::Spanned;
 use url::Url;
 
+use super::files::{Named, What};
 use super::raw::{RawAuth, RawManagedIdentity};
 use super::{Auth, ConfigError, Entra, EntraCredential, SecretSource, Source};
 
+/// The secrets and the certificate file it names go to `files`, read after validation.
 pub(super) fn validate_auth(
     a: Spanned<RawAuth>,
     src: &Source,
     upstream: &str,
+    files: &mut Vec<Named>,
 ) -> Result<Auth, ConfigError> {
     let span = a.span();
-    let a = a.into_inner();
-    let kind_span = a.kind.as_ref().map(|k| k.span());
-    let kind = a
-        .kind
-        .as_ref()
-        .map(|k| k.get_ref().clone())
-        .unwrap_or_else(|| "anonymous".to_string());
-    let kind = kind.as_str();
-    let here = |field: &str| format!("upstream `{upstream}`: auth.{field}");
-    let required = |field: &str| {
-        src.error(
-            Some(span.clone()),
-            format!("{} is required for kind = \"{kind}\"", here(field)),
-        )
+    let at = At {
+        src,
+        upstream,
+        span: span.clone(),
     };
-    // A secret comes from `<name>_file` or `<name>_env`, exactly one of them.
-    let secret = |file: &Option<Spanned<String>>,
-                  env: &Option<Spanned<String>>,
-                  name: &str|
-     -> Result<SecretSource, ConfigError> {
-        let (value, field, loaded) = match (file, env) {
-            (Some(f), None) => (f, "file", SecretSource::from_file(f.get_ref())),
-            (None, Some(e)) => (e, "env", SecretSource::from_env(e.get_ref())),
-            (None, None) => return Err(required(&format!("{name}_file (or {name}_env)"))),
-            (Some(f), Some(_)) => {
-                return Err(src.error(
-                    Some(f.span()),
-                    format!("{}: give {name}_file or {name}_env, not both", here(name)),
-                ));
-            }
-        };
-        loaded.map_err(|e| {
-            src.error(
-                Some(value.span()),
-                format!("{}: {e}", here(&format!("{name}_{field}"))),
-            )
-        })
-    };
-    // Which keys each kind takes; any other key present is a mistake worth naming.
-    let present = [
-        ("username", a.username.is_some()),
-        ("password_file", a.password_file.is_some()),
-        ("password_env", a.password_env.is_some()),
-        ("token_env", a.token_env.is_some()),
-        ("client_secret_env", a.client_secret_env.is_some()),
-        ("token_file", a.token_file.is_some()),
-        ("tenant_id", a.tenant_id.is_some()),
-        ("client_id", a.client_id.is_some()),
-        ("client_secret_file", a.client_secret_file.is_some()),
-        ("certificate_file", a.certificate_file.is_some()),
-        ("workload_identity", a.workload_identity.is_some()),
-        ("managed_identity", a.managed_identity.is_some()),
-        ("authority_host", a.authority_host.is_some()),
-    ];
-    let allowed: &[&str] = match kind {
-        "anonymous" => &[],
-        "basic" => &["username", "password_file", "password_env"],
-        "bearer" => &["token_file", "token_env"],
-        "entra" => &[
-            "tenant_id",
-            "client_id",
-            "client_secret_file",
-            "client_secret_env",
-            "certificate_file",
-            "workload_identity",
-            "managed_identity",
-            "authority_host",
-            "token_file",
-        ],
-        other => {
-            return Err(src.error(
-                kind_span,
-                format!(
-                    "{}: unknown kind `{other}` (anonymous, basic, bearer, entra)",
-                    here("kind")
-                ),
-            ));
+    match a.into_inner() {
+        RawAuth::Anonymous {} => Ok(Auth::Anonymous),
+        RawAuth::Basic {
+            username,
+            password_file,
+            password_env,
+        } => {
+            let username = text(username).ok_or_else(|| at.required("basic", "username"))?;
+            let password = at.secret("basic", password_file, password_env, "password", files)?;
+            Ok(Auth::Basic { username, password })
         }
-    };
-    if let Some((field, _)) = present.iter().find(|(f, p)| *p && !allowed.contains(f)) {
-        return Err(src.error(
-            Some(span.clone()),
-            format!("{} does not apply to kind = \"{kind}\"", here(field)),
-        ));
-    }
-    let text = |v: &Option<Spanned<String>>| {
-        v.as_ref()
-            .map(|s| s.get_ref().clone())
-            .filter(|s| !s.is_empty())
-    };
-    match kind {
-        "anonymous" => Ok(Auth::Anonymous),
-        "basic" => {
-            let username = text(&a.username).ok_or_else(|| required("username"))?;
-            Ok(Auth::Basic {
-                username,
-                password: secret(&a.password_file, &a.password_env, "password")?,
-            })
-        }
-        "bearer" => Ok(Auth::Bearer {
-            token: secret(&a.token_file, &a.token_env, "token")?,
+        RawAuth::Bearer {
+            token_file,
+            token_env,
+        } => Ok(Auth::Bearer {
+            token: at.secret("bearer", token_file, token_env, "token", files)?,
         }),
-        _ => {
-            let authority_host = match &a.authority_host {
+        RawAuth::Entra {
+            tenant_id,
+            client_id,
+            client_secret_file,
+            client_secret_env,
+            certificate_file,
+            workload_identity,
+            managed_identity,
+            authority_host,
+            token_file,
+        } => {
+            let authority_host = match authority_host {
                 None => None,
                 Some(h) => Some(
-                    Url::parse(h.get_ref())
+                    Url::parse(&h)
                         .ok()
                         .filter(|u| u.scheme() == "https")
                         .ok_or_else(|| {
-                            src.error(
-                                Some(h.span()),
-                                format!(
-                                    "{}: `{}` is not an https:// URL",
-                                    here("authority_host"),
-                                    h.get_ref()
-                                ),
-                            )
+                            at.error(format!(
+                                "{}: `{h}` is not an https:// URL",
+                                at.here("authority_host")
+                            ))
                         })?,
                 ),
             };
             let chosen: Vec<&str> = [
                 (
                     "client_secret_file",
-                    a.client_secret_file.is_some() || a.client_secret_env.is_some(),
+                    client_secret_file.is_some() || client_secret_env.is_some(),
                 ),
-                ("certificate_file", a.certificate_file.is_some()),
-                (
-                    "workload_identity",
-                    a.workload_identity.as_ref().is_some_and(|w| *w.get_ref()),
-                ),
+                ("certificate_file", certificate_file.is_some()),
+                ("workload_identity", workload_identity == Some(true)),
                 (
                     "managed_identity",
                     matches!(
-                        a.managed_identity.as_ref().map(|m| m.get_ref()),
+                        managed_identity,
                         Some(
                             RawManagedIdentity::Enabled(true)
                                 | RawManagedIdentity::UserAssigned { .. }
@@ -160,48 +88,40 @@ pub(super) fn validate_auth(
             .filter_map(|(k, on)| on.then_some(k))
             .collect();
             if chosen.len() != 1 {
-                return Err(src.error(Some(span.clone()), format!(
+                return Err(at.error(format!(
                     "upstream `{upstream}`: kind = \"entra\" needs exactly one of client_secret_file (or _env), certificate_file, workload_identity = true, managed_identity (found {})",
                     if chosen.is_empty() { "none".to_string() } else { chosen.join(", ") }
                 )));
             }
             let credential = match chosen[0] {
-                "client_secret_file" => EntraCredential::ClientSecret(secret(
-                    &a.client_secret_file,
-                    &a.client_secret_env,
+                "client_secret_file" => EntraCredential::ClientSecret(at.secret(
+                    "entra",
+                    client_secret_file,
+                    client_secret_env,
                     "client_secret",
+                    files,
                 )?),
                 "certificate_file" => {
-                    let f = a.certificate_file.as_ref().expect("chosen");
-                    let pem = std::fs::read_to_string(f.get_ref()).map_err(|e| {
-                        src.error(
-                            Some(f.span()),
-                            format!(
-                                "{}: cannot read `{}`: {e}",
-                                here("certificate_file"),
-                                f.get_ref()
+                    let path = certificate_file.expect("chosen");
+                    let key = at.here("certificate_file");
+                    files.push(Named {
+                        span: span.clone(),
+                        what: What::Pem {
+                            path: PathBuf::from(&path),
+                            needs: &["-----BEGIN CERTIFICATE-----", "PRIVATE KEY-----"],
+                            fault: format!(
+                                "{key}: `{path}` must hold the certificate and its private key (PEM)"
                             ),
-                        )
-                    })?;
-                    if !pem.contains("-----BEGIN CERTIFICATE-----")
-                        || !pem.contains("PRIVATE KEY-----")
-                    {
-                        return Err(src.error(
-                            Some(f.span()),
-                            format!(
-                                "{}: `{}` must hold the certificate and its private key (PEM)",
-                                here("certificate_file"),
-                                f.get_ref()
-                            ),
-                        ));
-                    }
-                    EntraCredential::Certificate(PathBuf::from(f.get_ref()))
+                        },
+                        key,
+                    });
+                    EntraCredential::Certificate(PathBuf::from(path))
                 }
                 "workload_identity" => EntraCredential::WorkloadIdentity {
-                    token_file: text(&a.token_file).map(PathBuf::from),
+                    token_file: text(token_file).map(PathBuf::from),
                 },
                 _ => EntraCredential::ManagedIdentity {
-                    client_id: match a.managed_identity.map(|m| m.into_inner()) {
+                    client_id: match managed_identity {
                         Some(RawManagedIdentity::UserAssigned { client_id }) => Some(client_id),
                         _ => None,
                     },
@@ -211,11 +131,15 @@ pub(super) fn validate_auth(
                 credential,
                 EntraCredential::ClientSecret(_) | EntraCredential::Certificate(_)
             );
-            let tenant_id = text(&a.tenant_id);
-            let client_id = text(&a.client_id);
+            let tenant_id = text(tenant_id);
+            let client_id = text(client_id);
             if needs_ids {
-                tenant_id.as_ref().ok_or_else(|| required("tenant_id"))?;
-                client_id.as_ref().ok_or_else(|| required("client_id"))?;
+                tenant_id
+                    .as_ref()
+                    .ok_or_else(|| at.required("entra", "tenant_id"))?;
+                client_id
+                    .as_ref()
+                    .ok_or_else(|| at.required("entra", "client_id"))?;
             }
             Ok(Auth::Entra(Entra {
                 authority_host,
@@ -224,6 +148,66 @@ pub(super) fn validate_auth(
                 credential,
             }))
         }
+    }
+}
+
+/// A non-empty value.
+fn text(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+/// Where an `auth` table is, for its errors: its values have no spans of their own.
+struct At<'a> {
+    src: &'a Source<'a>,
+    upstream: &'a str,
+    span: Range<usize>,
+}
+
+impl At<'_> {
+    fn here(&self, field: &str) -> String {
+        format!("upstream `{}`: auth.{field}", self.upstream)
+    }
+
+    fn error(&self, message: String) -> ConfigError {
+        self.src.error(Some(self.span.clone()), message)
+    }
+
+    fn required(&self, kind: &str, field: &str) -> ConfigError {
+        self.error(format!(
+            "{} is required for kind = \"{kind}\"",
+            self.here(field)
+        ))
+    }
+
+    /// A secret comes from `<name>_file` or `<name>_env`, exactly one of them; it is
+    /// read with the other files, after validation.
+    fn secret(
+        &self,
+        kind: &str,
+        file: Option<String>,
+        env: Option<String>,
+        name: &str,
+        files: &mut Vec<Named>,
+    ) -> Result<SecretSource, ConfigError> {
+        let (source, field) = match (file, env) {
+            (Some(f), None) => (SecretSource::file(f), "file"),
+            (None, Some(e)) => (SecretSource::env(e), "env"),
+            (None, None) => {
+                return Err(self.required(kind, &format!("{name}_file (or {name}_env)")));
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.error(format!(
+                    "{}: give {name}_file or {name}_env, not both",
+                    self.here(name)
+                )));
+            }
+        };
+        files.push(Named {
+            span: self.span.clone(),
+            key: self.here(&format!("{name}_{field}")),
+            what: What::Secret(source.clone()),
+        });
+        Ok(source)
     }
 }
 
@@ -302,7 +286,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("tenant_id") && e.contains("does not apply"),
+            e.contains("tenant_id") && e.contains("unknown field") && e.contains("test.toml:4"),
             "{e}"
         );
         let e = parse(&up(

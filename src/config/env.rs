@@ -1,129 +1,204 @@
-//! The `FERRY_*` environment overlay: each variable replaces one key of the file.
+//! The `FERRY_*` environment overlay. Each variable sets one key of the TOML document
+//! before the document is read into the schema, so the schema's own checks (unknown
+//! keys, types, which keys an `auth` kind takes) apply to it as to the file:
+//!
+//! - `FERRY_<SECTION>_<KEY>` for the keys of `[server]`, `[storage]`, `[access]`, `[tls]`;
+//! - `FERRY_UPSTREAM_<NAME>_<KEY>` and `FERRY_UPSTREAM_<NAME>_AUTH_<KEY>` for the
+//!   upstream of that name (upper-cased, `-` and `.` as `_`), which the file must define.
+//!
+//! A value from a variable gets a span of its own past the end of the text, so that an
+//! error about it names the variable ([`Overlay::variable`]) instead of a line.
+
+use std::borrow::Cow;
+use std::ops::Range;
 
 use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue};
 
 use super::ConfigError;
-use super::raw::{RawAuth, RawConfig};
 
-/// `FERRY_SERVER_LISTEN` (`_SHUTDOWN_TIMEOUT`, `_HEADER_READ_TIMEOUT`, `_IDLE_TIMEOUT`,
-/// `_MAX_CONNECTIONS`), `FERRY_STORAGE_ROOT` (`_MAX_SIZE`, `_MIN_FREE`), and per upstream (name upper-cased,
-/// `-` and `.` as `_`) `FERRY_UPSTREAM_<NAME>_<KEY>` for every key, `AUTH_<KEY>` for
-/// the auth table. An override for an upstream that the file does not define is an
-/// error rather than silently ignored.
-pub(super) fn apply_env(raw: &mut RawConfig, env: &[(String, String)]) -> Result<(), ConfigError> {
-    // Values from the environment carry the empty span 0..0: they have no line.
-    let set = |slot: &mut Option<Spanned<String>>, v: &str| {
-        *slot = Some(Spanned::new(0..0, v.to_string()))
-    };
-    let env_err = |key: &str, message: String| ConfigError {
-        origin: format!("environment variable {key}"),
-        location: String::new(),
-        message,
-    };
-    let env_bool = |key: &str, value: &str| {
-        value
-            .parse::<bool>()
-            .map_err(|_| env_err(key, format!("`{value}` is not true or false")))
-    };
-    for (key, value) in env {
-        let Some(rest) = key.strip_prefix("FERRY_") else {
-            continue;
-        };
-        match rest {
-            "SERVER_LISTEN" => set(&mut raw.server.listen, value),
-            "SERVER_SHUTDOWN_TIMEOUT" => set(&mut raw.server.shutdown_timeout, value),
-            "SERVER_HEADER_READ_TIMEOUT" => set(&mut raw.server.header_read_timeout, value),
-            "SERVER_IDLE_TIMEOUT" => set(&mut raw.server.idle_timeout, value),
-            "SERVER_MAX_CONNECTIONS" => {
-                let n = value
-                    .parse::<u64>()
-                    .map_err(|_| env_err(key, format!("`{value}` is not a count")))?;
-                raw.server.max_connections = Some(Spanned::new(0..0, n));
-            }
-            "STORAGE_ROOT" => set(&mut raw.storage.root, value),
-            "STORAGE_MAX_SIZE" => set(&mut raw.storage.max_size, value),
-            "STORAGE_MIN_FREE" => set(&mut raw.storage.min_free, value),
-            "STORAGE_SCRUB_RATE" => set(&mut raw.storage.scrub_rate, value),
-            "ACCESS_HTPASSWD" => set(&mut raw.access.htpasswd, value),
-            "TLS_LISTEN" => set(&mut raw.tls.get_or_insert_default().listen, value),
-            "TLS_CERT_FILE" => set(&mut raw.tls.get_or_insert_default().cert_file, value),
-            "TLS_KEY_FILE" => set(&mut raw.tls.get_or_insert_default().key_file, value),
-            // Read by the CLI itself, not config keys.
-            "CONFIG" | "LOG_FORMAT" | "LOG" => {}
-            _ => {
-                let Some(up) = rest.strip_prefix("UPSTREAM_") else {
-                    return Err(env_err(key, "not a Ferry setting".into()));
-                };
-                let target = raw.upstream.iter_mut().find(|u| {
-                    let prefix = env_name(u.name.get_ref()) + "_";
-                    up.starts_with(&prefix)
-                });
-                let Some(u) = target else {
-                    return Err(env_err(key, "names no configured upstream".into()));
-                };
-                let field = &up[env_name(u.name.get_ref()).len() + 1..];
-                match field {
-                    "REGISTRY" => set(&mut u.registry, value),
-                    "URL" => set(&mut u.url, value),
-                    "TAG_TTL" => set(&mut u.tag_ttl, value),
-                    "CONNECT_TIMEOUT" => set(&mut u.connect_timeout, value),
-                    "READ_TIMEOUT" => set(&mut u.read_timeout, value),
-                    "MAX_STALE" => set(&mut u.max_stale, value),
-                    "OFFLINE_AFTER_FAILURES" => {
-                        let n = value
-                            .parse::<u32>()
-                            .map_err(|_| env_err(key, format!("`{value}` is not a count")))?;
-                        u.offline_after_failures = Some(Spanned::new(0..0, n));
-                    }
-                    "CA_FILE" => set(&mut u.ca_file, value),
-                    "PROXY" => set(&mut u.proxy, value),
-                    "INSECURE_SKIP_VERIFY" => {
-                        u.insecure_skip_verify = Some(Spanned::new(0..0, env_bool(key, value)?))
-                    }
-                    // A comma-separated list; empty clears the file's.
-                    "REALM_HOSTS" => {
-                        u.realm_hosts = value
-                            .split(',')
-                            .map(str::trim)
-                            .filter(|h| !h.is_empty())
-                            .map(|h| Spanned::new(0..0, h.to_string()))
-                            .collect()
-                    }
-                    "DEFAULT" => u.default = Some(Spanned::new(0..0, env_bool(key, value)?)),
-                    f if f.starts_with("AUTH_") => {
-                        let a = u
-                            .auth
-                            .get_or_insert_with(|| Spanned::new(0..0, RawAuth::default()));
-                        let a = a.get_mut();
-                        match &f[5..] {
-                            "KIND" => set(&mut a.kind, value),
-                            "USERNAME" => set(&mut a.username, value),
-                            "PASSWORD_FILE" => set(&mut a.password_file, value),
-                            "TOKEN_FILE" => set(&mut a.token_file, value),
-                            "TENANT_ID" => set(&mut a.tenant_id, value),
-                            "CLIENT_ID" => set(&mut a.client_id, value),
-                            "CLIENT_SECRET_FILE" => set(&mut a.client_secret_file, value),
-                            "CLIENT_SECRET_ENV" => set(&mut a.client_secret_env, value),
-                            "PASSWORD_ENV" => set(&mut a.password_env, value),
-                            "TOKEN_ENV" => set(&mut a.token_env, value),
-                            "CERTIFICATE_FILE" => set(&mut a.certificate_file, value),
-                            "AUTHORITY_HOST" => set(&mut a.authority_host, value),
-                            "WORKLOAD_IDENTITY" => {
-                                a.workload_identity =
-                                    Some(Spanned::new(0..0, env_bool(key, value)?))
-                            }
-                            _ => return Err(env_err(key, "not an auth setting".into())),
-                        }
-                    }
-                    _ => return Err(env_err(key, "not an upstream setting".into())),
-                }
-            }
-        }
-    }
-    Ok(())
+/// Variables the CLI reads itself: not settings.
+const NOT_SETTINGS: &[&str] = &["CONFIG", "LOG_FORMAT", "LOG"];
+
+/// The sections whose keys a variable may set (the others are lists of tables).
+const SECTIONS: &[&str] = &["server", "storage", "access", "tls"];
+
+/// Keys whose value is not a string, and what a variable's text must be for them;
+/// every other key takes the text as it is.
+const TYPED: &[(&str, Type)] = &[
+    ("max_connections", Type::Count),
+    ("offline_after_failures", Type::Count),
+    ("default", Type::Bool),
+    ("insecure_skip_verify", Type::Bool),
+    ("workload_identity", Type::Bool),
+    ("managed_identity", Type::Bool),
+    // A comma-separated list; empty clears the file's.
+    ("realm_hosts", Type::List),
+];
+
+#[derive(Clone, Copy)]
+enum Type {
+    Count,
+    Bool,
+    List,
 }
 
-pub(super) fn env_name(upstream: &str) -> String {
+/// The variables laid over a document, by the spans their values got.
+pub(super) struct Overlay {
+    /// The first span past the text.
+    base: usize,
+    vars: Vec<String>,
+}
+
+impl Overlay {
+    /// No variables.
+    pub(super) fn none() -> Overlay {
+        Overlay {
+            base: usize::MAX,
+            vars: Vec::new(),
+        }
+    }
+
+    /// A span of its own for a value from `var` (or a table from several: `FERRY_TLS_*`).
+    fn span(&mut self, var: &str) -> Range<usize> {
+        let start = self.base + self.vars.len();
+        self.vars.push(var.to_string());
+        start..start + 1
+    }
+
+    /// The variable a value with this span came from, if it came from one.
+    pub(super) fn variable(&self, span: &Range<usize>) -> Option<&str> {
+        let i = span.start.checked_sub(self.base)?;
+        self.vars.get(i).map(String::as_str)
+    }
+}
+
+/// Sets each `FERRY_*` variable of `env` in `doc`, parsed from a text of `text_len`
+/// bytes. An override for an upstream that the file does not define is an error rather
+/// than silently ignored.
+pub(super) fn apply_env<'i>(
+    doc: &mut DeTable<'i>,
+    text_len: usize,
+    env: &'i [(String, String)],
+) -> Result<Overlay, ConfigError> {
+    let mut overlay = Overlay {
+        base: text_len + 1,
+        vars: Vec::new(),
+    };
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("FERRY_") else {
+            continue;
+        };
+        if NOT_SETTINGS.contains(&rest) {
+            continue;
+        }
+        let err = |message: String| ConfigError {
+            origin: format!("environment variable {var}"),
+            location: String::new(),
+            message,
+        };
+        let span = overlay.span(var);
+        let (table, key) = match rest.strip_prefix("UPSTREAM_") {
+            Some(up) => {
+                let (upstream, key) =
+                    upstream(doc, up).ok_or_else(|| err("names no configured upstream".into()))?;
+                match key.strip_prefix("AUTH_") {
+                    // An `auth` table the variables make is theirs together: its errors
+                    // (a key its kind does not take, a secret that cannot be read)
+                    // name them all.
+                    Some(key) => {
+                        let all = format!("{}*", &var[..var.len() - key.len()]);
+                        (table_in(upstream, "auth", || overlay.span(&all)), key)
+                    }
+                    None => (Some(upstream), key),
+                }
+            }
+            None => match rest.split_once('_') {
+                Some((section, key)) if SECTIONS.contains(&&*section.to_ascii_lowercase()) => {
+                    let all = format!("FERRY_{section}_*");
+                    let section = section.to_ascii_lowercase();
+                    (table_in(doc, &section, || overlay.span(&all)), key)
+                }
+                _ => return Err(err("not a Ferry setting".into())),
+            },
+        };
+        let table = table.ok_or_else(|| err("the file's table for it is not a table".into()))?;
+        let key = key.to_ascii_lowercase();
+        let value = match TYPED.iter().find(|(k, _)| *k == key).map(|(_, t)| *t) {
+            None => DeValue::String(Cow::Borrowed(value.as_str())),
+            Some(Type::Count) => DeValue::parse(value)
+                .ok()
+                .map(Spanned::into_inner)
+                .filter(|v| v.is_integer() && value.parse::<u64>().is_ok())
+                .ok_or_else(|| err(format!("`{value}` is not a count")))?,
+            Some(Type::Bool) => DeValue::Boolean(
+                value
+                    .parse::<bool>()
+                    .map_err(|_| err(format!("`{value}` is not true or false")))?,
+            ),
+            Some(Type::List) => DeValue::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(|h| Spanned::new(span.clone(), DeValue::String(Cow::Borrowed(h))))
+                    .collect::<DeArray>(),
+            ),
+        };
+        table.insert(
+            Spanned::new(span.clone(), Cow::Owned(key)),
+            Spanned::new(span, value),
+        );
+    }
+    Ok(overlay)
+}
+
+/// The `[[upstream]]` table whose name `up` starts with, and the rest of `up` (the key).
+fn upstream<'d, 'i>(
+    doc: &'d mut DeTable<'i>,
+    up: &'d str,
+) -> Option<(&'d mut DeTable<'i>, &'d str)> {
+    let DeValue::Array(upstreams) = doc.get_mut("upstream")?.get_mut() else {
+        return None;
+    };
+    for u in upstreams.iter_mut() {
+        let DeValue::Table(t) = u.get_mut() else {
+            continue;
+        };
+        let Some(name) = t.get("name").and_then(|n| n.get_ref().as_str()) else {
+            continue;
+        };
+        let prefix = env_name(name) + "_";
+        if let Some(key) = up.strip_prefix(&prefix) {
+            return Some((t, key));
+        }
+    }
+    None
+}
+
+/// The table `name` in `parent`, made (with a span from `span`) if the file has none;
+/// `None` if the file has a value of another type there.
+fn table_in<'d, 'i>(
+    parent: &'d mut DeTable<'i>,
+    name: &str,
+    span: impl FnOnce() -> Range<usize>,
+) -> Option<&'d mut DeTable<'i>> {
+    if !parent.contains_key(name) {
+        let span = span();
+        parent.insert(
+            Spanned::new(span.clone(), Cow::Owned(name.to_string())),
+            Spanned::new(span, DeValue::Table(DeTable::new())),
+        );
+    }
+    let value = parent.get_mut(name)?;
+    match value.get_mut() {
+        DeValue::Table(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// An upstream's name as it appears in variable names.
+fn env_name(upstream: &str) -> String {
     upstream.to_ascii_uppercase().replace(['-', '.'], "_")
 }
 

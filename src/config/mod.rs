@@ -11,6 +11,7 @@
 mod auth;
 mod describe;
 mod env;
+mod files;
 pub mod htpasswd;
 pub mod pattern;
 mod raw;
@@ -20,7 +21,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Deserialize;
 use url::Url;
+
+use env::Overlay;
 
 use crate::cache_rules::CacheRule;
 use crate::oci::{ImageName, Platform};
@@ -221,10 +225,12 @@ pub struct ConfigError {
     message: String,
 }
 
-/// Where the text being validated came from, to turn byte spans into `file:line:col`.
+/// Where the text being validated came from, to turn byte spans into `file:line:col`
+/// (or, for a value from the environment, the variable's name).
 struct Source<'a> {
     origin: String,
     text: &'a str,
+    env: Overlay,
 }
 
 impl Source<'_> {
@@ -233,28 +239,61 @@ impl Source<'_> {
         span: Option<std::ops::Range<usize>>,
         message: impl Into<String>,
     ) -> ConfigError {
-        let location = match span {
-            // A span of 0..0 marks a value that came from the environment.
-            Some(r) if r.end > 0 => {
+        let (origin, location) = match span {
+            Some(r) if self.env.variable(&r).is_some() => (
+                format!(
+                    "environment variable {}",
+                    self.env.variable(&r).unwrap_or_default()
+                ),
+                String::new(),
+            ),
+            Some(r) => {
                 let before = &self.text[..r.start.min(self.text.len())];
                 let line = before.matches('\n').count() + 1;
                 let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!(":{line}:{col}")
+                (self.origin.clone(), format!(":{line}:{col}"))
             }
-            _ => String::new(),
+            None => (self.origin.clone(), String::new()),
         };
         ConfigError {
-            origin: self.origin.clone(),
+            origin,
             location,
             message: message.into(),
         }
     }
 }
 
+/// Whether loading reads the files the configuration names (see [`files`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Files {
+    Read,
+    Unread,
+}
+
 impl Config {
     /// Loads `path` (or the built-in default), applies `FERRY_*` overrides from `env`,
-    /// and validates the result.
+    /// validates the result and reads the files it names.
     pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        Self::load_from(path, env, Files::Read)
+    }
+
+    /// [`Config::load`] without reading the files the configuration names, for a
+    /// command that needs only the listener, the upstreams and the rules (`ferry
+    /// node-config`, run on nodes that have none of Ferry's secrets): each CA bundle
+    /// (`ca_pem`) and `access.htpasswd` is `None`, each secret empty, and TLS and
+    /// certificate files are not looked at. Everything else is validated as by `load`.
+    pub fn load_without_files(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        Self::load_from(path, env, Files::Unread)
+    }
+
+    fn load_from(
+        path: Option<&Path>,
+        env: &[(String, String)],
+        files: Files,
+    ) -> Result<Config, ConfigError> {
         let (origin, text) = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
@@ -266,23 +305,41 @@ impl Config {
             }
             None => ("built-in config".to_string(), DEFAULT_CONFIG.to_string()),
         };
-        Self::parse(&origin, &text, env)
+        Self::parse_from(&origin, &text, env, files)
     }
 
-    /// Parses and validates TOML text; `origin` names it in errors.
+    /// Parses and validates TOML text, and reads the files it names; `origin` names
+    /// the text in errors.
     pub fn parse(
         origin: &str,
         text: &str,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let src = Source {
+        Self::parse_from(origin, text, env, Files::Read)
+    }
+
+    fn parse_from(
+        origin: &str,
+        text: &str,
+        env: &[(String, String)],
+        files: Files,
+    ) -> Result<Config, ConfigError> {
+        let mut src = Source {
             origin: origin.to_string(),
             text,
+            env: env::Overlay::none(),
         };
-        let mut raw: raw::RawConfig = toml::from_str(text)
-            .map_err(|e| src.error(e.span(), e.message().trim().to_string()))?;
-        env::apply_env(&mut raw, env)?;
-        validate::validate(raw, &src)
+        let raw_error =
+            |src: &Source, e: toml::de::Error| src.error(e.span(), e.message().trim().to_string());
+        let mut doc = toml::de::DeTable::parse(text).map_err(|e| raw_error(&src, e))?;
+        src.env = env::apply_env(doc.get_mut(), text.len(), env)?;
+        let raw = raw::RawConfig::deserialize(toml::de::Deserializer::from(doc))
+            .map_err(|e| raw_error(&src, e))?;
+        let (mut config, named) = validate::validate(raw, &src)?;
+        if files == Files::Read {
+            files::read(&mut config, named, &src)?;
+        }
+        Ok(config)
     }
 }
 

@@ -111,23 +111,36 @@ pub(super) struct RawUpstream {
     pub(super) deny: Vec<Spanned<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAuth {
-    pub(super) kind: Option<Spanned<String>>,
-    pub(super) username: Option<Spanned<String>>,
-    pub(super) password_file: Option<Spanned<String>>,
-    pub(super) token_file: Option<Spanned<String>>,
-    pub(super) tenant_id: Option<Spanned<String>>,
-    pub(super) client_id: Option<Spanned<String>>,
-    pub(super) client_secret_file: Option<Spanned<String>>,
-    pub(super) password_env: Option<Spanned<String>>,
-    pub(super) token_env: Option<Spanned<String>>,
-    pub(super) client_secret_env: Option<Spanned<String>>,
-    pub(super) certificate_file: Option<Spanned<String>>,
-    pub(super) workload_identity: Option<Spanned<bool>>,
-    pub(super) managed_identity: Option<Spanned<RawManagedIdentity>>,
-    pub(super) authority_host: Option<Spanned<String>>,
+/// `auth`: which keys a table may hold follows from its `kind`, so serde refuses a key
+/// that does not belong to it (with the key and its line) before validation runs.
+///
+/// Inside the table values have no spans of their own (serde reads a tagged table
+/// through a buffer that keeps none): errors name the table's line and the key.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum RawAuth {
+    Anonymous {},
+    Basic {
+        username: Option<String>,
+        password_file: Option<String>,
+        password_env: Option<String>,
+    },
+    Bearer {
+        token_file: Option<String>,
+        token_env: Option<String>,
+    },
+    Entra {
+        tenant_id: Option<String>,
+        client_id: Option<String>,
+        client_secret_file: Option<String>,
+        client_secret_env: Option<String>,
+        certificate_file: Option<String>,
+        workload_identity: Option<bool>,
+        managed_identity: Option<RawManagedIdentity>,
+        authority_host: Option<String>,
+        /// With `workload_identity`: the federated token file.
+        token_file: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,14 +2,14 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
 use url::Url;
 
 use super::auth::validate_auth;
-use super::htpasswd::Htpasswd;
+use super::files::{Named, What};
 use super::pattern::{Pattern, Permissions};
 use super::raw::{RawAccess, RawConfig, RawServer, RawTls};
 use super::*;
@@ -55,7 +55,11 @@ fn validate_connections(raw: &RawServer, src: &Source) -> Result<ConnectionLimit
     })
 }
 
-pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
+/// The configuration `raw` describes, and the files it names, which this does not read
+/// (see [`super::files`]): until they are, `ca_pem` and `access.htpasswd` are `None`
+/// and secrets empty.
+pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<(Config, Vec<Named>), ConfigError> {
+    let mut files = Vec::new();
     let connections = validate_connections(&raw.server, src)?;
     let listen = match raw.server.listen {
         None => "127.0.0.1:5000".parse().expect("default listen address"),
@@ -261,7 +265,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
         }
         let auth = match u.auth {
             None => Auth::Anonymous,
-            Some(a) => validate_auth(a, src, &name)?,
+            Some(a) => validate_auth(a, src, &name, &mut files)?,
         };
         let mut resolve = Vec::new();
         for (host, addr) in u.resolve {
@@ -277,28 +281,16 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
             })?;
             resolve.push((host.to_ascii_lowercase(), ip));
         }
-        let ca_pem = match u.ca_file {
-            None => None,
-            Some(f) => {
-                let pem = std::fs::read(f.get_ref()).map_err(|e| {
-                    src.error(
-                        Some(f.span()),
-                        format!("{}: cannot read `{}`: {e}", here("ca_file"), f.get_ref()),
-                    )
-                })?;
-                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(src.error(
-                        Some(f.span()),
-                        format!(
-                            "{}: `{}` holds no PEM certificate",
-                            here("ca_file"),
-                            f.get_ref()
-                        ),
-                    ));
-                }
-                Some(pem)
-            }
-        };
+        if let Some(f) = u.ca_file {
+            files.push(Named {
+                span: f.span(),
+                key: here("ca_file"),
+                what: What::Ca {
+                    path: PathBuf::from(f.into_inner()),
+                    upstream: upstreams.len(),
+                },
+            });
+        }
         let proxy = match u.proxy {
             None => None,
             Some(p) => Some(
@@ -340,7 +332,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
             offline_after_failures,
             auth,
             resolve,
-            ca_pem,
+            ca_pem: None,
             proxy,
             insecure_skip_verify: u.insecure_skip_verify.is_some_and(|v| v.into_inner()),
             realm_hosts,
@@ -438,9 +430,12 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
             platform,
         });
     }
-    let access = validate_access(raw.access, src)?;
-    let tls = raw.tls.map(|t| validate_tls(t, src)).transpose()?;
-    Ok(Config {
+    let access = validate_access(raw.access, src, &mut files)?;
+    let tls = raw
+        .tls
+        .map(|t| validate_tls(t, src, &mut files))
+        .transpose()?;
+    let config = Config {
         listen,
         shutdown_timeout,
         connections,
@@ -452,7 +447,8 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
         pins,
         access,
         tls,
-    })
+    };
+    Ok((config, files))
 }
 
 /// `allow` / `deny` lists of `who` (an upstream or a user), for errors.
@@ -476,30 +472,20 @@ fn rules_of(
     })
 }
 
-fn validate_access(raw: RawAccess, src: &Source) -> Result<Access, ConfigError> {
-    let htpasswd = match &raw.htpasswd {
-        None => None,
-        Some(h) => Some(
-            Htpasswd::load(Path::new(h.get_ref()))
-                .map_err(|e| src.error(Some(h.span()), format!("access.htpasswd: {e}")))?,
-        ),
-    };
+/// `[access]`; the htpasswd file, and that each user is in it, go to `files`.
+fn validate_access(
+    raw: RawAccess,
+    src: &Source,
+    files: &mut Vec<Named>,
+) -> Result<Access, ConfigError> {
     let mut users: Vec<AccessUser> = Vec::new();
+    let mut spans = Vec::new();
     for u in raw.user {
         let name = u.name.get_ref().clone();
-        let Some(h) = &htpasswd else {
+        if raw.htpasswd.is_none() {
             return Err(src.error(
                 Some(u.name.span()),
                 format!("access.user `{name}`: users need `[access] htpasswd` to log in with"),
-            ));
-        };
-        if !h.has_user(&name) {
-            return Err(src.error(
-                Some(u.name.span()),
-                format!(
-                    "access.user `{name}` is not in the htpasswd file {}",
-                    h.path().display()
-                ),
             ));
         }
         if users.iter().any(|x| x.name == name) {
@@ -509,12 +495,28 @@ fn validate_access(raw: RawAccess, src: &Source) -> Result<Access, ConfigError> 
             ));
         }
         let rules = rules_of(u.allow, u.deny, src, &format!("access.user `{name}`"))?;
+        spans.push((name.clone(), u.name.span()));
         users.push(AccessUser { name, rules });
     }
-    Ok(Access { htpasswd, users })
+    if let Some(h) = raw.htpasswd {
+        files.push(Named {
+            span: h.span(),
+            key: "access.htpasswd".to_string(),
+            what: What::Htpasswd {
+                path: PathBuf::from(h.into_inner()),
+                users: spans,
+            },
+        });
+    }
+    Ok(Access {
+        htpasswd: None,
+        users,
+    })
 }
 
-fn validate_tls(raw: RawTls, src: &Source) -> Result<Tls, ConfigError> {
+/// `[tls]`; its PEM files get a light look with the other files (`ferry config
+/// check`), and are fully checked when served.
+fn validate_tls(raw: RawTls, src: &Source, files: &mut Vec<Named>) -> Result<Tls, ConfigError> {
     let listen = match raw.listen {
         None => return Err(src.error(None, "tls.listen is missing (e.g. \"0.0.0.0:5443\")")),
         Some(s) => s.get_ref().parse::<SocketAddr>().map_err(|e| {
@@ -527,29 +529,26 @@ fn validate_tls(raw: RawTls, src: &Source) -> Result<Tls, ConfigError> {
             )
         })?,
     };
-    // A light look now (`ferry config check`); the pair is fully checked when served.
-    let pem = |v: Option<Spanned<String>>, key: &str, marker: &str| {
+    let mut pem = |v: Option<Spanned<String>>, key: &str, needs: &'static [&'static str]| {
         let Some(f) = v else {
             return Err(src.error(None, format!("tls.{key} is missing")));
         };
-        let text = std::fs::read(f.get_ref()).map_err(|e| {
-            src.error(
-                Some(f.span()),
-                format!("tls.{key}: cannot read `{}`: {e}", f.get_ref()),
-            )
-        })?;
-        if !String::from_utf8_lossy(&text).contains(marker) {
-            return Err(src.error(
-                Some(f.span()),
-                format!("tls.{key}: `{}` holds no PEM {marker}", f.get_ref()),
-            ));
-        }
-        Ok(PathBuf::from(f.into_inner()))
+        let path = PathBuf::from(f.get_ref());
+        files.push(Named {
+            span: f.span(),
+            key: format!("tls.{key}"),
+            what: What::Pem {
+                fault: format!("tls.{key}: `{}` holds no PEM {}", f.get_ref(), needs[0]),
+                path: path.clone(),
+                needs,
+            },
+        });
+        Ok(path)
     };
     Ok(Tls {
         listen,
-        cert_file: pem(raw.cert_file, "cert_file", "CERTIFICATE")?,
-        key_file: pem(raw.key_file, "key_file", "PRIVATE KEY")?,
+        cert_file: pem(raw.cert_file, "cert_file", &["CERTIFICATE"])?,
+        key_file: pem(raw.key_file, "key_file", &["PRIVATE KEY"])?,
     })
 }
 
