@@ -296,4 +296,33 @@ mod tests {
         .to_string();
         assert!(e.contains("authority_host"), "{e}");
     }
+
+    #[test]
+    fn the_kind_decides_the_keys() {
+        // A table of its own: the error names the key, what the kind takes, and a line.
+        let text = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[upstream.auth]\nkind = \"bearer\"\nusername = \"u\"\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(
+            e.contains("test.toml:4:")
+                && e.contains("unknown field `username`")
+                && e.contains("token_file"),
+            "{e}"
+        );
+        let e = parse(&text.replace("bearer", "magic"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:") && e.contains("`magic`") && e.contains("entra"),
+            "{e}"
+        );
+        let up = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n";
+        let c = parse(&format!("{up}auth = {{ kind = \"anonymous\" }}\n")).unwrap();
+        assert_eq!(c.upstreams[0].auth, Auth::Anonymous);
+        let e = parse(&format!(
+            "{up}auth = {{ kind = \"anonymous\", username = \"u\" }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("test.toml:4:") && e.contains("username"), "{e}");
+    }
 }

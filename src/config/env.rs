@@ -240,4 +240,57 @@ mod tests {
         let e = parse_with("", &bad).unwrap_err().to_string();
         assert!(e.contains("FERRY_UPSTREAM_NOPE_URL"), "{e}");
     }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let var = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let e = parse_with("", &var("FERRY_SERVER_LISTEN", "nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("environment variable FERRY_SERVER_LISTEN: server.listen"),
+            "{e}"
+        );
+        // A key the schema does not have is refused by the schema, naming both.
+        let e = parse_with("", &var("FERRY_SERVER_BOGUS", "1"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("environment variable FERRY_SERVER_BOGUS") && e.contains("`bogus`"),
+            "{e}"
+        );
+        let e = parse_with("", &var("FERRY_RULE_X", "1"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FERRY_RULE_X") && e.contains("not a Ferry setting"),
+            "{e}"
+        );
+        let e = parse_with("", &var("FERRY_UPSTREAM_T_INSECURE_SKIP_VERIFY", "yes"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FERRY_UPSTREAM_T_INSECURE_SKIP_VERIFY") && e.contains("true or false"),
+            "{e}"
+        );
+        // An auth table the variables make: a key its kind does not take.
+        let env = [
+            ("FERRY_UPSTREAM_T_AUTH_KIND", "bearer"),
+            ("FERRY_UPSTREAM_T_AUTH_USERNAME", "u"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let e = parse_with("", &env).unwrap_err().to_string();
+        assert!(
+            e.contains("FERRY_UPSTREAM_T_AUTH_*") && e.contains("`username`"),
+            "{e}"
+        );
+        // The file's own values keep their lines beside variables.
+        let e = parse_with(
+            "[server]\nlisten = \"nope\"\n",
+            &var("FERRY_SERVER_IDLE_TIMEOUT", "5s"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("test.toml:2:"), "{e}");
+    }
 }

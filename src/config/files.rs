@@ -84,3 +84,74 @@ pub(super) fn read(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::config::testing::parse;
+
+    /// Each file the configuration names is read after validation: one that cannot
+    /// be read is refused by `load` (and `parse`) with its key and line, and not
+    /// looked at by `load_without_files`.
+    #[test]
+    fn named_files_are_read_after_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        let up = "[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n";
+        for (text, key, line) in [
+            (format!("{up}ca_file = \"/nonexistent/ca\"\n"), "ca_file", 4),
+            (
+                format!(
+                    "{up}auth = {{ kind = \"bearer\", token_env = \"FERRY_TEST_SURELY_UNSET\" }}\n"
+                ),
+                "auth.token_env",
+                4,
+            ),
+            (
+                format!(
+                    "{up}auth = {{ kind = \"entra\", tenant_id = \"t\", client_id = \"c\", certificate_file = \"/nonexistent/c.pem\" }}\n"
+                ),
+                "auth.certificate_file",
+                4,
+            ),
+            (
+                format!(
+                    "[access]\nhtpasswd = \"/nonexistent/h\"\n[[access.user]]\nname = \"ci\"\n{up}"
+                ),
+                "access.htpasswd",
+                2,
+            ),
+            (
+                format!(
+                    "[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"/nonexistent/c\"\nkey_file = \"/nonexistent/k\"\n{up}"
+                ),
+                "tls.cert_file",
+                3,
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("test.toml:{line}:")) && e.contains(key),
+                "{key}: {e}"
+            );
+            std::fs::write(&path, &text).unwrap();
+            let e = Config::load(Some(&path), &[]).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("ferry.toml:{line}:")) && e.contains(key),
+                "{key}: {e}"
+            );
+            Config::load_without_files(Some(&path), &[]).unwrap();
+        }
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let text = format!("{up}ca_file = \"{}\"\n", ca.display());
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.upstreams[0].ca_pem.as_deref(),
+            Some(&b"-----BEGIN CERTIFICATE-----\n"[..])
+        );
+        std::fs::write(&path, &text).unwrap();
+        let c = Config::load_without_files(Some(&path), &[]).unwrap();
+        assert_eq!(c.upstreams[0].ca_pem, None);
+    }
+}
