@@ -11,13 +11,43 @@ use url::Url;
 use super::auth::validate_auth;
 use super::files::{Named, What};
 use super::pattern::{Pattern, Permissions};
-use super::raw::{RawAccess, RawConfig, RawServer, RawTls};
+use super::raw::{
+    RawAccess, RawConfig, RawPin, RawRule, RawServer, RawStorage, RawTls, RawUpstream,
+};
 use super::*;
 use crate::cache_rules::{self, CacheRule};
 
-/// `[server] header_read_timeout`, `idle_timeout` (durations, more than zero) and
+/// `[server]`: the listen address, the shutdown timeout, and the connection limits:
+/// `header_read_timeout`, `idle_timeout` (durations, more than zero) and
 /// `max_connections` (a count, more than zero).
-fn validate_connections(raw: &RawServer, src: &Source) -> Result<ConnectionLimits, ConfigError> {
+fn validate_server(
+    raw: &RawServer,
+    src: &Source,
+) -> Result<(SocketAddr, Duration, ConnectionLimits), ConfigError> {
+    let listen = match &raw.listen {
+        None => "127.0.0.1:5000".parse().expect("default listen address"),
+        Some(s) => s.get_ref().parse::<SocketAddr>().map_err(|e| {
+            src.error(
+                Some(s.span()),
+                format!(
+                    "server.listen: `{}` is not an address like 127.0.0.1:5000 ({e})",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
+    let shutdown_timeout = match &raw.shutdown_timeout {
+        None => DEFAULT_SHUTDOWN_TIMEOUT,
+        Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
+            src.error(
+                Some(s.span()),
+                format!(
+                    "server.shutdown_timeout: `{}` is not a duration like 30s ({e})",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
     let duration = |v: &Option<Spanned<String>>, key: &str, default: Duration| {
         let Some(s) = v else { return Ok(default) };
         match humantime::parse_duration(s.get_ref()) {
@@ -44,7 +74,7 @@ fn validate_connections(raw: &RawServer, src: &Source) -> Result<ConnectionLimit
             }
         },
     };
-    Ok(ConnectionLimits {
+    let connections = ConnectionLimits {
         header_read_timeout: duration(
             &raw.header_read_timeout,
             "header_read_timeout",
@@ -52,7 +82,8 @@ fn validate_connections(raw: &RawServer, src: &Source) -> Result<ConnectionLimit
         )?,
         idle_timeout: duration(&raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?,
         max_connections,
-    })
+    };
+    Ok((listen, shutdown_timeout, connections))
 }
 
 /// The configuration `raw` describes, and the files it names, which this does not read
@@ -60,32 +91,35 @@ fn validate_connections(raw: &RawServer, src: &Source) -> Result<ConnectionLimit
 /// and secrets empty.
 pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<(Config, Vec<Named>), ConfigError> {
     let mut files = Vec::new();
-    let connections = validate_connections(&raw.server, src)?;
-    let listen = match raw.server.listen {
-        None => "127.0.0.1:5000".parse().expect("default listen address"),
-        Some(s) => s.get_ref().parse::<SocketAddr>().map_err(|e| {
-            src.error(
-                Some(s.span()),
-                format!(
-                    "server.listen: `{}` is not an address like 127.0.0.1:5000 ({e})",
-                    s.get_ref()
-                ),
-            )
-        })?,
+    let (listen, shutdown_timeout, connections) = validate_server(&raw.server, src)?;
+    let (storage_root, quota, scrub_rate) = validate_storage(raw.storage, src)?;
+    let upstreams = validate_upstreams(raw.upstream, src, &mut files)?;
+    let rules = validate_rules(raw.rule, &upstreams, src)?;
+    let pins = validate_pins(raw.pin, src)?;
+    let access = validate_access(raw.access, src, &mut files)?;
+    let tls = raw
+        .tls
+        .map(|t| validate_tls(t, src, &mut files))
+        .transpose()?;
+    let config = Config {
+        listen,
+        shutdown_timeout,
+        connections,
+        storage_root,
+        upstreams,
+        rules,
+        quota,
+        scrub_rate,
+        pins,
+        access,
+        tls,
     };
-    let shutdown_timeout = match raw.server.shutdown_timeout {
-        None => DEFAULT_SHUTDOWN_TIMEOUT,
-        Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
-            src.error(
-                Some(s.span()),
-                format!(
-                    "server.shutdown_timeout: `{}` is not a duration like 30s ({e})",
-                    s.get_ref()
-                ),
-            )
-        })?,
-    };
-    let storage_root = match raw.storage.root {
+    Ok((config, files))
+}
+
+/// `[storage]`: the root, the quota and the scrub rate.
+fn validate_storage(raw: RawStorage, src: &Source) -> Result<(PathBuf, Quota, u64), ConfigError> {
+    let storage_root = match raw.root {
         None => PathBuf::from("./ferry-data"),
         Some(s) if s.get_ref().is_empty() => {
             return Err(src.error(Some(s.span()), "storage.root is empty"));
@@ -104,10 +138,10 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<(Config, Vec<Name
         }
     };
     let quota = Quota {
-        max_size: size(raw.storage.max_size, "max_size")?,
-        min_free: size(raw.storage.min_free, "min_free")?,
+        max_size: size(raw.max_size, "max_size")?,
+        min_free: size(raw.min_free, "min_free")?,
     };
-    let scrub_rate = match raw.storage.scrub_rate {
+    let scrub_rate = match raw.scrub_rate {
         None => DEFAULT_SCRUB_RATE,
         Some(s) => crate::bytesize::parse(s.get_ref()).map_err(|e| {
             src.error(
@@ -116,12 +150,20 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<(Config, Vec<Name
             )
         })?,
     };
+    Ok((storage_root, quota, scrub_rate))
+}
+
+/// Every `[[upstream]]`: at least one, distinct names and registries, one default.
+fn validate_upstreams(
+    raw: Vec<RawUpstream>,
+    src: &Source,
+    files: &mut Vec<Named>,
+) -> Result<Vec<Upstream>, ConfigError> {
     let mut upstreams = Vec::new();
     let mut names = HashSet::new();
     let mut registries = HashSet::new();
-    for u in raw.upstream {
+    for u in raw {
         let name = u.name.get_ref().clone();
-        let here = |field: &str| format!("upstream `{name}`: {field}");
         let valid_name = !name.is_empty()
             && name.split(['.', '_', '-']).all(|c| {
                 !c.is_empty()
@@ -137,207 +179,8 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<(Config, Vec<Name
                 format!("upstream name `{name}` is defined twice"),
             ));
         }
-        let url_s = u
-            .url
-            .ok_or_else(|| src.error(Some(u.name.span()), here("`url` is missing")))?;
-        let url = Url::parse(url_s.get_ref()).map_err(|e| {
-            src.error(
-                Some(url_s.span()),
-                format!("{}: `{}` is not a URL ({e})", here("url"), url_s.get_ref()),
-            )
-        })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(src.error(
-                Some(url_s.span()),
-                format!(
-                    "{}: `{url}` must be an http:// or https:// URL with a host",
-                    here("url")
-                ),
-            ));
-        }
-        if url.query().is_some()
-            || url.fragment().is_some()
-            || !url.username().is_empty()
-            || url.password().is_some()
-        {
-            return Err(src.error(
-                Some(url_s.span()),
-                format!(
-                    "{}: must not carry credentials, a query or a fragment (use `auth`)",
-                    here("url")
-                ),
-            ));
-        }
-        let registry = match u.registry {
-            Some(r) => {
-                let reg = r.get_ref().to_ascii_lowercase();
-                let ok = !reg.is_empty()
-                    && reg.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
-                    });
-                if !ok {
-                    return Err(src.error(
-                        Some(r.span()),
-                        format!(
-                            "{}: `{}` is not a registry host[:port]",
-                            here("registry"),
-                            r.get_ref()
-                        ),
-                    ));
-                }
-                if !registries.insert(reg.clone()) {
-                    return Err(src.error(
-                        Some(r.span()),
-                        format!(
-                            "{}: registry `{reg}` is already served by another upstream",
-                            here("registry")
-                        ),
-                    ));
-                }
-                reg
-            }
-            None => {
-                let reg = match url.port() {
-                    Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-                    None => url.host_str().unwrap_or_default().to_string(),
-                };
-                if !registries.insert(reg.clone()) {
-                    return Err(src.error(
-                        Some(u.name.span()),
-                        format!(
-                            "{}: registry `{reg}` (from url) is already served by another upstream",
-                            here("registry")
-                        ),
-                    ));
-                }
-                reg
-            }
-        };
-        let duration = |v: Option<Spanned<String>>,
-                        field: &str,
-                        default: Duration|
-         -> Result<Duration, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
-                    src.error(
-                        Some(s.span()),
-                        format!(
-                            "{}: `{}` is not a duration like 60s or 5m ({e})",
-                            here(field),
-                            s.get_ref()
-                        ),
-                    )
-                }),
-            }
-        };
-        let tag_ttl = duration(u.tag_ttl, "tag_ttl", DEFAULT_TAG_TTL)?;
-        let connect_timeout = duration(
-            u.connect_timeout,
-            "connect_timeout",
-            DEFAULT_CONNECT_TIMEOUT,
-        )?;
-        let read_timeout = duration(u.read_timeout, "read_timeout", DEFAULT_READ_TIMEOUT)?;
-        let max_stale = match u.max_stale {
-            None => None,
-            Some(s) => Some(duration(Some(s), "max_stale", Duration::ZERO)?),
-        };
-        let offline_after_failures = match u.offline_after_failures {
-            None => 1,
-            Some(n) if *n.get_ref() == 0 => {
-                return Err(src.error(
-                    Some(n.span()),
-                    format!("{} must be at least 1", here("offline_after_failures")),
-                ));
-            }
-            Some(n) => n.into_inner(),
-        };
-        for (d, f) in [
-            (connect_timeout, "connect_timeout"),
-            (read_timeout, "read_timeout"),
-        ] {
-            if d.is_zero() {
-                return Err(src.error(
-                    Some(u.name.span()),
-                    format!("{} must be more than zero", here(f)),
-                ));
-            }
-        }
-        let auth = match u.auth {
-            None => Auth::Anonymous,
-            Some(a) => validate_auth(a, src, &name, &mut files)?,
-        };
-        let mut resolve = Vec::new();
-        for (host, addr) in u.resolve {
-            let ip = addr.get_ref().parse::<IpAddr>().map_err(|_| {
-                src.error(
-                    Some(addr.span()),
-                    format!(
-                        "{}: `{}` is not an IP address",
-                        here(&format!("resolve.\"{host}\"")),
-                        addr.get_ref()
-                    ),
-                )
-            })?;
-            resolve.push((host.to_ascii_lowercase(), ip));
-        }
-        if let Some(f) = u.ca_file {
-            files.push(Named {
-                span: f.span(),
-                key: here("ca_file"),
-                what: What::Ca {
-                    path: PathBuf::from(f.into_inner()),
-                    upstream: upstreams.len(),
-                },
-            });
-        }
-        let proxy = match u.proxy {
-            None => None,
-            Some(p) => Some(
-                Url::parse(p.get_ref())
-                    .ok()
-                    .filter(|url| matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h"))
-                    .ok_or_else(|| {
-                        src.error(
-                            Some(p.span()),
-                            format!("{}: `{}` is not a proxy URL", here("proxy"), p.get_ref()),
-                        )
-                    })?,
-            ),
-        };
-        let mut realm_hosts = Vec::new();
-        for h in u.realm_hosts {
-            let host = url::Host::parse(h.get_ref()).map_err(|_| {
-                src.error(
-                    Some(h.span()),
-                    format!(
-                        "{}: `{}` is not a host name or IP address (no scheme, port or path)",
-                        here("realm_hosts"),
-                        h.get_ref()
-                    ),
-                )
-            })?;
-            realm_hosts.push(host.to_string());
-        }
-        let anonymous = rules_of(u.allow, u.deny, src, &format!("upstream `{name}`"))?;
-        upstreams.push(Upstream {
-            name,
-            registry,
-            url,
-            default: u.default.map(|d| d.into_inner()).unwrap_or(false),
-            tag_ttl,
-            connect_timeout,
-            read_timeout,
-            max_stale,
-            offline_after_failures,
-            auth,
-            resolve,
-            ca_pem: None,
-            proxy,
-            insecure_skip_verify: u.insecure_skip_verify.is_some_and(|v| v.into_inner()),
-            realm_hosts,
-            anonymous,
-        });
+        let index = upstreams.len();
+        upstreams.push(validate_upstream(u, index, src, &mut registries, files)?);
     }
     if upstreams.is_empty() {
         // Every request, cached images included, is routed through an upstream's
@@ -362,9 +205,232 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<(Config, Vec<Name
             ),
         ));
     }
+    Ok(upstreams)
+}
+
+/// One `[[upstream]]`, number `index`, whose name is checked; `registries` are those
+/// of the upstreams before it.
+fn validate_upstream(
+    u: RawUpstream,
+    index: usize,
+    src: &Source,
+    registries: &mut HashSet<String>,
+    files: &mut Vec<Named>,
+) -> Result<Upstream, ConfigError> {
+    let name = u.name.get_ref().clone();
+    let here = |field: &str| format!("upstream `{name}`: {field}");
+    let url_s = u
+        .url
+        .ok_or_else(|| src.error(Some(u.name.span()), here("`url` is missing")))?;
+    let url = Url::parse(url_s.get_ref()).map_err(|e| {
+        src.error(
+            Some(url_s.span()),
+            format!("{}: `{}` is not a URL ({e})", here("url"), url_s.get_ref()),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(src.error(
+            Some(url_s.span()),
+            format!(
+                "{}: `{url}` must be an http:// or https:// URL with a host",
+                here("url")
+            ),
+        ));
+    }
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(src.error(
+            Some(url_s.span()),
+            format!(
+                "{}: must not carry credentials, a query or a fragment (use `auth`)",
+                here("url")
+            ),
+        ));
+    }
+    let registry = match u.registry {
+        Some(r) => {
+            let reg = r.get_ref().to_ascii_lowercase();
+            let ok = !reg.is_empty()
+                && reg.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                });
+            if !ok {
+                return Err(src.error(
+                    Some(r.span()),
+                    format!(
+                        "{}: `{}` is not a registry host[:port]",
+                        here("registry"),
+                        r.get_ref()
+                    ),
+                ));
+            }
+            if !registries.insert(reg.clone()) {
+                return Err(src.error(
+                    Some(r.span()),
+                    format!(
+                        "{}: registry `{reg}` is already served by another upstream",
+                        here("registry")
+                    ),
+                ));
+            }
+            reg
+        }
+        None => {
+            let reg = match url.port() {
+                Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+                None => url.host_str().unwrap_or_default().to_string(),
+            };
+            if !registries.insert(reg.clone()) {
+                return Err(src.error(
+                    Some(u.name.span()),
+                    format!(
+                        "{}: registry `{reg}` (from url) is already served by another upstream",
+                        here("registry")
+                    ),
+                ));
+            }
+            reg
+        }
+    };
+    let duration = |v: Option<Spanned<String>>,
+                    field: &str,
+                    default: Duration|
+     -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s.get_ref()).map_err(|e| {
+                src.error(
+                    Some(s.span()),
+                    format!(
+                        "{}: `{}` is not a duration like 60s or 5m ({e})",
+                        here(field),
+                        s.get_ref()
+                    ),
+                )
+            }),
+        }
+    };
+    let tag_ttl = duration(u.tag_ttl, "tag_ttl", DEFAULT_TAG_TTL)?;
+    let connect_timeout = duration(
+        u.connect_timeout,
+        "connect_timeout",
+        DEFAULT_CONNECT_TIMEOUT,
+    )?;
+    let read_timeout = duration(u.read_timeout, "read_timeout", DEFAULT_READ_TIMEOUT)?;
+    let max_stale = match u.max_stale {
+        None => None,
+        Some(s) => Some(duration(Some(s), "max_stale", Duration::ZERO)?),
+    };
+    let offline_after_failures = match u.offline_after_failures {
+        None => 1,
+        Some(n) if *n.get_ref() == 0 => {
+            return Err(src.error(
+                Some(n.span()),
+                format!("{} must be at least 1", here("offline_after_failures")),
+            ));
+        }
+        Some(n) => n.into_inner(),
+    };
+    for (d, f) in [
+        (connect_timeout, "connect_timeout"),
+        (read_timeout, "read_timeout"),
+    ] {
+        if d.is_zero() {
+            return Err(src.error(
+                Some(u.name.span()),
+                format!("{} must be more than zero", here(f)),
+            ));
+        }
+    }
+    let auth = match u.auth {
+        None => Auth::Anonymous,
+        Some(a) => validate_auth(a, src, &name, files)?,
+    };
+    let mut resolve = Vec::new();
+    for (host, addr) in u.resolve {
+        let ip = addr.get_ref().parse::<IpAddr>().map_err(|_| {
+            src.error(
+                Some(addr.span()),
+                format!(
+                    "{}: `{}` is not an IP address",
+                    here(&format!("resolve.\"{host}\"")),
+                    addr.get_ref()
+                ),
+            )
+        })?;
+        resolve.push((host.to_ascii_lowercase(), ip));
+    }
+    if let Some(f) = u.ca_file {
+        files.push(Named {
+            span: f.span(),
+            key: here("ca_file"),
+            what: What::Ca {
+                path: PathBuf::from(f.into_inner()),
+                upstream: index,
+            },
+        });
+    }
+    let proxy = match u.proxy {
+        None => None,
+        Some(p) => Some(
+            Url::parse(p.get_ref())
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h"))
+                .ok_or_else(|| {
+                    src.error(
+                        Some(p.span()),
+                        format!("{}: `{}` is not a proxy URL", here("proxy"), p.get_ref()),
+                    )
+                })?,
+        ),
+    };
+    let mut realm_hosts = Vec::new();
+    for h in u.realm_hosts {
+        let host = url::Host::parse(h.get_ref()).map_err(|_| {
+            src.error(
+                Some(h.span()),
+                format!(
+                    "{}: `{}` is not a host name or IP address (no scheme, port or path)",
+                    here("realm_hosts"),
+                    h.get_ref()
+                ),
+            )
+        })?;
+        realm_hosts.push(host.to_string());
+    }
+    let anonymous = rules_of(u.allow, u.deny, src, &format!("upstream `{name}`"))?;
+    Ok(Upstream {
+        name,
+        registry,
+        url,
+        default: u.default.map(|d| d.into_inner()).unwrap_or(false),
+        tag_ttl,
+        connect_timeout,
+        read_timeout,
+        max_stale,
+        offline_after_failures,
+        auth,
+        resolve,
+        ca_pem: None,
+        proxy,
+        insecure_skip_verify: u.insecure_skip_verify.is_some_and(|v| v.into_inner()),
+        realm_hosts,
+        anonymous,
+    })
+}
+
+/// `[[rule]]`s: each names a configured upstream, and together they pass ACR's checks.
+fn validate_rules(
+    raw: Vec<RawRule>,
+    upstreams: &[Upstream],
+    src: &Source,
+) -> Result<Vec<CacheRule>, ConfigError> {
     let mut rule_list = Vec::new();
     let mut rule_spans = Vec::new();
-    for r in raw.rule {
+    for r in raw {
         let name = r.name.get_ref();
         if !upstreams.iter().any(|u| &u.name == r.upstream.get_ref()) {
             return Err(src.error(
@@ -393,8 +459,13 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<(Config, Vec<Name
             .map(|n| rule_spans[n - 1].clone());
         return Err(src.error(at, e));
     }
+    Ok(rule_list)
+}
+
+/// `[[pin]]`s.
+fn validate_pins(raw: Vec<RawPin>, src: &Source) -> Result<Vec<Pin>, ConfigError> {
     let mut pins = Vec::new();
-    for p in raw.pin {
+    for p in raw {
         let images = p
             .images
             .iter()
@@ -430,25 +501,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<(Config, Vec<Name
             platform,
         });
     }
-    let access = validate_access(raw.access, src, &mut files)?;
-    let tls = raw
-        .tls
-        .map(|t| validate_tls(t, src, &mut files))
-        .transpose()?;
-    let config = Config {
-        listen,
-        shutdown_timeout,
-        connections,
-        storage_root,
-        upstreams,
-        rules: rule_list,
-        quota,
-        scrub_rate,
-        pins,
-        access,
-        tls,
-    };
-    Ok((config, files))
+    Ok(pins)
 }
 
 /// `allow` / `deny` lists of `who` (an upstream or a user), for errors.
