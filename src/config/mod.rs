@@ -4,9 +4,11 @@
 //! Every error names the key and, when it came from a file, the line, so that an
 //! operator can fix it without reading Ferry's source.
 //!
-//! One file per step: [`raw`] is the TOML schema as serde types, [`env`] lays the
-//! `FERRY_*` variables over it, [`validate`] (with [`auth`] for the `auth` tables)
-//! turns it into the types below, and [`describe`] is what `ferry config check` prints.
+//! One file per step: `raw.rs` is the TOML schema as serde types, `env.rs` lays the
+//! `FERRY_*` variables over the document, `validate.rs` (with `upstream.rs` for each
+//! `[[upstream]]` and `auth.rs` for its `auth` table) turns it into the types below,
+//! `files.rs` then reads the files it names, and `describe.rs` is what `ferry config
+//! check` prints. [`pattern`] and [`htpasswd`] are the types `[access]` is made of.
 
 mod auth;
 mod describe;
@@ -15,6 +17,7 @@ mod files;
 pub mod htpasswd;
 pub mod pattern;
 mod raw;
+mod upstream;
 mod validate;
 
 use std::net::{IpAddr, SocketAddr};
