@@ -53,7 +53,7 @@ pub enum Command {
         /// `[registry[:port]/]repository[:tag][@digest]`, the registry also written as
         /// an upstream's short name (`corp/team/app:1`); `nginx` is Docker Hub's.
         #[arg(required = true, value_name = "IMAGE")]
-        images: Vec<crate::oci::ImageName>,
+        images: Vec<crate::image::ImageName>,
     },
     /// Load an OCI bundle (from `ferry export` or skopeo's `oci-archive:`) into the
     /// store, verifying every digest. Stop `ferry serve` on the store first.
@@ -86,7 +86,7 @@ pub enum Command {
         config: Option<PathBuf>,
         /// Only this platform of an index, e.g. linux/amd64.
         #[arg(long)]
-        platform: Option<crate::oci::Platform>,
+        platform: Option<crate::image::Platform>,
         /// A file with one image per line (blank lines and `#` comments skipped).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
@@ -94,7 +94,7 @@ pub enum Command {
         /// `[registry[:port]/]repository[:tag][@digest]`, the registry also written as
         /// an upstream's short name (`corp/team/app:1`); `nginx` is Docker Hub's.
         #[arg(value_name = "IMAGE")]
-        images: Vec<crate::oci::ImageName>,
+        images: Vec<crate::image::ImageName>,
     },
     /// Offline readiness: which cached and pinned images are complete in the store.
     Status {

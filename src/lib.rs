@@ -22,7 +22,7 @@
 //! - Leaves: [`config`], read and validated once into a [`config::Config`] that
 //!   nothing changes afterwards (with the types it holds, e.g. [`config::pattern`]
 //!   and [`config::htpasswd`], which [`access`] is built from); [`cache_rules`]
-//!   (ACR-style cache rules), [`oci`], [`secret`], [`bytesize`].
+//!   (ACR-style cache rules), [`image`], [`secret`], [`bytesize`].
 
 pub mod access;
 pub mod api;
@@ -32,8 +32,8 @@ pub mod cache_status;
 pub mod cli;
 pub mod config;
 mod filestamp;
+pub mod image;
 pub mod metrics;
-pub mod oci;
 pub mod ops;
 pub mod proxy;
 pub mod secret;
@@ -52,8 +52,8 @@ use signals::Controls;
 /// only for the duration.
 pub async fn prefetch_in_process(
     config: Config,
-    images: &[oci::ImageName],
-    platform: Option<&oci::Platform>,
+    images: &[image::ImageName],
+    platform: Option<&image::Platform>,
 ) -> Result<Vec<prefetch::Pulled>, prefetch::PrefetchError> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -6,8 +6,8 @@ use ferry_oci::Reference;
 
 use super::observe::counted_body;
 use super::{ApiError, build, content_headers};
+use crate::image::Accept;
 use crate::metrics::Kind;
-use crate::oci::Accept;
 use crate::proxy::{Proxy, Target};
 
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`

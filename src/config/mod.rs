@@ -30,7 +30,7 @@ use url::Url;
 use env::Overlay;
 
 use crate::cache_rules::CacheRule;
-use crate::oci::{ImageName, Platform};
+use crate::image::{ImageName, Platform};
 pub use crate::secret::{Secret, SecretSource};
 use htpasswd::Htpasswd;
 use pattern::Permissions;

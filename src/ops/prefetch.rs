@@ -17,7 +17,7 @@ use url::Url;
 use ferry_oci::Digest;
 use ferry_oci::manifest::{self, ALL_MANIFESTS, Manifest, is_index};
 
-use crate::oci::{self, ImageName, Platform};
+use crate::image::{self, ImageName, Platform};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrefetchError {
@@ -229,7 +229,7 @@ impl Prefetcher {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| oci::media_type(v).to_string())
+            .map(|v| image::media_type(v).to_string())
             .unwrap_or_default();
         let invalid = |detail: String| PrefetchError::Invalid {
             image: label.to_string(),

@@ -14,7 +14,7 @@ use ferry_storage::index::now_secs;
 use ferry_storage::{ManifestRecord, TagRecord};
 
 use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
-use crate::oci::{self, Accept};
+use crate::image::{self, Accept};
 
 /// A manifest ready to serve.
 #[derive(Debug, Clone)]
@@ -199,7 +199,7 @@ impl Proxy {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| oci::media_type(v).to_ascii_lowercase());
+            .map(|v| image::media_type(v).to_ascii_lowercase());
         let header_digest: Option<Digest> = resp
             .headers()
             .get("docker-content-digest")

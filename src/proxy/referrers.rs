@@ -9,7 +9,7 @@ use ferry_oci::manifest::{MAX_MANIFEST_SIZE, Manifest, OCI_INDEX};
 use ferry_oci::{Digest, Reference, Tag};
 
 use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
-use crate::oci::Accept;
+use crate::image::Accept;
 
 #[derive(Debug, Clone)]
 pub struct Referrers {

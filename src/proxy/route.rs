@@ -9,7 +9,7 @@ use ferry_storage::Repo;
 use super::{Error, Proxy, Result, Settings, Target};
 use crate::cache_rules::CacheRules;
 use crate::config::{self, Config};
-use crate::oci::ImageName;
+use crate::image::ImageName;
 use crate::upstream;
 
 impl Proxy {

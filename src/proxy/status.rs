@@ -18,7 +18,7 @@ pub struct Status {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ImageStatus {
     /// `<registry>/<repository>:<tag>`, as nodes name it; every command takes it back
-    /// as an [`crate::oci::ImageName`], which routes to this image's repository.
+    /// as an [`crate::image::ImageName`], which routes to this image's repository.
     pub image: String,
     pub upstream: String,
     pub digest: String,

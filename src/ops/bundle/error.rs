@@ -26,7 +26,7 @@ pub enum Error {
     #[error("invalid image name `{name}`: {reason}")]
     ImageName { name: String, reason: String },
     #[error(transparent)]
-    Name(#[from] crate::oci::ImageNameError),
+    Name(#[from] crate::image::ImageNameError),
     #[error("cannot route {name}: {error}")]
     Route {
         name: String,

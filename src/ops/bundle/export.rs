@@ -18,12 +18,12 @@ use super::name::{self, full_ref};
 use super::signing::{self, SIGNATURE_FILE};
 use super::{Error, MAX_DEPTH, open_store};
 use crate::config::Config;
-use crate::oci;
+use crate::image;
 
 /// What `ferry export` was asked for.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    pub images: Vec<oci::ImageName>,
+    pub images: Vec<image::ImageName>,
     pub output: PathBuf,
     pub since: Option<Since>,
     /// A PKCS#8 PEM ed25519 private key to sign `index.json` with.

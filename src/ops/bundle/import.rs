@@ -29,7 +29,7 @@ use super::name::{self, full_ref};
 use super::signing::{self, SIGNATURE_FILE};
 use super::{Error, MAX_DEPTH, open_store};
 use crate::config::Config;
-use crate::oci::ImageName;
+use crate::image::ImageName;
 
 /// Blobs are copied from the bundle into the store in pieces of this size.
 const COPY_CHUNK: usize = 1024 * 1024;

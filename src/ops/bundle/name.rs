@@ -1,6 +1,6 @@
 //! Image names in bundles: which cached repository a name means (routed as a pull of
 //! it would be, by [`crate::proxy::route_offline`]), and the full name a bundle
-//! records. Names are parsed by [`crate::oci::ImageName`], as in every command.
+//! records. Names are parsed by [`crate::image::ImageName`], as in every command.
 
 use ferry_oci::{Reference, RepoName};
 
@@ -8,7 +8,7 @@ use ferry_storage::Repo;
 
 use super::Error;
 use crate::config::Config;
-use crate::oci::ImageName;
+use crate::image::ImageName;
 
 /// Parses an image name given to `ferry export` or `ferry import`.
 pub(crate) fn parse(s: &str) -> Result<ImageName, Error> {

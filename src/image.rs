@@ -1,4 +1,7 @@
-//! `Accept` negotiation for manifests, image names and platforms as users write them.
+//! Images as users and clients name them: an [`ImageName`] as every command takes
+//! it, a [`Platform`] such as `linux/arm64`, and the manifest types a client
+//! [`Accept`]s. (The registry grammar itself, digests, repository names and tags, is
+//! the `ferry-oci` crate's.)
 
 /// The media types a client accepts, from every `Accept` header it sent (skopeo
 /// sends one type per header line), without parameters.
