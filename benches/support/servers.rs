@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_testkit::ferry_config::{FerryConfig, Upstream};
+use ferry_testkit::ferry_config::{FerryConfig, Upstream, listening_addr};
 use ferry_testkit::process::{ChildGuard, find_binary, free_port, http_status, tail_file};
 use ferry_testkit::registry::{Registry, RegistryAuth, RegistryOptions};
 use ferry_testkit::temp_dir;
@@ -254,7 +254,7 @@ impl Ferry {
         loop {
             let log = std::fs::read_to_string(child.stderr_path()).unwrap_or_default()
                 + &std::fs::read_to_string(child.stdout_path()).unwrap_or_default();
-            if let Some(addr) = parse_listen_line(&log) {
+            if let Some(addr) = listening_addr(&log, "http") {
                 return Ferry {
                     child,
                     addr,
@@ -285,15 +285,4 @@ impl Ferry {
     pub fn log_tails(&self, lines: usize) -> String {
         self.child.log_tails(lines)
     }
-}
-
-/// The `listening on http://ADDR` address in `log`, if any.
-fn parse_listen_line(log: &str) -> Option<String> {
-    let (_, after) = log.split_once("listening on http://")?;
-    let addr: String = after
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect();
-    // Complete only once something follows it (the rest of the line).
-    (!addr.is_empty() && after.len() > addr.len()).then_some(addr)
 }

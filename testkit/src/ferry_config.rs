@@ -5,6 +5,9 @@
 //!
 //! Secrets never stand in the file: they are written to files beside it and named by
 //! `password_file`, `token_file`, `client_secret_file`, as an operator would.
+//!
+//! A config listens on `127.0.0.1:0` unless told otherwise; [`listening_addr`] reads
+//! the port Ferry got from its `listening on` line.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -407,5 +410,85 @@ impl FerryConfig {
         let text = self.to_toml(dir);
         std::fs::write(&path, &text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         (path, text)
+    }
+}
+
+/// The address of the first complete `listening on <scheme>://ADDR` line in `log`
+/// (`scheme` is `http` or `https`): what `listen = "127.0.0.1:0"` became. Complete
+/// means something follows the address, so a line still being written is not read
+/// as a shorter port.
+pub fn listening_addr(log: &str, scheme: &str) -> Option<String> {
+    let (_, after) = log.split_once(&format!("listening on {scheme}://"))?;
+    address_at(after)
+}
+
+/// Like [`listening_addr`], but the last such line (the current listener after
+/// restarts).
+pub fn last_listening_addr(log: &str, scheme: &str) -> Option<String> {
+    let (_, after) = log.rsplit_once(&format!("listening on {scheme}://"))?;
+    address_at(after)
+}
+
+/// The `host:port` (IPv6 in brackets) at the start of `text`, if something follows it.
+fn address_at(text: &str) -> Option<String> {
+    let addr: String = text
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    (!addr.is_empty() && text.len() > addr.len()).then_some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_addr_reads_complete_lines_only() {
+        let log = "INFO ferry: listening on https://127.0.0.1:4431\n\
+                   INFO ferry: listening on http://127.0.0.1:5001 (2 upstreams)\n\
+                   INFO ferry: listening on https://[::1]:4432\n";
+        assert_eq!(
+            listening_addr(log, "http").as_deref(),
+            Some("127.0.0.1:5001")
+        );
+        assert_eq!(
+            listening_addr(log, "https").as_deref(),
+            Some("127.0.0.1:4431")
+        );
+        assert_eq!(
+            last_listening_addr(log, "https").as_deref(),
+            Some("[::1]:4432")
+        );
+        assert_eq!(
+            listening_addr("listening on http://127.0.0.1:50", "http"),
+            None
+        );
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_str("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+
+    #[test]
+    fn a_config_names_every_table_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = FerryConfig::new()
+            .upstream(Upstream::local("http://127.0.0.1:9").basic_auth("u", "secret"))
+            .rule("r", "a/*", "b/*", LOCAL)
+            .to_toml(dir.path());
+        assert!(
+            text.starts_with("[server]\nlisten = \"127.0.0.1:0\"\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("[storage]").count(), 1, "{text}");
+        assert_eq!(text.matches("[[upstream]]").count(), 1, "{text}");
+        assert_eq!(text.matches("[[rule]]").count(), 1, "{text}");
+        assert!(
+            !text.contains("secret"),
+            "the password stays in its file: {text}"
+        );
+        let file = dir.path().join("upstream-0.password");
+        assert_eq!(std::fs::read_to_string(file).unwrap(), "secret");
     }
 }

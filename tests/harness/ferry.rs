@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_testkit::ferry_config::FerryConfig;
+use ferry_testkit::ferry_config::{FerryConfig, last_listening_addr, listening_addr};
 
 use super::process::{ChildGuard, without_proxy_env};
 
@@ -136,12 +136,7 @@ pub struct Ferry {
 
 /// The `listening on http://ADDR` address in `line`, if any.
 pub fn parse_listen_line(line: &str) -> Option<String> {
-    let (_, after) = line.split_once("listening on http://")?;
-    let addr: String = after
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect();
-    (!addr.is_empty()).then_some(addr)
+    listening_addr(line, "http")
 }
 
 impl Ferry {
@@ -262,13 +257,8 @@ impl Ferry {
     /// line (Ferry logs it before the plain one). Panics if there is none.
     pub fn tls_addr(&self) -> String {
         let log = self.log();
-        let (_, after) = log
-            .rsplit_once("listening on https://")
-            .unwrap_or_else(|| panic!("ferry logged no `listening on https://` line\n{log}"));
-        after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-            .collect()
+        last_listening_addr(&log, "https")
+            .unwrap_or_else(|| panic!("ferry logged no `listening on https://` line\n{log}"))
     }
 
     /// `[storage] root`.
