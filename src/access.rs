@@ -9,8 +9,8 @@
 //!   served from, after routing and cache rules, so a rule cannot route around a deny.
 //!   A `deny` match wins over any `allow`.
 //!
-//! The [`Policy`] is built from a [`Config`] and held in an [`Access`], which swaps it
-//! whole (a config reload calls [`Access::replace`]); the htpasswd file is re-read when
+//! The [`Policy`] is built from a [`Config`] and held in a [`Gate`], which swaps it
+//! whole (a config reload calls [`Gate::replace`]); the htpasswd file is re-read when
 //! it changes. Successful bcrypt checks are remembered (keyed by a keyed hash of user
 //! and password, bounded), so a node pulling 40 layers pays for one bcrypt, not 40.
 //!
@@ -27,7 +27,7 @@ use sha2::Digest as _;
 
 use crate::config::Config;
 use crate::config::htpasswd::Htpasswd;
-use crate::config::pattern::Rules;
+use crate::config::pattern::Permissions;
 use crate::secret::Secret;
 
 /// Successful verifications remembered at most.
@@ -86,9 +86,9 @@ impl fmt::Display for Identity {
 /// The access policy of one configuration.
 pub struct Policy {
     /// Anonymous rules by upstream name.
-    anonymous: HashMap<String, Rules>,
+    anonymous: HashMap<String, Permissions>,
     /// `[[access.user]]` rules by user name.
-    users: HashMap<String, Rules>,
+    users: HashMap<String, Permissions>,
     htpasswd: Option<Mutex<Htpasswd>>,
     verified: Mutex<Verified>,
     /// Keys the verification cache, so its keys say nothing about passwords.
@@ -171,7 +171,7 @@ impl Policy {
             .is_some_and(|(u, h)| u == user && h == hash)
     }
 
-    fn rules(&self, who: &Identity, upstream: &str) -> Option<&Rules> {
+    fn rules(&self, who: &Identity, upstream: &str) -> Option<&Permissions> {
         match who {
             Identity::Anonymous => self.anonymous.get(upstream),
             Identity::User(u) => self.users.get(u),
@@ -181,18 +181,18 @@ impl Policy {
 }
 
 /// The access gate the API consults; holds the current [`Policy`], swappable.
-pub struct Access {
+pub struct Gate {
     policy: ArcSwap<Policy>,
     /// What Ferry's own pin refresher sends as a bearer token: random per process.
     internal: Secret,
     bcrypt: tokio::sync::Semaphore,
 }
 
-impl Access {
-    pub fn new(config: &Config) -> Access {
+impl Gate {
+    pub fn new(config: &Config) -> Gate {
         let mut token = [0u8; 32];
         getrandom::fill(&mut token).expect("the OS random source works");
-        Access {
+        Gate {
             policy: ArcSwap::from_pointee(Policy::new(config)),
             internal: Secret::new(hex::encode(token)),
             bcrypt: tokio::sync::Semaphore::new(CONCURRENT_BCRYPT),
@@ -305,7 +305,7 @@ mod tests {
     use super::*;
 
     /// A config with two upstreams, anonymous rules on one, and (optionally) a user.
-    fn access(with_user: bool) -> (tempfile::TempDir, Access) {
+    fn access(with_user: bool) -> (tempfile::TempDir, Gate) {
         let dir = tempfile::tempdir().unwrap();
         let mut text = String::from(
             "[[upstream]]\nname = \"docker\"\nregistry = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
@@ -321,7 +321,7 @@ mod tests {
             );
         }
         let config = Config::parse("t", &text, &[]).unwrap();
-        (dir, Access::new(&config))
+        (dir, Gate::new(&config))
     }
 
     #[tokio::test]

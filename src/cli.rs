@@ -45,13 +45,15 @@ pub enum Command {
         /// Leave out configs and layers stored before this RFC 3339 UTC time, or held
         /// by this earlier bundle. The importing store must already hold them.
         #[arg(long, value_name = "TIME|BUNDLE")]
-        since: Option<crate::bundle::Since>,
+        since: Option<crate::ops::bundle::Since>,
         /// Sign the bundle with this ed25519 private key (PKCS#8 PEM, `ferry keygen`).
         #[arg(long, value_name = "KEYFILE")]
         sign: Option<PathBuf>,
-        /// Images as clients name them: `<registry or upstream name>/<repo>[:tag|@digest]`.
+        /// Images as `ferry status` prints them or as clients name them:
+        /// `[registry[:port]/]repository[:tag][@digest]`, the registry also written as
+        /// an upstream's short name (`corp/team/app:1`); `nginx` is Docker Hub's.
         #[arg(required = true, value_name = "IMAGE")]
-        images: Vec<String>,
+        images: Vec<crate::oci::ImageName>,
     },
     /// Load an OCI bundle (from `ferry export` or skopeo's `oci-archive:`) into the
     /// store, verifying every digest. Stop `ferry serve` on the store first.
@@ -88,17 +90,20 @@ pub enum Command {
         /// A file with one image per line (blank lines and `#` comments skipped).
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
-        /// Images as clients name them: `<registry or upstream name>/<repo>[:tag|@digest]`.
+        /// Images as `ferry status` prints them or as clients name them:
+        /// `[registry[:port]/]repository[:tag][@digest]`, the registry also written as
+        /// an upstream's short name (`corp/team/app:1`); `nginx` is Docker Hub's.
         #[arg(value_name = "IMAGE")]
         images: Vec<crate::oci::ImageName>,
     },
     /// Offline readiness: which cached and pinned images are complete in the store.
     Status {
-        /// The running Ferry to ask.
-        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:5000/")]
-        server: url::Url,
-        /// Read this config's store directly instead (stop `ferry serve` first).
-        #[arg(long)]
+        /// The running Ferry to ask (without it or --config: http://127.0.0.1:5000/).
+        #[arg(long, value_name = "URL")]
+        server: Option<url::Url>,
+        /// This config's store: read directly, or, while `ferry serve` runs on it,
+        /// asked of that Ferry at the config's `listen` address. FERRY_* variables apply.
+        #[arg(long, env = "FERRY_CONFIG")]
         config: Option<PathBuf>,
         /// Print the JSON (`GET /_ferry/status`) instead of a summary.
         #[arg(long)]
@@ -129,7 +134,7 @@ pub enum Command {
         config: Option<PathBuf>,
         /// Ferry as nodes reach it, e.g. http://10.0.0.50:5000.
         #[arg(long, value_name = "URL")]
-        mirror: crate::nodeconfig::Mirror,
+        mirror: crate::ops::nodeconfig::Mirror,
         /// Write the files under this directory (e.g. /etc/containerd/certs.d); files
         /// are replaced atomically and only when their content changed.
         #[arg(long, value_name = "DIR")]
@@ -139,7 +144,7 @@ pub enum Command {
         #[arg(long)]
         fallback: bool,
         #[arg(long, value_enum, default_value = "containerd")]
-        format: crate::nodeconfig::Format,
+        format: crate::ops::nodeconfig::Format,
         /// CA file (its path on the node) that signed an https:// mirror's certificate.
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,

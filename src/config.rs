@@ -16,11 +16,11 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+use crate::cache_rules::{self, CacheRule};
 use crate::oci::{ImageName, Platform};
-use crate::rules::{self, Rule};
 pub use crate::secret::{Secret, SecretSource};
 use htpasswd::Htpasswd;
-use pattern::{Pattern, Rules};
+use pattern::{Pattern, Permissions};
 
 /// The configuration `ferry serve` runs on when given no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -60,16 +60,16 @@ pub struct Config {
     /// finish before it cuts them.
     pub shutdown_timeout: Duration,
     /// `[server] header_read_timeout`, `idle_timeout`, `max_connections`: what a client
-    /// connection may hold without using it (see `crate::connections`).
+    /// connection may hold without using it (see `crate::server::connections`).
     pub connections: ConnectionLimits,
     pub storage_root: PathBuf,
     pub upstreams: Vec<Upstream>,
     /// Cache rules, checked against ACR's constraints.
-    pub rules: Vec<Rule>,
+    pub rules: Vec<CacheRule>,
     /// `[storage] max_size` and `min_free`.
     pub quota: Quota,
     /// `[storage] scrub_rate`: bytes per second the background scrub re-hashes stored
-    /// blobs at (see `crate::quota`); 0: no scrub.
+    /// blobs at (see `crate::server::housekeeping`); 0: no scrub.
     pub scrub_rate: u64,
     /// Images kept fetched and refreshed in the background, never evicted.
     pub pins: Vec<Pin>,
@@ -91,7 +91,7 @@ pub struct Access {
 #[derive(Debug, Clone)]
 pub struct AccessUser {
     pub name: String,
-    pub rules: Rules,
+    pub rules: Permissions,
 }
 
 /// `[tls]`: HTTPS from PEM files, reloaded when they change.
@@ -111,7 +111,7 @@ pub struct Pin {
     pub platform: Option<Platform>,
 }
 
-/// When the store must make room (see `crate::quota`). Both off by default.
+/// When the store must make room (see `crate::server::housekeeping`). Both off by default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quota {
     /// Most bytes the blob store may hold.
@@ -154,7 +154,7 @@ pub struct Upstream {
     /// credentials (Docker Hub's `auth.docker.io`), normalised as URLs print hosts.
     pub realm_hosts: Vec<String>,
     /// What anonymous clients may pull here: patterns over the repository.
-    pub anonymous: Rules,
+    pub anonymous: Permissions,
 }
 
 impl Upstream {
@@ -1020,7 +1020,7 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
                 ),
             ));
         }
-        let rule = Rule::parse(
+        let rule = CacheRule::parse(
             name,
             r.source.get_ref(),
             r.target.get_ref(),
@@ -1030,11 +1030,11 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
         rule_list.push(rule);
         rule_spans.push(r.name.span());
     }
-    if let Err(e) = rules::check(&rule_list) {
+    if let Err(e) = cache_rules::check(&rule_list) {
         // Named at the first rule that makes the set invalid (the later of a
         // conflicting pair), so the error has a line.
         let at = (1..=rule_list.len())
-            .find(|&n| rules::check(&rule_list[..n]).is_err())
+            .find(|&n| cache_rules::check(&rule_list[..n]).is_err())
             .map(|n| rule_spans[n - 1].clone());
         return Err(src.error(at, e));
     }
@@ -1098,7 +1098,7 @@ fn rules_of(
     deny: Vec<Spanned<String>>,
     src: &Source,
     who: &str,
-) -> Result<Rules, ConfigError> {
+) -> Result<Permissions, ConfigError> {
     let parse = |list: Vec<Spanned<String>>, key: &str| {
         list.into_iter()
             .map(|p| {
@@ -1107,7 +1107,7 @@ fn rules_of(
             })
             .collect::<Result<Vec<_>, _>>()
     };
-    Ok(Rules {
+    Ok(Permissions {
         allow: allow.map(|a| parse(a, "allow")).transpose()?,
         deny: parse(deny, "deny")?,
     })

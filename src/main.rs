@@ -31,20 +31,27 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => {
             let path = (file.as_os_str() != "-").then_some(file.as_path());
             let config = Config::load(path, &env)?;
+            // A pin no upstream serves would only fail at its first refresh: say so now,
+            // routed as a pull of it is.
+            for image in config.pins.iter().flat_map(|p| &p.images) {
+                ferry::proxy::route_offline(&config, image).map_err(|e| {
+                    anyhow::anyhow!("{}: [[pin]] image `{image}`: {e}", file.display())
+                })?;
+            }
             print!("configuration is valid\n{}", config.describe());
             Ok(())
         }
         Command::Serve { config: path } => {
             let config = Config::load(path.as_deref(), &env)?;
             // Before any listener: the connection bound is derived from the limit.
-            match ferry::connections::raise_descriptor_limit() {
+            match ferry::server::connections::raise_descriptor_limit() {
                 Ok(limit) => tracing::debug!(limit, "open-file limit"),
                 Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
             }
             let runtime = tokio::runtime::Runtime::new()?;
             let served = runtime.block_on(async {
-                let source = path.map(|path| ferry::signals::ConfigSource { path, env });
-                let controls = ferry::signals::Controls::from_signals(source)?;
+                let source = path.map(|path| ferry::server::signals::ConfigSource { path, env });
+                let controls = ferry::server::signals::Controls::from_signals(source)?;
                 ferry::serve(config, controls).await
             });
             // Blocking work still running after the drain (a startup store check on a
@@ -62,13 +69,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             images,
         } => {
             let config = Config::load(config.as_deref(), &env)?;
-            let opts = ferry::bundle::ExportOptions {
+            let opts = ferry::ops::bundle::ExportOptions {
                 images,
                 output,
                 since,
                 sign,
             };
-            print!("{}", ferry::bundle::export(&config, &opts)?);
+            print!("{}", ferry::ops::bundle::export(&config, &opts)?);
             Ok(())
         }
         Command::Import {
@@ -79,13 +86,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             name,
         } => {
             let config = Config::load(config.as_deref(), &env)?;
-            let opts = ferry::bundle::ImportOptions {
+            let opts = ferry::ops::bundle::ImportOptions {
                 from_dir: from_dir.is_some(),
                 bundle: from_dir.or(bundle).expect("clap requires one of them"),
                 trust,
                 name,
             };
-            print!("{}", ferry::bundle::import(&config, &opts)?);
+            print!("{}", ferry::ops::bundle::import(&config, &opts)?);
             Ok(())
         }
         Command::Prefetch {
@@ -114,8 +121,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             let pulled = runtime.block_on(async {
                 match server {
                     Some(url) => {
-                        let p = ferry::prefetch::Prefetcher::new(url, true);
-                        ferry::prefetch::pull_all(&p, &images, platform.as_ref()).await
+                        let p = ferry::ops::prefetch::Prefetcher::new(url, true);
+                        ferry::ops::prefetch::pull_all(&p, &images, platform.as_ref()).await
                     }
                     None => {
                         let config = Config::load(config.as_deref(), &env)?;
@@ -141,24 +148,21 @@ fn run(args: Args) -> anyhow::Result<()> {
             config,
             json,
         } => {
-            let status = match config {
-                Some(path) => {
-                    let config = Config::load(Some(&path), &env)?;
-                    let store = ferry_storage::Store::open(&config.storage_root)?;
-                    ferry::proxy::Proxy::new(&config, store)?.status()?
+            let runtime = tokio::runtime::Runtime::new()?;
+            let status = runtime.block_on(async {
+                match (server, config) {
+                    (Some(url), _) => ferry::ops::status::ask(&url).await,
+                    (None, Some(path)) => {
+                        let config = Config::load(Some(&path), &env)?;
+                        ferry::ops::status::of_config(&config).await
+                    }
+                    (None, None) => {
+                        let url = ferry::ops::status::DEFAULT_SERVER.parse()?;
+                        ferry::ops::status::ask(&url).await
+                    }
                 }
-                None => {
-                    let url = server.join("_ferry/status")?;
-                    let runtime = tokio::runtime::Runtime::new()?;
-                    let body = runtime
-                        .block_on(async {
-                            let resp = reqwest::get(url.clone()).await?.error_for_status()?;
-                            resp.bytes().await
-                        })
-                        .map_err(|e| anyhow::anyhow!("cannot ask Ferry at {url}: {e}"))?;
-                    serde_json::from_slice(&body)?
-                }
-            };
+                .map_err(anyhow::Error::from)
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -167,7 +171,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen { output } => {
-            let (private, public) = ferry::bundle::keygen(&output)?;
+            let (private, public) = ferry::ops::bundle::keygen(&output)?;
             println!(
                 "wrote {} (private: keep it where bundles are made) and {} (public: give it to importing sites)",
                 private.display(),
@@ -177,7 +181,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Fsck { config, repair } => {
             let config = Config::load(config.as_deref(), &env)?;
-            ferry::maintenance::fsck(&config.storage_root, repair)?;
+            ferry::ops::maintenance::fsck(&config.storage_root, repair)?;
             Ok(())
         }
         Command::NodeConfig {
@@ -188,26 +192,26 @@ fn run(args: Args) -> anyhow::Result<()> {
             format,
             ca,
         } => {
-            let config = ferry::nodeconfig::load_config(config.as_deref(), &env)?;
-            let opts = ferry::nodeconfig::Options {
+            let config = ferry::ops::nodeconfig::load_config(config.as_deref(), &env)?;
+            let opts = ferry::ops::nodeconfig::Options {
                 mirror,
                 fallback,
                 ca,
             };
-            let files = ferry::nodeconfig::render(&config, format, &opts)?;
+            let files = ferry::ops::nodeconfig::render(&config, format, &opts)?;
             match write {
                 Some(dir) => {
-                    for change in ferry::nodeconfig::write(&dir, format, &files)? {
+                    for change in ferry::ops::nodeconfig::write(&dir, format, &files)? {
                         println!("{change}");
                     }
                 }
-                None => print!("{}", ferry::nodeconfig::to_text(&files)),
+                None => print!("{}", ferry::ops::nodeconfig::to_text(&files)),
             }
             Ok(())
         }
         Command::Gc { config, grace } => {
             let config = Config::load(config.as_deref(), &env)?;
-            ferry::maintenance::gc(&config.storage_root, grace)?;
+            ferry::ops::maintenance::gc(&config.storage_root, grace)?;
             Ok(())
         }
     }

@@ -1,99 +1,4 @@
-//! OCI and Docker media types, and `Accept` negotiation for manifests.
-
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// The manifest types Ferry asks for when a client names none.
-pub const ALL_MANIFESTS: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
-
-/// Manifests larger than this are refused (the spec asks registries to take at least
-/// 4 MB; containerd refuses more than about 4 MiB).
-pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
-
-/// Checks that `body` is the OCI or Docker image manifest or index it claims to be
-/// and says which: the `mediaType` its JSON declares, else a `Content-Type` naming one
-/// of the four types, else what its shape says. Anything else (another media type, a
-/// JSON object of another shape, a descriptor without a valid digest) is refused with
-/// the reason: Ferry stores and serves manifests only, under their own type.
-pub fn manifest_type(content_type: Option<&str>, body: &[u8]) -> Result<&'static str, String> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-        manifests: Option<serde_json::Value>,
-    }
-    let probe: Probe =
-        serde_json::from_slice(body).map_err(|e| format!("not a JSON manifest ({e})"))?;
-    let known = |mt: &str| ALL_MANIFESTS.iter().copied().find(|&k| k == mt);
-    let declared = probe.media_type.filter(|m| !m.is_empty());
-    let media_type = match (&declared, content_type.and_then(known)) {
-        (Some(d), _) => known(d).ok_or_else(|| {
-            format!(
-                "media type {:?} is not a manifest or index type",
-                d.chars().take(100).collect::<String>()
-            )
-        })?,
-        (None, Some(ct)) => ct,
-        (None, None) if probe.manifests.is_some() => OCI_INDEX,
-        (None, None) => OCI_MANIFEST,
-    };
-    if let Some(ct) = content_type.and_then(known)
-        && ct != media_type
-    {
-        return Err(format!("served as {ct} but declares {media_type}"));
-    }
-    shape::check(media_type, body)?;
-    Ok(media_type)
-}
-
-/// The parts of manifests and indexes that make them what they are, as the image
-/// spec and Docker's schema 2 require them.
-mod shape {
-    use ferry_storage::Digest;
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    #[allow(dead_code)] // Parsed to be checked, not read.
-    struct Descriptor {
-        media_type: String,
-        digest: Digest,
-        size: u64,
-    }
-
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    struct ImageManifest {
-        #[serde(rename = "schemaVersion")]
-        schema_version: u32,
-        config: Descriptor,
-        layers: Vec<Descriptor>,
-    }
-
-    #[derive(Deserialize)]
-    #[allow(dead_code)]
-    struct Index {
-        #[serde(rename = "schemaVersion")]
-        schema_version: u32,
-        manifests: Vec<Descriptor>,
-    }
-
-    pub fn check(media_type: &str, body: &[u8]) -> Result<(), String> {
-        let schema_version =
-            if media_type == super::OCI_INDEX || media_type == super::DOCKER_LIST {
-                serde_json::from_slice::<Index>(body).map(|i| i.schema_version)
-            } else {
-                serde_json::from_slice::<ImageManifest>(body).map(|m| m.schema_version)
-            }
-            .map_err(|e| format!("not a valid {media_type} ({e})"))?;
-        if schema_version != 2 {
-            return Err(format!("schemaVersion {schema_version} is not 2"));
-        }
-        Ok(())
-    }
-}
+//! `Accept` negotiation for manifests, image names and platforms as users write them.
 
 /// The media types a client accepts, from every `Accept` header it sent (skopeo
 /// sends one type per header line), without parameters.
@@ -128,20 +33,11 @@ impl Accept {
     /// negotiates as it would for the client, or every manifest type if it sent none.
     pub fn upstream_header(&self) -> String {
         if self.0.is_empty() {
-            ALL_MANIFESTS.join(", ")
+            ferry_oci::manifest::ALL_MANIFESTS.join(", ")
         } else {
             self.0.join(", ")
         }
     }
-}
-
-/// The descriptors of an image manifest's blobs: its config, then its layers.
-pub fn blob_descriptors(manifest: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
-    let layers = manifest.get("layers").and_then(|l| l.as_array());
-    manifest
-        .get("config")
-        .into_iter()
-        .chain(layers.into_iter().flatten())
 }
 
 /// A `Content-Type` value without parameters, lowercased.
@@ -152,6 +48,7 @@ pub fn media_type(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_oci::manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
     #[test]
     fn accept_reads_every_header_and_ignores_parameters() {
@@ -169,78 +66,147 @@ mod tests {
         assert!(Accept::default().allows(OCI_INDEX));
         assert!(Accept::of(&[OCI_MANIFEST, "*/*"]).allows(OCI_INDEX));
     }
-
-    #[test]
-    fn manifest_types_are_checked_against_their_shape() {
-        let d = format!("sha256:{}", "a".repeat(64));
-        let image = format!(
-            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{d}","size":1}},"layers":[]}}"#
-        );
-        let index = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
-        assert_eq!(
-            manifest_type(Some("application/json"), index.as_bytes()),
-            Ok(OCI_INDEX)
-        );
-        assert_eq!(
-            manifest_type(Some(DOCKER_MANIFEST), image.as_bytes()),
-            Ok(DOCKER_MANIFEST)
-        );
-        assert_eq!(manifest_type(None, image.as_bytes()), Ok(OCI_MANIFEST));
-        let html = image.replacen('{', r#"{"mediaType":"text/html","#, 1);
-        assert!(manifest_type(None, html.as_bytes()).is_err());
-        let crlf = image.replacen(
-            '{',
-            r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json\r\nX: y","#,
-            1,
-        );
-        assert!(manifest_type(None, crlf.as_bytes()).is_err());
-        assert!(manifest_type(None, br#"{"hello":"world"}"#).is_err());
-        assert!(manifest_type(Some(OCI_INDEX), image.as_bytes()).is_err());
-        assert!(manifest_type(None, b"<html>").is_err());
-        let bad_digest = image.replace(&d, "sha256:zz");
-        assert!(manifest_type(None, bad_digest.as_bytes()).is_err());
-    }
 }
 
-/// An image as clients name it through Ferry: `<registry or upstream>/<repo>[:tag]`
-/// or `…@<digest>` (no tag: `latest`).
+/// An image as a user writes it, in every command and in `[[pin]]`:
+/// `[registry/]repository[:tag][@digest]`, read as Docker's reference grammar reads it.
+///
+/// The first component is the `registry` when it looks like a host: it has a dot or a
+/// port, or is `localhost` (Docker's rule), so `registry.corp.test:16101/team/app` (what
+/// `ferry status` prints) and `docker.io/nginx` name one and `team/app` does not;
+/// `index.docker.io` is Docker Hub's old name for `docker.io`. Any other first
+/// component, such as an upstream's short name (`corp/team/app`), stays in `repo`.
+/// Which upstream and repository a name means is the proxy's routing decision, the
+/// registry standing for containerd's `ns` parameter, so a name resolves exactly as a
+/// pull of it does (`docker.io/nginx` → `library/nginx` at the Docker Hub upstream).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageName {
-    pub name: ferry_storage::RepoName,
-    pub reference: ferry_storage::Reference,
+    pub registry: Option<String>,
+    pub repo: ferry_oci::RepoName,
+    /// The tag or digest written, if any. `name:tag@digest` is pulled by its digest, as
+    /// Docker does.
+    pub reference: Option<ferry_oci::Reference>,
+}
+
+/// Why a string is not an image name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{name}` is not an image name: {reason}")]
+pub struct ImageNameError {
+    name: String,
+    reason: String,
+}
+
+impl ImageName {
+    /// What to pull: the tag or digest written, else `latest`.
+    pub fn reference_or_latest(&self) -> ferry_oci::Reference {
+        self.reference
+            .clone()
+            .unwrap_or_else(|| ferry_oci::Reference::Tag("latest".parse().expect("valid tag")))
+    }
 }
 
 impl std::str::FromStr for ImageName {
-    type Err = String;
+    type Err = ImageNameError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        use ferry_storage::Reference;
-        let bad = |why: &str| format!("`{s}` is not an image name ({why})");
-        let (name, reference) = if let Some((name, digest)) = s.split_once('@') {
-            (
-                name,
-                Reference::Digest(digest.parse().map_err(|e| bad(&format!("{e}")))?),
-            )
-        } else {
-            let last_slash = s.rfind('/').map_or(0, |i| i + 1);
-            match s[last_slash..].split_once(':') {
-                Some((last, tag)) => {
-                    let tag = tag.parse().map_err(|e| bad(&format!("{e}")))?;
-                    (&s[..last_slash + last.len()], Reference::Tag(tag))
-                }
-                None => (s, Reference::Tag("latest".parse().expect("valid tag"))),
-            }
+    fn from_str(s: &str) -> Result<Self, ImageNameError> {
+        use ferry_oci::{Digest, Reference, Tag};
+        let bad = |reason: String| ImageNameError {
+            name: s.chars().take(300).collect(),
+            reason,
         };
-        let name = name.parse().map_err(|e| bad(&format!("{e}")))?;
-        Ok(ImageName { name, reference })
+        if s.is_empty() {
+            return Err(bad("it is empty".into()));
+        }
+        let (rest, digest) = match s.rsplit_once('@') {
+            Some((rest, d)) => {
+                let d: Digest = d.parse().map_err(|e| bad(format!("{e}")))?;
+                (rest, Some(d))
+            }
+            None => (s, None),
+        };
+        // A colon after the last slash starts the tag; one before it is a port.
+        let last = rest.rfind('/').map_or(0, |i| i + 1);
+        let (path, tag) = match rest[last..].split_once(':') {
+            Some((_, tag)) => {
+                let tag: Tag = tag.parse().map_err(|_| {
+                    bad(format!(
+                        "invalid tag `{tag}` (letters, digits, . _ -; at most 128)"
+                    ))
+                })?;
+                (&rest[..rest.len() - tag.as_str().len() - 1], Some(tag))
+            }
+            None => (rest, None),
+        };
+        let (registry, repo) = match path.split_once('/') {
+            Some((first, repo)) if first.contains(['.', ':']) || first == "localhost" => {
+                (Some(registry_host(first).map_err(bad)?), repo)
+            }
+            _ => (None, path),
+        };
+        let repo = repo.parse().map_err(|_| {
+            bad(format!(
+                "invalid repository name `{}` (lowercase letters and digits, separated by \
+                 . _ __ - and /)",
+                repo.chars().take(300).collect::<String>()
+            ))
+        })?;
+        let reference = match (digest, tag) {
+            (Some(d), _) => Some(Reference::Digest(d)),
+            (None, Some(t)) => Some(Reference::Tag(t)),
+            (None, None) => None,
+        };
+        Ok(ImageName {
+            registry,
+            repo,
+            reference,
+        })
     }
+}
+
+/// A registry as the first component of a name: `host[:port]`, lowercased, with Docker
+/// Hub's old `index.docker.io` as `docker.io`.
+fn registry_host(s: &str) -> Result<String, String> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((host, port)) if !s.ends_with(']') => (host, Some(port)),
+        _ => (s, None),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    let host_ok = if let Some(ip6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        ip6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        host.split('.').all(label_ok)
+    };
+    if !host_ok {
+        return Err(format!("invalid registry host `{host}`"));
+    }
+    if let Some(port) = port
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("invalid registry port `{port}` in `{s}`"));
+    }
+    let host = s.to_ascii_lowercase();
+    Ok(if host == "index.docker.io" {
+        "docker.io".to_string()
+    } else {
+        host
+    })
 }
 
 impl std::fmt::Display for ImageName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(r) = &self.registry {
+            write!(f, "{r}/")?;
+        }
+        write!(f, "{}", self.repo)?;
         match &self.reference {
-            ferry_storage::Reference::Tag(t) => write!(f, "{}:{t}", self.name),
-            ferry_storage::Reference::Digest(d) => write!(f, "{}@{d}", self.name),
+            Some(ferry_oci::Reference::Tag(t)) => write!(f, ":{t}"),
+            Some(ferry_oci::Reference::Digest(d)) => write!(f, "@{d}"),
+            None => Ok(()),
         }
     }
 }
@@ -275,16 +241,15 @@ impl std::str::FromStr for Platform {
 }
 
 impl Platform {
-    /// Whether an index entry's `platform` object is this platform (a variant given
-    /// here must match; none given matches any).
-    pub fn matches(&self, platform: &serde_json::Value) -> bool {
-        let field = |k: &str| platform.get(k).and_then(|v| v.as_str());
-        field("os") == Some(self.os.as_str())
-            && field("architecture") == Some(self.architecture.as_str())
+    /// Whether an index entry's `platform` is this platform (a variant given here
+    /// must match; none given matches any).
+    pub fn matches(&self, platform: &ferry_oci::manifest::Platform) -> bool {
+        platform.os().to_string() == self.os
+            && platform.architecture().to_string() == self.architecture
             && self
                 .variant
                 .as_deref()
-                .is_none_or(|v| field("variant") == Some(v))
+                .is_none_or(|v| platform.variant().as_deref() == Some(v))
     }
 }
 
@@ -292,25 +257,103 @@ impl Platform {
 mod image_tests {
     use super::*;
 
+    /// Every way a user writes a name, each read as Docker reads it.
     #[test]
     fn image_names() {
-        let i: ImageName = "local/team/app:v1".parse().unwrap();
-        assert_eq!(
-            (i.name.as_str(), i.reference.to_string()),
-            ("local/team/app", "v1".to_string())
-        );
-        let i: ImageName = "docker.io/library/nginx".parse().unwrap();
-        assert_eq!(i.to_string(), "docker.io/library/nginx:latest");
+        use ferry_oci::Reference;
+        let parse = |s: &str| s.parse::<ImageName>().unwrap();
         let d = format!("sha256:{}", "a".repeat(64));
-        let i: ImageName = format!("ghcr/a/b@{d}").parse().unwrap();
-        assert_eq!(i.to_string(), format!("ghcr/a/b@{d}"));
-        assert!("Bad/Name:1".parse::<ImageName>().is_err());
-        assert!("a/b:".parse::<ImageName>().is_err());
+        let tag = |t: &str| Some(Reference::Tag(t.parse().unwrap()));
+        let digest = Some(Reference::Digest(d.parse().unwrap()));
+        for (written, registry, repo, reference, shown) in [
+            // What `ferry status` prints: a registry with a port.
+            (
+                "registry.corp.test:16101/team/app:1",
+                Some("registry.corp.test:16101"),
+                "team/app",
+                tag("1"),
+                None,
+            ),
+            // An upstream's short name is routing's business: part of the path here.
+            ("corp/team/app:1", None, "corp/team/app", tag("1"), None),
+            ("local/team/app:v1", None, "local/team/app", tag("v1"), None),
+            // Docker Hub, every way Docker takes it.
+            ("nginx", None, "nginx", None, None),
+            (
+                "library/nginx:1.27",
+                None,
+                "library/nginx",
+                tag("1.27"),
+                None,
+            ),
+            ("docker.io/nginx", Some("docker.io"), "nginx", None, None),
+            (
+                "index.docker.io/library/nginx",
+                Some("docker.io"),
+                "library/nginx",
+                None,
+                Some("docker.io/library/nginx"),
+            ),
+            ("localhost/a", Some("localhost"), "a", None, None),
+            (
+                "Registry.Example:5000/a:V1",
+                Some("registry.example:5000"),
+                "a",
+                tag("V1"),
+                Some("registry.example:5000/a:V1"),
+            ),
+            ("[::1]:5000/a", Some("[::1]:5000"), "a", None, None),
+            // Digests; with a tag too, the digest wins as in Docker.
+            (
+                &format!("ghcr.io/a/b@{d}"),
+                Some("ghcr.io"),
+                "a/b",
+                digest.clone(),
+                None,
+            ),
+            (
+                &format!("reg:5000/a/b:v1@{d}"),
+                Some("reg:5000"),
+                "a/b",
+                digest.clone(),
+                Some(&format!("reg:5000/a/b@{d}")),
+            ),
+        ] {
+            let n = parse(written);
+            assert_eq!(
+                (n.registry.as_deref(), n.repo.as_str(), &n.reference),
+                (registry, repo, &reference),
+                "{written}"
+            );
+            assert_eq!(n.to_string(), shown.unwrap_or(written), "{written}");
+            assert_eq!(parse(&n.to_string()), n, "{written} round-trips");
+        }
+        assert_eq!(parse("nginx").reference_or_latest().to_string(), "latest");
+        for (bad, says) in [
+            ("", "empty"),
+            ("Bad/Name:1", "invalid repository name `Bad/Name`"),
+            ("a/b:", "invalid tag ``"),
+            ("a/b@sha256:00", "sha256:00"),
+            ("registry.example/", "invalid repository name ``"),
+            ("registry.example:http/a", "invalid registry port `http`"),
+            (
+                "bad_host.example/a",
+                "invalid registry host `bad_host.example`",
+            ),
+            ("-x.example:1/a", "invalid registry host `-x.example`"),
+        ] {
+            let e = bad.parse::<ImageName>().unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{bad}`")) && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
         let p: Platform = "linux/arm64/v8".parse().unwrap();
-        assert!(
-            p.matches(&serde_json::json!({"os":"linux","architecture":"arm64","variant":"v8"}))
-        );
-        assert!(!p.matches(&serde_json::json!({"os":"linux","architecture":"amd64"})));
+        let spec = |json: &str| serde_json::from_str(json).unwrap();
+        assert!(p.matches(&spec(
+            r#"{"os":"linux","architecture":"arm64","variant":"v8"}"#
+        )));
+        assert!(!p.matches(&spec(r#"{"os":"linux","architecture":"amd64"}"#)));
         assert!("linux".parse::<Platform>().is_err());
     }
 }

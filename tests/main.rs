@@ -44,6 +44,9 @@ mod faults;
 mod full_disk;
 /// Range, late GET and HEAD joining a blob download in flight: one upstream GET.
 mod inflight;
+/// Image names as `ferry status` prints them, taken back by prefetch, pins and export;
+/// `ferry status --config` beside a running Ferry.
+mod names;
 /// `ferry node-config`: containerd (`ctr`) and podman pull through the files it
 /// writes; without `--fallback` neither goes to a registry directly; the examples in
 /// `docker/` are exactly what it writes.
@@ -59,6 +62,10 @@ mod operations;
 mod platforms;
 /// `ferry prefetch` and `[[pin]]` fill the store ahead of need.
 mod prefetch;
+/// README promises that had no test: secrets from the environment and rotated files,
+/// proxies, `FERRY_CONFIG`, `max_stale`, SIGINT, reload messages, static rules, pins,
+/// `/readyz` on a read-only store, eviction to 90%, last use across a restart.
+mod promises;
 /// containerd's `ctr` pulling through `hosts.toml` (the `?ns=` path).
 mod pull_containerd;
 /// skopeo copying single-platform, Docker schema 2 and multi-platform images.

@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
 
 use super::observe::counted_body;
 use super::{ApiError, build, content_headers};

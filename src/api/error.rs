@@ -5,7 +5,7 @@ use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 
-use ferry_storage::{DigestError, NameError, TagError};
+use ferry_oci::{DigestError, NameError, TagError};
 
 use crate::access;
 use crate::proxy;

@@ -2,7 +2,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 
-use ferry_storage::Reference;
+use ferry_oci::Reference;
 
 use super::observe::counted_body;
 use super::{ApiError, build, content_headers};

@@ -29,12 +29,12 @@ pub use error::ApiError;
 use error::Failure;
 use path::Endpoint;
 
-use crate::access::{Access, Identity};
+use crate::access::{Gate, Identity};
 use crate::proxy::{CacheStatus, Proxy, Target};
 
 /// The application: every route, with the logging and common-header layer. `access`
 /// decides who may pull what.
-pub fn router(proxy: Arc<Proxy>, access: Arc<Access>) -> Router {
+pub fn router(proxy: Arc<Proxy>, access: Arc<Gate>) -> Router {
     Router::new()
         .route("/v2/", get(version_check).head(version_check))
         .route("/v2", get(version_check).head(version_check))
@@ -59,7 +59,7 @@ pub fn router(proxy: Arc<Proxy>, access: Arc<Access>) -> Router {
 /// the answer carries a Basic challenge even though it is a 200 (RFC 9110 allows
 /// that): podman and skopeo only send credentials to registries whose `/v2/` asked.
 async fn version_check(
-    Extension(access): Extension<Arc<Access>>,
+    Extension(access): Extension<Arc<Gate>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     access.identify(credentials::from_headers(&headers)).await?;
@@ -109,9 +109,9 @@ impl Params {
 /// Routes `name` (after cache rules) and checks that `who` may pull from there.
 fn authorize(
     proxy: &Proxy,
-    access: &Access,
+    access: &Gate,
     who: &Identity,
-    name: &ferry_storage::RepoName,
+    name: &ferry_oci::RepoName,
     params: &Params,
 ) -> Result<Target, ApiError> {
     let target = proxy.route(name, params.ns.as_deref())?;
@@ -126,7 +126,7 @@ fn authorize(
 
 async fn dispatch(
     State(proxy): State<Arc<Proxy>>,
-    Extension(access): Extension<Arc<Access>>,
+    Extension(access): Extension<Arc<Gate>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -219,7 +219,7 @@ async fn log_and_stamp(req: Request, next: Next) -> Response {
 /// Headers every manifest and blob response carries.
 fn content_headers(
     builder: http::response::Builder,
-    digest: &ferry_storage::Digest,
+    digest: &ferry_oci::Digest,
     content_length: u64,
     cache: CacheStatus,
     warning: Option<&str>,

@@ -4,7 +4,7 @@
 //! The raw (still percent-encoded) path is parsed: an encoded `/` or `.` cannot sneak
 //! past the name grammar, because `%` is not in it.
 
-use ferry_storage::{Digest, Reference, RepoName};
+use ferry_oci::{Digest, Reference, RepoName};
 
 use super::error::ApiError;
 

@@ -2,10 +2,10 @@ use axum::body::Body;
 use axum::response::Response;
 use http::StatusCode;
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
+use ferry_oci::manifest::OCI_INDEX;
 
 use super::{ApiError, Params, build, warning_value};
-use crate::oci;
 use crate::proxy::{Proxy, Target};
 
 /// `GET /v2/<name>/referrers/<digest>[?artifactType=<type>]`
@@ -20,7 +20,7 @@ pub async fn list(
         .await?;
     let mut b = Response::builder()
         .status(StatusCode::OK)
-        .header(http::header::CONTENT_TYPE, oci::OCI_INDEX)
+        .header(http::header::CONTENT_TYPE, OCI_INDEX)
         .header(http::header::CONTENT_LENGTH, r.index.len())
         .header("x-cache", r.cache.as_str());
     if r.filtered {

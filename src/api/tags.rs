@@ -2,7 +2,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::StatusCode;
 
-use ferry_storage::RepoName;
+use ferry_oci::RepoName;
 
 use super::{ApiError, Params, build, warning_value};
 use crate::proxy::{CacheStatus, Proxy, TagList, Target};

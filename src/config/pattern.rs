@@ -54,13 +54,13 @@ impl fmt::Display for Pattern {
 
 /// One principal's patterns.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Rules {
+pub struct Permissions {
     /// `None`: everything not denied.
     pub allow: Option<Vec<Pattern>>,
     pub deny: Vec<Pattern>,
 }
 
-impl Rules {
+impl Permissions {
     /// Whether `name` is allowed: no deny matches and (no allow list, or one matches).
     pub fn permits(&self, name: &str) -> bool {
         !self.deny.iter().any(|p| p.matches(name))
@@ -99,8 +99,8 @@ impl Rules {
 mod tests {
     use super::*;
 
-    fn rules(allow: Option<&[&str]>, deny: &[&str]) -> Rules {
-        Rules {
+    fn rules(allow: Option<&[&str]>, deny: &[&str]) -> Permissions {
+        Permissions {
             allow: allow.map(|a| a.iter().map(|p| Pattern::parse(p).unwrap()).collect()),
             deny: deny.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
         }

@@ -9,7 +9,9 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use http::{HeaderMap, Method, StatusCode};
 
-use ferry_storage::{Digest, Error as StorageError};
+use ferry_oci::Digest;
+
+use ferry_storage::Error as StorageError;
 
 use super::inflight::{Joined, Leader, State};
 use super::{CacheStatus, Error, Proxy, Result, Target, chunks};
@@ -93,7 +95,7 @@ impl Proxy {
         want_body: bool,
     ) -> Result<Blob> {
         // Leased from before the lookup until the body is done or dropped, so that
-        // eviction (`crate::quota`) never deletes a blob a response is using.
+        // eviction (`crate::server::housekeeping`) never deletes a blob a response is using.
         let lease = self.store.blobs.lease(digest);
         let mut blob = self.blob_unleased(t, digest, range, want_body).await?;
         if let Some(body) = blob.body.take() {
@@ -360,8 +362,7 @@ impl Proxy {
         let (repo, d) = (t.repo.clone(), digest.clone());
         self.blocking(move |s| {
             verified.commit()?;
-            s.index.blob_stored(&d, size)?;
-            s.index.link(&repo, &d)?;
+            s.index.blob_stored_in(&repo, &d, size)?;
             s.index.flush()
         })
         .await?;

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
 
 use crate::upstream;
 

@@ -21,7 +21,9 @@ use futures_util::Stream;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
-use ferry_storage::{Digest, Repo};
+use ferry_oci::Digest;
+
+use ferry_storage::Repo;
 
 use super::Error;
 

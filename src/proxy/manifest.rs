@@ -8,15 +8,17 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
+use ferry_oci::manifest::{ALL_MANIFESTS, MAX_MANIFEST_SIZE, Manifest};
+use ferry_oci::{Digest, Reference, Tag};
 use ferry_storage::index::now_secs;
-use ferry_storage::{Digest, ManifestRecord, Reference, Tag, TagRecord};
+use ferry_storage::{ManifestRecord, TagRecord};
 
 use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
 use crate::oci::{self, Accept};
 
 /// A manifest ready to serve.
 #[derive(Debug, Clone)]
-pub struct Manifest {
+pub struct ServedManifest {
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
@@ -36,7 +38,7 @@ impl Proxy {
         reference: &Reference,
         accept: &Accept,
         want_body: bool,
-    ) -> Result<Manifest> {
+    ) -> Result<ServedManifest> {
         match reference {
             Reference::Tag(tag) => self.manifest_by_tag(t, tag, accept, want_body).await,
             Reference::Digest(d) => {
@@ -57,7 +59,7 @@ impl Proxy {
         tag: &Tag,
         accept: &Accept,
         want_body: bool,
-    ) -> Result<Manifest> {
+    ) -> Result<ServedManifest> {
         let index = &self.store.index;
         if let Some(rec) = index.tag(&t.repo, tag)?
             && let Some(mut m) = self.cached_manifest(&rec.digest, accept, want_body)?
@@ -108,14 +110,13 @@ impl Proxy {
         d: &Digest,
         accept: &Accept,
         want_body: bool,
-    ) -> Result<Option<Manifest>> {
+    ) -> Result<Option<ServedManifest>> {
         let Some(rec) = self.store.index.manifest(d)? else {
             return Ok(None);
         };
         // A record of another type (stored by an older Ferry that took any JSON) is
         // not a manifest to serve: fetched again, and checked this time.
-        if !accept.allows(&rec.media_type) || !oci::ALL_MANIFESTS.contains(&rec.media_type.as_str())
-        {
+        if !accept.allows(&rec.media_type) || !ALL_MANIFESTS.contains(&rec.media_type.as_str()) {
             return Ok(None);
         }
         let bytes = if want_body {
@@ -129,7 +130,7 @@ impl Proxy {
             }
             Bytes::new()
         };
-        Ok(Some(Manifest {
+        Ok(Some(ServedManifest {
             digest: d.clone(),
             media_type: rec.media_type,
             size: rec.size,
@@ -179,7 +180,7 @@ impl Proxy {
         expected: Option<&Digest>,
         tag: Option<&Tag>,
         accept: &Accept,
-    ) -> Result<Manifest> {
+    ) -> Result<ServedManifest> {
         let up = &t.upstream;
         let resp = t
             .send(
@@ -205,7 +206,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let body = up
-            .read_body(resp, "manifest", oci::MAX_MANIFEST_SIZE)
+            .read_body(resp, "manifest", MAX_MANIFEST_SIZE)
             .await
             .map_err(|e| match e {
                 crate::upstream::Error::TooLarge { limit, .. } => Error::ManifestInvalid {
@@ -226,11 +227,12 @@ impl Proxy {
                 expected: digest,
             });
         }
-        let media_type = oci::manifest_type(content_type.as_deref(), &body)
+        let media_type = Manifest::check(content_type.as_deref(), &body)
             .map_err(|reason| Error::ManifestInvalid {
                 upstream: up.name().to_string(),
-                reason,
+                reason: reason.to_string(),
             })?
+            .0
             .to_string();
         let (repo, d, b, mt) = (
             t.repo.clone(),
@@ -263,7 +265,7 @@ impl Proxy {
             store.index.flush()
         })
         .await?;
-        Ok(Manifest {
+        Ok(ServedManifest {
             digest,
             media_type,
             size: body.len() as u64,

@@ -15,8 +15,8 @@ mod inflight;
 mod manifest;
 mod pins;
 mod ready;
+mod reconfigure;
 mod referrers;
-mod reload;
 mod route;
 mod status;
 mod tags;
@@ -27,18 +27,18 @@ use ferry_storage::{Repo, Store};
 
 pub use blob::{Blob, ByteRange};
 pub use error::{Error, Result};
-pub use manifest::Manifest;
+pub use manifest::ServedManifest;
+pub use reconfigure::Reconfigured;
 pub use referrers::Referrers;
-pub use reload::Reloaded;
-pub use route::route_offline;
+pub use route::{names_registry, route_offline};
 pub use status::{ImageStatus, PlatformStatus, Status};
 pub use tags::TagList;
 
 pub use crate::cache_status::CacheStatus;
 
+use crate::cache_rules::CacheRules;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::rules::Rules;
 use crate::upstream;
 
 // Here, not in `cache_status`: it reads the upstream's errors, and that module must
@@ -87,7 +87,7 @@ impl Target {
 /// got (a fetch already running finishes on it).
 pub struct Settings {
     upstreams: Vec<Arc<upstream::Client>>,
-    rules: Rules,
+    rules: CacheRules,
 }
 
 pub struct Proxy {
@@ -115,7 +115,7 @@ impl Proxy {
             store,
             settings: arc_swap::ArcSwap::from_pointee(Settings {
                 upstreams,
-                rules: Rules::new(config.rules.clone()),
+                rules: CacheRules::new(config.rules.clone()),
             }),
             pins: config.pins.clone(),
             inflight: inflight::Inflight::new(metrics.inflight().clone()),

@@ -1,7 +1,9 @@
 //! `[[pin]]` images, as the rest of the proxy sees them: which cached content they
 //! keep. Status reports them, eviction spares them.
 
-use ferry_storage::{Digest, Reference, Repo, Tag};
+use ferry_oci::{Digest, Reference, Tag};
+
+use ferry_storage::Repo;
 
 use super::Proxy;
 
@@ -11,7 +13,7 @@ impl Proxy {
         self.pins
             .iter()
             .flat_map(|p| &p.images)
-            .filter_map(|i| Some((self.route(&i.name, None).ok()?.repo, i.reference.clone())))
+            .filter_map(|i| Some((self.route_image(i).ok()?.repo, i.reference_or_latest())))
             .collect()
     }
 

@@ -5,10 +5,11 @@ use bytes::Bytes;
 use http::header::ACCEPT;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use ferry_storage::{Digest, Reference, Tag};
+use ferry_oci::manifest::{MAX_MANIFEST_SIZE, Manifest, OCI_INDEX};
+use ferry_oci::{Digest, Reference, Tag};
 
 use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
-use crate::oci::{self, Accept};
+use crate::oci::Accept;
 
 #[derive(Debug, Clone)]
 pub struct Referrers {
@@ -81,7 +82,7 @@ impl Proxy {
         artifact_type: Option<&str>,
     ) -> Result<Option<Referrers>> {
         let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static(oci::OCI_INDEX));
+        headers.insert(ACCEPT, HeaderValue::from_static(OCI_INDEX));
         let query: Vec<(&str, &str)> = artifact_type
             .map(|a| ("artifactType", a))
             .into_iter()
@@ -106,9 +107,9 @@ impl Proxy {
             .is_some_and(|v| v.split(',').any(|f| f.trim() == "artifactType"));
         let body = t
             .upstream
-            .read_body(resp, "referrers index", oci::MAX_MANIFEST_SIZE)
+            .read_body(resp, "referrers index", MAX_MANIFEST_SIZE)
             .await?;
-        if let Err(reason) = oci::manifest_type(Some(oci::OCI_INDEX), &body) {
+        if let Err(reason) = Manifest::check(Some(OCI_INDEX), &body) {
             return Err(t
                 .upstream
                 .protocol(&format!("referrers answer is not an image index: {reason}"))
@@ -145,7 +146,7 @@ impl Proxy {
     ) -> Result<Referrers> {
         let tag = Reference::Tag(Tag::referrers_fallback(subject));
         match self
-            .manifest(t, &tag, &Accept::of(&[oci::OCI_INDEX]), true)
+            .manifest(t, &tag, &Accept::of(&[OCI_INDEX]), true)
             .await
         {
             Ok(m) => {
@@ -192,7 +193,7 @@ fn filter(index: &[u8], artifact_type: Option<&str>) -> Bytes {
         .collect();
     let out = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": oci::OCI_INDEX,
+        "mediaType": OCI_INDEX,
         "manifests": manifests,
     });
     Bytes::from(serde_json::to_vec(&out).expect("JSON serializes"))
@@ -210,6 +211,6 @@ mod tests {
         assert_eq!(v["manifests"][0]["digest"], "b");
         let v: serde_json::Value = serde_json::from_slice(&filter(b"", None)).unwrap();
         assert_eq!(v["manifests"].as_array().unwrap().len(), 0);
-        assert_eq!(v["mediaType"], oci::OCI_INDEX);
+        assert_eq!(v["mediaType"], OCI_INDEX);
     }
 }

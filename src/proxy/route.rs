@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
-use ferry_storage::{Repo, RepoName};
+use ferry_oci::RepoName;
+
+use ferry_storage::Repo;
 
 use super::{Error, Proxy, Result, Settings, Target};
+use crate::cache_rules::CacheRules;
 use crate::config::{self, Config};
-use crate::rules::Rules;
+use crate::oci::ImageName;
 use crate::upstream;
 
 impl Proxy {
@@ -22,6 +25,12 @@ impl Proxy {
     pub fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<Target> {
         self.settings.load().route(name, ns)
     }
+
+    /// Routes an image as a user names it (`ferry prefetch`, `[[pin]]`) the way a pull
+    /// of it is routed: the registry it starts with is the `ns` a mirror sends.
+    pub fn route_image(&self, image: &ImageName) -> Result<Target> {
+        self.route(&image.repo, image.registry.as_deref())
+    }
 }
 
 impl Settings {
@@ -31,13 +40,18 @@ impl Settings {
     }
 }
 
-/// Routes `name` as a request for it would be, on the configuration alone: for the
+/// Routes `image` as [`Proxy::route_image`] does, on the configuration alone: for the
 /// commands that work on a store while no server runs (`ferry export`, `ferry
 /// import`), which need no upstream client. Returns the repository and the registry
 /// host of the upstream it is cached under.
-pub fn route_offline(config: &Config, name: &RepoName, ns: Option<&str>) -> Result<(Repo, String)> {
-    let rules = Rules::new(config.rules.clone());
-    let (up, repo) = pick(&config.upstreams, &rules, name, ns)?;
+pub fn route_offline(config: &Config, image: &ImageName) -> Result<(Repo, String)> {
+    let rules = CacheRules::new(config.rules.clone());
+    let (up, repo) = pick(
+        &config.upstreams,
+        &rules,
+        &image.repo,
+        image.registry.as_deref(),
+    )?;
     Ok((
         Repo {
             upstream: up.name.clone(),
@@ -45,6 +59,21 @@ pub fn route_offline(config: &Config, name: &RepoName, ns: Option<&str>) -> Resu
         },
         up.registry.clone(),
     ))
+}
+
+/// Whether `image` says which registry it is from: it starts with a host, or with a
+/// component routing takes for one (an upstream's short name or registry, a cache
+/// rule's source registry).
+pub fn names_registry(config: &Config, image: &ImageName) -> bool {
+    image.registry.is_some()
+        || image.repo.split_first().is_some_and(|(first, _)| {
+            registry_named(
+                &config.upstreams,
+                &CacheRules::new(config.rules.clone()),
+                first,
+            )
+            .is_some()
+        })
 }
 
 /// What routing needs of an upstream: its configuration. The proxy routes over its
@@ -68,7 +97,7 @@ impl Routable for config::Upstream {
 /// The routing decision (see [`Proxy::route`]): the upstream and the repository there.
 fn pick<'a, U: Routable>(
     upstreams: &'a [U],
-    rules: &Rules,
+    rules: &CacheRules,
     name: &RepoName,
     ns: Option<&str>,
 ) -> Result<(&'a U, RepoName)> {
@@ -116,7 +145,7 @@ fn pick<'a, U: Routable>(
 
 /// The registry a first path component names: an upstream's registry or short
 /// name, or a cache rule's source registry.
-fn registry_named<U: Routable>(upstreams: &[U], rules: &Rules, first: &str) -> Option<String> {
+fn registry_named<U: Routable>(upstreams: &[U], rules: &CacheRules, first: &str) -> Option<String> {
     if let Some(u) = upstreams
         .iter()
         .map(U::upstream_config)
@@ -127,7 +156,7 @@ fn registry_named<U: Routable>(upstreams: &[U], rules: &Rules, first: &str) -> O
     rules.covers_registry(first).then(|| first.to_string())
 }
 
-fn no_upstream<U: Routable>(upstreams: &[U], rules: &Rules, requested: &str) -> Error {
+fn no_upstream<U: Routable>(upstreams: &[U], rules: &CacheRules, requested: &str) -> Error {
     let mut registries: Vec<String> = upstreams
         .iter()
         .map(U::upstream_config)
@@ -264,6 +293,40 @@ mod tests {
         );
     }
 
+    /// The names `ferry status` prints (`<registry>/<repository>:<tag>` of what is
+    /// cached) route back to the repository they were printed for, cache-rule targets
+    /// and Docker Hub's `library/` included.
+    #[test]
+    fn status_names_route_back_to_their_repository() {
+        let extra = "[[upstream]]\nname = \"corp\"\nregistry = \"registry.corp.test:16101\"\nurl = \"https://registry.corp.test:16101\"\n[[rule]]\nname = \"aks-managed-mcr\"\nsource = \"mcr.microsoft.com/*\"\ntarget = \"aks-managed-repository/*\"\nupstream = \"acr\"\n";
+        let (_d, p) = proxy(extra);
+        for (upstream, repo) in [
+            ("docker", "library/nginx"),
+            ("docker", "someone/app"),
+            ("ghcr", "org/tool"),
+            ("acr", "aks-managed-repository/oss/kubernetes/pause"),
+            ("acr", "team/app"),
+            ("corp", "team/app"),
+        ] {
+            let registry = p
+                .upstreams()
+                .iter()
+                .find(|u| u.name() == upstream)
+                .unwrap()
+                .config()
+                .registry
+                .clone();
+            let printed = format!("{registry}/{repo}:1");
+            let image: ImageName = printed.parse().unwrap();
+            let t = p.route_image(&image).unwrap();
+            assert_eq!(
+                (t.repo.upstream.as_str(), t.repo.name.as_str()),
+                (upstream, repo),
+                "{printed}"
+            );
+        }
+    }
+
     /// `ferry export` / `import` route on the config alone, with no client built:
     /// the same answers as the proxy, errors included.
     #[test]
@@ -294,7 +357,12 @@ mod tests {
                 let registry = t.upstream.config().registry.clone();
                 (t.repo, registry)
             });
-            let offline = route_offline(&config, &repo, ns);
+            let image = ImageName {
+                registry: ns.map(str::to_string),
+                repo: repo.clone(),
+                reference: None,
+            };
+            let offline = route_offline(&config, &image);
             match (online, offline) {
                 (Ok(a), Ok(b)) => assert_eq!(a, b, "{name}"),
                 (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}"),

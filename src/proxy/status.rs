@@ -2,7 +2,8 @@
 //! store (per platform for an index), how much is missing, and which pinned images
 //! are incomplete — the answer to "what breaks if the link drops?" before it drops.
 
-use ferry_storage::{Digest, Reference};
+use ferry_oci::manifest::{self, Manifest};
+use ferry_oci::{Digest, Reference};
 use serde::{Deserialize, Serialize};
 
 use super::{Proxy, Result};
@@ -16,7 +17,8 @@ pub struct Status {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ImageStatus {
-    /// `<registry>/<repository>:<tag>`, as nodes name it.
+    /// `<registry>/<repository>:<tag>`, as nodes name it; every command takes it back
+    /// as an [`crate::oci::ImageName`], which routes to this image's repository.
     pub image: String,
     pub upstream: String,
     pub digest: String,
@@ -81,13 +83,13 @@ impl Proxy {
             .iter()
             .flat_map(|p| &p.images)
             .filter(|pin| {
-                let Ok(t) = self.route(&pin.name, None) else {
+                let Ok(t) = self.route_image(pin) else {
                     return true;
                 };
                 !images.iter().any(|(repo, tag, i)| {
                     *repo == t.repo
                         && i.complete
-                        && match &pin.reference {
+                        && match &pin.reference_or_latest() {
                             Reference::Tag(want) => tag == want,
                             Reference::Digest(d) => i.digest == d.as_str(),
                         }
@@ -105,57 +107,42 @@ impl Proxy {
 
     /// Per-platform readiness of the manifest `bytes` (digest `d`).
     fn platforms(&self, bytes: &[u8], d: &Digest) -> Result<Vec<PlatformStatus>> {
-        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-        let Some(children) = v.get("manifests").and_then(|m| m.as_array()) else {
-            return Ok(vec![self.blobs_of("", d, &v)?]);
+        let m = Manifest::read(bytes).ok();
+        let Some(Manifest::Index(_)) = &m else {
+            return self.blobs_of("", d, m.as_ref()).map(|p| vec![p]);
         };
         let mut out = Vec::new();
-        for child in children {
-            let Some(cd) = child
-                .get("digest")
-                .and_then(|x| x.as_str())
-                .and_then(|x| x.parse::<Digest>().ok())
-            else {
+        for child in m.iter().flat_map(Manifest::children) {
+            let Ok(cd) = manifest::digest(child) else {
                 continue;
             };
-            let p = child.get("platform").cloned().unwrap_or_default();
-            let field = |k: &str| p.get(k).and_then(|x| x.as_str()).unwrap_or("");
-            let mut platform = format!("{}/{}", field("os"), field("architecture"));
-            if !field("variant").is_empty() {
-                platform = format!("{platform}/{}", field("variant"));
-            }
-            let size = child.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
+            let platform = child
+                .platform()
+                .as_ref()
+                .map(manifest::platform_label)
+                .unwrap_or_else(|| "/".to_string());
             out.push(match self.store.blobs.read(&cd)? {
-                None => missing_manifest(&platform, &cd, size),
-                Some(b) => self.blobs_of(
-                    &platform,
-                    &cd,
-                    &serde_json::from_slice(&b).unwrap_or_default(),
-                )?,
+                None => missing_manifest(&platform, &cd, child.size()),
+                Some(b) => self.blobs_of(&platform, &cd, Manifest::read(&b).ok().as_ref())?,
             });
         }
         Ok(out)
     }
 
-    /// Readiness of one image manifest: its config and layers.
+    /// Readiness of one image manifest (`None`: unreadable): its config and layers.
     fn blobs_of(
         &self,
         platform: &str,
         d: &Digest,
-        manifest: &serde_json::Value,
+        manifest: Option<&Manifest>,
     ) -> Result<PlatformStatus> {
-        let descriptors = crate::oci::blob_descriptors(manifest);
         let (mut missing_blobs, mut missing_bytes, mut total_bytes) = (0, 0, 0);
-        for desc in descriptors {
-            let size = desc.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
+        for desc in manifest.into_iter().flat_map(Manifest::blobs) {
+            let size = desc.size();
             total_bytes += size;
-            let stored = match desc
-                .get("digest")
-                .and_then(|x| x.as_str())
-                .and_then(|x| x.parse::<Digest>().ok())
-            {
-                Some(bd) => self.store.blobs.stat(&bd)?.is_some(),
-                None => false,
+            let stored = match manifest::digest(desc) {
+                Ok(bd) => self.store.blobs.stat(&bd)?.is_some(),
+                Err(_) => false,
             };
             if !stored {
                 missing_blobs += 1;

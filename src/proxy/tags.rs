@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use http::{HeaderMap, Method, StatusCode};
 
-use ferry_storage::Tag;
+use ferry_oci::Tag;
 
 use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
 

@@ -18,7 +18,7 @@ use super::error::{Evidence, retry_after};
 use super::health::Health;
 use crate::config;
 use crate::metrics::{Metrics, UpstreamErrorKind, UpstreamMetrics};
-use ferry_storage::RepoName;
+use ferry_oci::RepoName;
 
 /// Registries chain a redirect or two (login server → data endpoint → storage).
 const MAX_REDIRECTS: usize = 5;
@@ -149,7 +149,7 @@ impl Client {
     }
 
     /// Counts bytes from this upstream that did not match their digest.
-    pub fn note_digest_mismatch(&self, digest: &ferry_storage::Digest) {
+    pub fn note_digest_mismatch(&self, digest: &ferry_oci::Digest) {
         self.note(
             UpstreamErrorKind::Digest,
             format!(

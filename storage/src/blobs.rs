@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::access::AccessTimes;
+use crate::access_times::AccessTimes;
 use crate::lease::{Lease, Leases};
 use crate::usage::Usage;
 use crate::{Digest, Error, Hasher, Layout, Result};
@@ -367,12 +367,6 @@ pub struct Ingest {
     access: Arc<AccessTimes>,
     /// Held by a resumable ingest while it owns its `partial/` file.
     _resume: Option<ResumeSlot>,
-}
-
-impl std::fmt::Debug for Hasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hasher")
-    }
 }
 
 impl Ingest {

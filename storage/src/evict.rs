@@ -235,7 +235,7 @@ fn units(store: &Store, snap: &Snapshot) -> Vec<Unit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access::now_millis;
+    use crate::access_times::now_millis;
     use crate::testutil::*;
 
     const MIB: usize = 1 << 20;

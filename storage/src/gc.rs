@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::access::now_millis;
+use crate::access_times::now_millis;
 use crate::snapshot::Snapshot;
 use crate::{Digest, Result, Store};
 

@@ -193,6 +193,30 @@ impl Index {
         Ok(())
     }
 
+    /// Records a blob fetched for `repo` and links it there, in one transaction: sled
+    /// persists trees independently, and a crash that kept the record but lost the
+    /// link would leave a stored blob no repository serves (and that the sweep of
+    /// unrecorded files at open would not look at).
+    pub fn blob_stored_in(&self, repo: &Repo, d: &Digest, size: u64) -> Result<()> {
+        use sled::Transactional;
+        let rec = encode(&BlobRecord {
+            size,
+            last_access: now_secs(),
+        });
+        let link = repo.key(d.as_str());
+        (&self.blobs, &self.links)
+            .transaction(|(blobs, links)| {
+                blobs.insert(d.as_str().as_bytes(), rec.as_slice())?;
+                links.insert(link.as_slice(), &[])?;
+                Ok::<_, sled::transaction::ConflictableTransactionError>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e)
+                | sled::transaction::TransactionError::Abort(e) => e,
+            })?;
+        Ok(())
+    }
+
     /// The referrers answer kept for `subject`: the unfiltered one, or the one an
     /// upstream filtered by `artifact_type` itself.
     pub fn referrers(

@@ -17,9 +17,8 @@
 //!
 //! This crate knows nothing of HTTP or upstreams.
 
-mod access;
+mod access_times;
 mod blobs;
-mod digest;
 mod error;
 mod evict;
 mod format;
@@ -29,8 +28,6 @@ pub mod index;
 mod layout;
 mod lease;
 mod lock;
-mod name;
-pub mod refs;
 mod scrub;
 mod snapshot;
 #[cfg(test)]
@@ -40,12 +37,13 @@ mod usage;
 use std::collections::HashSet;
 use std::path::Path;
 
-use refs::Refs;
+use ferry_oci::refs::Refs;
 
-pub use access::{AccessTimes, now_millis};
+use ferry_oci::{Digest, Hasher, RepoName, Tag};
+
+pub use access_times::{AccessTimes, now_millis};
 pub use blobs::scan::{StoredFile, Walk};
 pub use blobs::{Blobs, Ingest, Verified};
-pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{Error, Result};
 pub use evict::{EvictReport, Image};
 pub use fsck::{FsckReport, QuickReport, SizeMismatch};
@@ -53,7 +51,6 @@ pub use gc::GcReport;
 pub use index::{BlobRecord, Index, ManifestRecord, Repo, TagRecord};
 pub use layout::Layout;
 pub use lease::Lease;
-pub use name::{NameError, Reference, RepoName, Tag, TagError};
 pub use scrub::Scrubbed;
 pub use usage::{Usage, UsageCounts};
 

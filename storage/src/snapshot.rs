@@ -9,8 +9,8 @@ use std::time::UNIX_EPOCH;
 
 use crate::blobs::scan::{StoredFile, Walk};
 use crate::index::{Scanned, TagEntry};
-use crate::refs::Refs;
 use crate::{BlobRecord, Digest, ManifestRecord, Repo, Result, Store};
+use ferry_oci::refs::Refs;
 
 pub(crate) struct Snapshot {
     pub files: BTreeMap<Digest, StoredFile>,

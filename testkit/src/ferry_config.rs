@@ -55,6 +55,9 @@ pub enum UpstreamAuth {
     },
     /// `kind = "entra"` (Azure Container Registry).
     Entra(Entra),
+    /// An `auth` inline table written verbatim (e.g. `password_env`, or a secret file
+    /// the test rotates itself).
+    Inline(String),
 }
 
 /// `kind = "entra"`: one way to get an Entra ID token, and the authority to get it from.
@@ -154,6 +157,7 @@ impl UpstreamAuth {
                 }
                 format!("{{ {keys} }}")
             }
+            UpstreamAuth::Inline(table) => table.clone(),
         }
     }
 }
@@ -226,6 +230,13 @@ impl Upstream {
 
     pub fn auth(mut self, auth: UpstreamAuth) -> Upstream {
         self.auth = auth;
+        self
+    }
+
+    /// `auth = <table>` verbatim, e.g.
+    /// `{ kind = "basic", username = "u", password_env = "VAR" }`.
+    pub fn auth_inline(mut self, table: &str) -> Upstream {
+        self.auth = UpstreamAuth::Inline(table.to_owned());
         self
     }
 

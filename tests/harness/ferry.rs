@@ -26,6 +26,7 @@ pub struct FerryBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     prefix: Vec<String>,
+    config_from_env: bool,
 }
 
 impl FerryBuilder {
@@ -91,6 +92,12 @@ impl FerryBuilder {
         self
     }
 
+    /// Names the config file in `FERRY_CONFIG` instead of `--config`.
+    pub fn config_from_env(mut self) -> FerryBuilder {
+        self.config_from_env = true;
+        self
+    }
+
     pub fn start(self) -> Ferry {
         let dir = super::temp_dir("ferry");
         let store = self.config.store_in(dir.path());
@@ -106,6 +113,7 @@ impl FerryBuilder {
             env: self.env,
             args: self.args,
             prefix: self.prefix,
+            config_from_env: self.config_from_env,
             starts: 0,
             start_offset: 0,
             dir,
@@ -128,6 +136,8 @@ pub struct Ferry {
     env: Vec<(String, String)>,
     args: Vec<String>,
     prefix: Vec<String>,
+    /// `FERRY_CONFIG=<file>` instead of `--config <file>`.
+    config_from_env: bool,
     starts: usize,
     /// Length of `log` when the current process started: where its own lines begin.
     start_offset: usize,
@@ -174,7 +184,15 @@ impl Ferry {
             }
             None => Command::new(Ferry::binary()),
         };
-        cmd.arg("serve").arg("--config").arg(&self.config_path);
+        if self.config_from_env {
+            // In its temp dir: a Ferry that ignored the variable would put the
+            // built-in config's `./ferry-data` there, not in the test's directory.
+            cmd.arg("serve")
+                .env("FERRY_CONFIG", &self.config_path)
+                .current_dir(self.dir.path());
+        } else {
+            cmd.arg("serve").arg("--config").arg(&self.config_path);
+        }
         cmd.args(&self.args);
         // Debug logs on, so the leak checks read everything Ferry can log.
         if std::env::var_os("FERRY_LOG").is_none() {

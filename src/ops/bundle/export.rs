@@ -7,11 +7,14 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use ferry_storage::{Digest, Hasher, Reference, Store, Tag};
+use ferry_oci::manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use ferry_oci::{Digest, Hasher, Reference};
+
+use ferry_storage::Store;
 
 use super::layout::{BundleReader, BundleWriter, INDEX_JSON, index_json};
 use super::manifest::{self, Children, Descriptor};
-use super::name::{ImageName, full_ref};
+use super::name::{self, full_ref};
 use super::signing::{self, SIGNATURE_FILE};
 use super::{Error, MAX_DEPTH, open_store};
 use crate::config::Config;
@@ -20,8 +23,7 @@ use crate::oci;
 /// What `ferry export` was asked for.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// Images as clients name them: `<registry or upstream name>/<repo>[:tag|@digest]`.
-    pub images: Vec<String>,
+    pub images: Vec<oci::ImageName>,
     pub output: PathBuf,
     pub since: Option<Since>,
     /// A PKCS#8 PEM ed25519 private key to sign `index.json` with.
@@ -92,11 +94,7 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Err
         .as_deref()
         .map(signing::load_signing_key)
         .transpose()?;
-    let names = opts
-        .images
-        .iter()
-        .map(|s| ImageName::parse(s, config))
-        .collect::<Result<Vec<_>, _>>()?;
+    let names = &opts.images;
     let skip = match &opts.since {
         Some(Since::Bundle(path)) => {
             let dir = path.is_dir();
@@ -110,12 +108,9 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<ExportReport, Err
     let mut plan = Plan::default();
     let mut entries: Vec<(Descriptor, String)> = Vec::new();
     let mut images = Vec::new();
-    for name in &names {
-        let (repo, registry) = name.route(config)?;
-        let reference = name
-            .reference
-            .clone()
-            .unwrap_or_else(|| Reference::Tag(Tag::from_str("latest").expect("valid tag")));
+    for name in names {
+        let (repo, registry) = name::route(name, config)?;
+        let reference = name.reference_or_latest();
         let full = full_ref(&registry, &repo.name, &reference);
         if images.iter().any(|i: &ExportedImage| i.name == full) {
             continue;
@@ -421,8 +416,8 @@ impl fmt::Display for ExportReport {
 /// A short word for a manifest media type, for summaries.
 pub(crate) fn kind(media_type: &str) -> &str {
     match media_type {
-        oci::OCI_INDEX | oci::DOCKER_LIST => "index",
-        oci::OCI_MANIFEST | oci::DOCKER_MANIFEST => "image",
+        OCI_INDEX | DOCKER_LIST => "index",
+        OCI_MANIFEST | DOCKER_MANIFEST => "image",
         other => other,
     }
 }

@@ -8,13 +8,13 @@
 use std::sync::Arc;
 
 use super::{Proxy, Settings};
+use crate::cache_rules::CacheRules;
 use crate::config::{self, Config};
-use crate::rules::Rules;
 use crate::upstream;
 
-/// What a reload changed, by upstream name.
+/// What a reconfiguration changed, by upstream name.
 #[derive(Debug, Default)]
-pub struct Reloaded {
+pub struct Reconfigured {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     /// Given a new client: URL, credentials, timeouts, trust, pins of addresses...
@@ -27,11 +27,11 @@ pub struct Reloaded {
 impl Proxy {
     /// Routes requests by `config` from now on. Every new client is built before
     /// anything is swapped: on an error the running settings stay whole.
-    pub fn reload(&self, config: &Config) -> Result<Reloaded, upstream::Error> {
+    pub fn reconfigure(&self, config: &Config) -> Result<Reconfigured, upstream::Error> {
         let old = self.settings.load_full();
-        let mut done = Reloaded {
+        let mut done = Reconfigured {
             rules: config.rules.len(),
-            ..Reloaded::default()
+            ..Reconfigured::default()
         };
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
@@ -55,7 +55,7 @@ impl Proxy {
             .collect();
         self.settings.store(Arc::new(Settings {
             upstreams,
-            rules: Rules::new(config.rules.clone()),
+            rules: CacheRules::new(config.rules.clone()),
         }));
         Ok(done)
     }
@@ -95,7 +95,7 @@ mod tests {
             A,
             B.replace("b.example", "b2.example")
         );
-        let done = proxy.reload(&config(&new)).unwrap();
+        let done = proxy.reconfigure(&config(&new)).unwrap();
         assert_eq!(done.added, ["c"]);
         assert_eq!(done.changed, ["b"]);
         assert!(done.removed.is_empty());
@@ -116,7 +116,7 @@ mod tests {
         );
         assert_eq!(held.upstream.name(), "a");
 
-        let done = proxy.reload(&config(A)).unwrap();
+        let done = proxy.reconfigure(&config(A)).unwrap();
         assert_eq!(done.removed, ["b", "c"]);
         assert!(proxy.route(&"b/app".parse().unwrap(), None).is_err());
     }

@@ -5,7 +5,7 @@
 //! A reload validates the whole file as `ferry serve` would. An invalid one is
 //! refused with one error naming the file, the line and the reason, and the running
 //! configuration stays in force. A valid one replaces the upstreams (their clients,
-//! see [`Proxy::reload`]), the cache rules, the access policy and the secrets files
+//! see [`Proxy::reconfigure`]), the cache rules, the access policy and the secrets files
 //! named; connections and fetches in flight are not touched. What only a new process
 //! can change (listen addresses, the store, the TLS files' paths, quotas, pins) is
 //! named in a warning and otherwise left as it runs.
@@ -19,11 +19,11 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use sha2::Digest as _;
 
-use crate::access::Access;
+use super::signals::ConfigSource;
+use crate::access::Gate;
 use crate::config::Config;
 use crate::filestamp::{self, FileStamp};
 use crate::proxy::Proxy;
-use crate::signals::ConfigSource;
 
 /// How often the config file is looked at.
 pub const POLL: Duration = Duration::from_secs(2);
@@ -67,7 +67,7 @@ pub struct Reloader {
     /// The configuration in force; what needs a restart stays as the process started.
     running: Arc<ArcSwap<Config>>,
     proxy: Arc<Proxy>,
-    access: Arc<Access>,
+    access: Arc<Gate>,
 }
 
 impl Reloader {
@@ -75,7 +75,7 @@ impl Reloader {
         source: Option<ConfigSource>,
         running: Arc<ArcSwap<Config>>,
         proxy: Arc<Proxy>,
-        access: Arc<Access>,
+        access: Arc<Gate>,
     ) -> Reloader {
         Reloader {
             source,
@@ -165,7 +165,7 @@ impl Reloader {
 
     fn apply(&self, new: Config, trigger: &'static str) {
         let running = self.running.load_full();
-        let reloaded = match self.proxy.reload(&new) {
+        let reloaded = match self.proxy.reconfigure(&new) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(

@@ -14,7 +14,8 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use url::Url;
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
+use ferry_oci::manifest::{self, ALL_MANIFESTS, Manifest, is_index};
 
 use crate::oci::{self, ImageName, Platform};
 
@@ -116,22 +117,17 @@ impl Prefetcher {
         let started = Instant::now();
         let label = image.to_string();
         let (top, top_type) = self
-            .manifest(&label, image, &image.reference.to_string())
+            .manifest(&label, image, &image.reference_or_latest().to_string())
             .await?;
         let mut manifests = 1;
         let mut wanted = Vec::new();
-        let children = if top_type == oci::OCI_INDEX || top_type == oci::DOCKER_LIST {
-            let entries = top
-                .get("manifests")
-                .and_then(|m| m.as_array())
-                .cloned()
-                .unwrap_or_default();
-            let chosen: Vec<String> = entries
-                .iter()
+        let children = if is_index(&top_type) {
+            let chosen: Vec<String> = top
+                .children()
                 .filter(|e| {
-                    platform.is_none_or(|p| e.get("platform").is_some_and(|ep| p.matches(ep)))
+                    platform.is_none_or(|p| e.platform().as_ref().is_some_and(|ep| p.matches(ep)))
                 })
-                .filter_map(|e| e.get("digest").and_then(|d| d.as_str()).map(str::to_string))
+                .map(|e| e.digest().to_string())
                 .collect();
             if chosen.is_empty()
                 && let Some(p) = platform
@@ -171,8 +167,16 @@ impl Prefetcher {
         Ok(pulled)
     }
 
+    /// The URL of `image`'s manifest or blob at the Ferry: a registry the name starts
+    /// with goes as the `ns` parameter (a host with a port is no path component), so
+    /// Ferry routes the name exactly as a mirror request for it.
     fn url(&self, image: &ImageName, kind: &str, reference: &str) -> String {
-        format!("{}v2/{}/{kind}/{reference}", self.base, image.name)
+        let mut url = format!("{}v2/{}/{kind}/{reference}", self.base, image.repo);
+        if let Some(registry) = &image.registry {
+            url += "?ns=";
+            url.extend(url::form_urlencoded::byte_serialize(registry.as_bytes()));
+        }
+        url
     }
 
     async fn get(
@@ -216,10 +220,10 @@ impl Prefetcher {
         label: &str,
         image: &ImageName,
         reference: &str,
-    ) -> Result<(serde_json::Value, String), PrefetchError> {
+    ) -> Result<(Manifest, String), PrefetchError> {
         let url = self.url(image, "manifests", reference);
         let resp = self
-            .get(label, &url, Some(&oci::ALL_MANIFESTS.join(", ")))
+            .get(label, &url, Some(&ALL_MANIFESTS.join(", ")))
             .await?;
         let media_type = resp
             .headers()
@@ -238,14 +242,9 @@ impl Prefetcher {
         {
             return Err(invalid("bytes do not match its digest".into()));
         }
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        let media_type = value
-            .get("mediaType")
-            .and_then(|m| m.as_str())
-            .map(str::to_string)
-            .unwrap_or(media_type);
-        Ok((value, media_type))
+        let (media_type, manifest) =
+            Manifest::check(Some(&media_type), &bytes).map_err(|e| invalid(e.to_string()))?;
+        Ok((manifest, media_type.to_string()))
     }
 
     async fn blob(
@@ -296,23 +295,18 @@ impl Prefetcher {
 /// Adds a manifest's config and layers to `wanted`.
 fn collect_blobs(
     label: &str,
-    manifest: &serde_json::Value,
+    manifest: &Manifest,
     wanted: &mut Vec<Wanted>,
 ) -> Result<(), PrefetchError> {
-    let descriptors = crate::oci::blob_descriptors(manifest);
-    for d in descriptors {
-        let digest = d
-            .get("digest")
-            .and_then(|v| v.as_str())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| PrefetchError::Invalid {
-                image: label.to_string(),
-                what: "a descriptor".into(),
-                detail: format!("{d}"),
-            })?;
+    for d in manifest.blobs() {
+        let digest = manifest::digest(d).map_err(|e| PrefetchError::Invalid {
+            image: label.to_string(),
+            what: "a descriptor".into(),
+            detail: e.to_string(),
+        })?;
         wanted.push(Wanted {
             digest,
-            size: d.get("size").and_then(|s| s.as_u64()).unwrap_or(0),
+            size: d.size(),
         });
     }
     Ok(())

@@ -66,7 +66,7 @@ pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), Error> {
 /// A short name for a public key in messages: `sha256:` and 16 hex digits of the
 /// hash of its raw bytes.
 pub fn fingerprint(key: &VerifyingKey) -> String {
-    let d = ferry_storage::Digest::sha256_of(key.as_bytes());
+    let d = ferry_oci::Digest::sha256_of(key.as_bytes());
     format!("sha256:{}", &d.hex()[..16])
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 
+use super::connections::{Acceptor, Tracker};
 use crate::config::Tls;
-use crate::connections::{Acceptor, Tracker};
 use crate::filestamp::{self, FileStamp};
 
 /// How often the certificate files are looked at.
@@ -81,12 +81,12 @@ impl Listener {
         ));
         // The tracker under TLS: it sees the TCP stream, so a handshake that never
         // ends is bounded like a request head that never arrives.
-        let mut server = crate::connections::watch_accept_errors(
+        let mut server = super::connections::watch_accept_errors(
             axum_server::from_tcp_rustls(self.listener, self.rustls)?
                 .map(|tls| tls.acceptor(Acceptor::new(tracker.clone()))),
             &tracker,
         );
-        crate::connections::limit_http1_buffers(&mut server);
+        super::connections::limit_http1_buffers(&mut server);
         let served = server.handle(handle).serve(app.into_make_service()).await;
         watcher.abort();
         served

@@ -56,7 +56,7 @@ fn open_store(config: &Config, create: bool) -> Result<ferry_storage::Store, Err
 
 /// Whether the store is open in another process: its lock file is held or, failing
 /// that, sled's own lock (which sled reports only in its message).
-fn is_locked(e: &ferry_storage::Error) -> bool {
+pub(crate) fn is_locked(e: &ferry_storage::Error) -> bool {
     match e {
         ferry_storage::Error::Locked { .. } => true,
         ferry_storage::Error::Index(inner) => inner.to_string().contains("could not acquire lock"),

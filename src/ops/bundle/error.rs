@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
 
 /// Why an export, import or key operation failed. Every variant names what the
 /// operator has to look at: a file, an image, a digest. Causes are part of the
@@ -25,6 +25,8 @@ pub enum Error {
     Io { path: String, error: std::io::Error },
     #[error("invalid image name `{name}`: {reason}")]
     ImageName { name: String, reason: String },
+    #[error(transparent)]
+    Name(#[from] crate::oci::ImageNameError),
     #[error("cannot route {name}: {error}")]
     Route {
         name: String,

@@ -17,17 +17,19 @@ use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
 
+use ferry_oci::manifest::MAX_MANIFEST_SIZE;
+use ferry_oci::{Digest, Reference};
 use ferry_storage::index::now_secs;
-use ferry_storage::{Digest, ManifestRecord, Reference, Repo, Store, TagRecord};
+use ferry_storage::{ManifestRecord, Repo, Store, TagRecord};
 
 use super::export::{human_size, kind};
 use super::layout::{BundleReader, TopEntry};
 use super::manifest::{self, Children, Descriptor};
-use super::name::{ImageName, full_ref};
+use super::name::{self, full_ref};
 use super::signing::{self, SIGNATURE_FILE};
 use super::{Error, MAX_DEPTH, open_store};
 use crate::config::Config;
-use crate::oci;
+use crate::oci::ImageName;
 
 /// Blobs are copied from the bundle into the store in pieces of this size.
 const COPY_CHUNK: usize = 1024 * 1024;
@@ -126,7 +128,7 @@ pub fn import(config: &Config, opts: &ImportOptions) -> Result<ImportReport, Err
     let mut planned = Vec::new();
     for entry in entries {
         let name = destination(&entry, override_name.as_ref(), config)?;
-        let (repo, registry) = name.route(config)?;
+        let (repo, registry) = name::route(&name, config)?;
         let full = match &name.reference {
             Some(r) => full_ref(&registry, &repo.name, r),
             None => full_ref(
@@ -168,8 +170,7 @@ pub fn import(config: &Config, opts: &ImportOptions) -> Result<ImportReport, Err
     let mut images = Vec::new();
     for (p, node) in planned.iter().zip(loaded) {
         for (d, size) in &node.blobs {
-            index.blob_stored(d, *size)?;
-            index.link(&p.repo, d)?;
+            index.blob_stored_in(&p.repo, d, *size)?;
         }
         for (d, media_type, size) in &node.manifests {
             index.put_manifest(
@@ -222,8 +223,8 @@ pub fn import(config: &Config, opts: &ImportOptions) -> Result<ImportReport, Err
 /// `--name`: a registry and repository, maybe a tag for images the bundle names
 /// not at all.
 fn parse_override(s: &str, config: &Config) -> Result<ImageName, Error> {
-    let name = ImageName::parse(s, config)?;
-    if name.registry.is_none() {
+    let name = name::parse(s)?;
+    if !crate::proxy::names_registry(config, &name) {
         return Err(Error::ImageName {
             name: s.to_string(),
             reason: "--name must start with a registry (or an upstream's short name)".into(),
@@ -241,9 +242,9 @@ fn destination(
     config: &Config,
 ) -> Result<ImageName, Error> {
     let ref_name = entry.ref_name.as_deref();
-    let parsed = ref_name.and_then(|r| ImageName::parse(r, config).ok());
+    let parsed = ref_name.and_then(|r| name::parse(r).ok());
     if let Some(name) = &parsed
-        && name.registry.is_some()
+        && crate::proxy::names_registry(config, name)
     {
         if let Some(Reference::Digest(d)) = name.reference.as_ref()
             && d != &entry.descriptor.digest
@@ -262,7 +263,7 @@ fn destination(
     };
     let reference = match (ref_name, &parsed) {
         (None, _) => over.reference.clone(),
-        (Some(r), _) if r.parse::<ferry_storage::Tag>().is_ok() => {
+        (Some(r), _) if r.parse::<ferry_oci::Tag>().is_ok() => {
             Some(Reference::Tag(r.parse().expect("checked")))
         }
         (Some(_), Some(p)) if matches!(p.reference, Some(Reference::Tag(_))) => p.reference.clone(),
@@ -388,11 +389,10 @@ impl Loader<'_> {
             }
             return Ok(bytes);
         };
-        if size != desc.size || size > oci::MAX_MANIFEST_SIZE as u64 {
+        if size != desc.size || size > MAX_MANIFEST_SIZE as u64 {
             return Err(corrupt(format!(
                 "{size} bytes, its descriptor says {} (manifests are at most {} bytes)",
-                desc.size,
-                oci::MAX_MANIFEST_SIZE
+                desc.size, MAX_MANIFEST_SIZE
             )));
         }
         let mut bytes = Vec::with_capacity(size as usize);

@@ -158,6 +158,12 @@ pub enum Hasher {
     Sha512(sha2::Sha512),
 }
 
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hasher")
+    }
+}
+
 impl Hasher {
     pub fn update(&mut self, bytes: &[u8]) {
         match self {

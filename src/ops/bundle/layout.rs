@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use ferry_storage::Digest;
+use ferry_oci::Digest;
+use ferry_oci::manifest::OCI_INDEX;
 
 use super::Error;
 use super::manifest::Descriptor;
 use super::signing::SIGNATURE_FILE;
-use crate::oci;
 
 pub(crate) const OCI_LAYOUT: &str = "oci-layout";
 pub(crate) const INDEX_JSON: &str = "index.json";
@@ -61,7 +61,7 @@ struct IndexEntry {
 pub(crate) fn index_json(entries: &[(Descriptor, String)]) -> Vec<u8> {
     let index = IndexJson {
         schema_version: 2,
-        media_type: Some(oci::OCI_INDEX.to_string()),
+        media_type: Some(OCI_INDEX.to_string()),
         manifests: entries
             .iter()
             .map(|(d, name)| IndexEntry {

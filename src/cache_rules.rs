@@ -13,14 +13,14 @@
 
 use std::fmt;
 
-use ferry_storage::RepoName;
+use ferry_oci::RepoName;
 
 /// ACR allows 1,000 cache rules per registry; Ferry keeps the same limit.
 pub const MAX_RULES: usize = 1000;
 
 /// A validated cache rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
+pub struct CacheRule {
     pub name: String,
     /// The registry clients name (`mcr.microsoft.com`).
     pub source_registry: String,
@@ -33,7 +33,7 @@ pub struct Rule {
     pub upstream: String,
 }
 
-impl fmt::Display for Rule {
+impl fmt::Display for CacheRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let star = |p: &str| match (self.wildcard, p.is_empty()) {
             (false, _) => p.to_string(),
@@ -67,9 +67,14 @@ fn valid_path(p: &str) -> bool {
     p.is_empty() || p.parse::<RepoName>().is_ok()
 }
 
-impl Rule {
+impl CacheRule {
     /// Validates one rule as written. Errors are sentences naming the field.
-    pub fn parse(name: &str, source: &str, target: &str, upstream: &str) -> Result<Rule, String> {
+    pub fn parse(
+        name: &str,
+        source: &str,
+        target: &str,
+        upstream: &str,
+    ) -> Result<CacheRule, String> {
         let (registry, source_rest) = source.split_once('/').ok_or_else(|| {
             format!("source `{source}` must be <registry>/<repository> or <registry>/*")
         })?;
@@ -107,7 +112,7 @@ impl Rule {
         if registry == "docker.io" && !source_wild && !source_path.contains('/') {
             source_path = format!("library/{source_path}");
         }
-        Ok(Rule {
+        Ok(CacheRule {
             name: name.to_string(),
             source_registry: registry,
             source_path,
@@ -147,7 +152,7 @@ fn nested(a: &str, b: &str) -> bool {
 }
 
 /// Checks a rule set against ACR's constraints; the error names the conflicting rules.
-pub fn check(rules: &[Rule]) -> Result<(), String> {
+pub fn check(rules: &[CacheRule]) -> Result<(), String> {
     if rules.len() > MAX_RULES {
         return Err(format!(
             "{} rules configured; at most {MAX_RULES} are allowed",
@@ -184,11 +189,11 @@ pub fn check(rules: &[Rule]) -> Result<(), String> {
 
 /// The rule set, for routing.
 #[derive(Debug, Clone, Default)]
-pub struct Rules(Vec<Rule>);
+pub struct CacheRules(Vec<CacheRule>);
 
-impl Rules {
-    pub fn new(rules: Vec<Rule>) -> Rules {
-        Rules(rules)
+impl CacheRules {
+    pub fn new(rules: Vec<CacheRule>) -> CacheRules {
+        CacheRules(rules)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -213,7 +218,7 @@ impl Rules {
     /// A path that already starts with a wildcard rule's target namespace is taken as
     /// the target itself: that is the form AKS's node configuration sends when Ferry
     /// stands where the ACR was (`/v2/aks-managed-repository/…?ns=mcr.microsoft.com`).
-    pub fn resolve(&self, registry: &str, path: &RepoName) -> Option<(&Rule, RepoName)> {
+    pub fn resolve(&self, registry: &str, path: &RepoName) -> Option<(&CacheRule, RepoName)> {
         let path = path.as_str();
         let library;
         let path = if registry == "docker.io" && !path.contains('/') {
@@ -241,11 +246,11 @@ impl Rules {
 mod tests {
     use super::*;
 
-    fn rule(name: &str, source: &str, target: &str) -> Rule {
-        Rule::parse(name, source, target, "acr").unwrap()
+    fn rule(name: &str, source: &str, target: &str) -> CacheRule {
+        CacheRule::parse(name, source, target, "acr").unwrap()
     }
 
-    fn resolve(rules: &Rules, registry: &str, path: &str) -> Option<(String, String)> {
+    fn resolve(rules: &CacheRules, registry: &str, path: &str) -> Option<(String, String)> {
         rules
             .resolve(registry, &path.parse().unwrap())
             .map(|(r, p)| (r.name.clone(), p.to_string()))
@@ -253,7 +258,7 @@ mod tests {
 
     #[test]
     fn aks_managed_mcr() {
-        let rules = Rules::new(vec![rule(
+        let rules = CacheRules::new(vec![rule(
             "aks-managed-mcr",
             "mcr.microsoft.com/*",
             "aks-managed-repository/*",
@@ -282,7 +287,7 @@ mod tests {
 
     #[test]
     fn most_specific_wins_and_docker_hub_gets_library() {
-        let rules = Rules::new(vec![
+        let rules = CacheRules::new(vec![
             rule("all", "docker.io/*", "hub/*"),
             rule("dotnet", "docker.io/dotnet/*", "dn/*"),
             rule("ubuntu", "docker.io/ubuntu", "ubuntu"),
@@ -304,7 +309,7 @@ mod tests {
             resolve(&rules, "docker.io", "nginx"),
             Some(("all".into(), "hub/library/nginx".into()))
         );
-        let rules = Rules::new(vec![
+        let rules = CacheRules::new(vec![
             rule("mcr", "mcr.microsoft.com/*", "mcr/*"),
             rule("dotnet", "ghcr.io/dotnet/*", "dotnet/*"),
         ]);
@@ -338,12 +343,12 @@ mod tests {
             rule("s", "mcr.microsoft.com/x", "m/x"),
         ])
         .unwrap();
-        let many: Vec<Rule> = (0..=MAX_RULES)
+        let many: Vec<CacheRule> = (0..=MAX_RULES)
             .map(|i| rule(&format!("r{i}"), &format!("r.io/p{i}"), &format!("t{i}")))
             .collect();
         assert!(check(&many).unwrap_err().contains("at most 1000"));
-        assert!(Rule::parse("x", "mcr.microsoft.com/*", "target", "acr").is_err());
-        assert!(Rule::parse("x", "mcr.microsoft.com", "target", "acr").is_err());
-        assert!(Rule::parse("x", "mcr.microsoft.com/A", "target", "acr").is_err());
+        assert!(CacheRule::parse("x", "mcr.microsoft.com/*", "target", "acr").is_err());
+        assert!(CacheRule::parse("x", "mcr.microsoft.com", "target", "acr").is_err());
+        assert!(CacheRule::parse("x", "mcr.microsoft.com/A", "target", "acr").is_err());
     }
 }
