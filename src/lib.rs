@@ -12,7 +12,8 @@
 //!   images fetched with the [`ops::prefetch`] client.
 //! - [`ops`]: the commands that work beside a server or without one — bundles for air
 //!   gaps (which name images as the proxy routes them, by [`proxy::route_offline`]),
-//!   fsck and gc, a node's runtime configuration, prefetch; [`cli`] holds the
+//!   fsck and gc, a node's runtime configuration, prefetch, status (read from the
+//!   store, or asked of the Ferry that holds it); [`cli`] holds the
 //!   arguments of every command.
 //! - [`api`] asks [`access`] who may pull what and calls [`proxy`].
 //! - [`proxy`] routes (by the upstreams and [`cache_rules`] of the config) and

@@ -192,7 +192,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             format,
             ca,
         } => {
-            let config = ferry::ops::nodeconfig::load_config(config.as_deref(), &env)?;
+            // Nodes need only the upstreams and rules, not the files Ferry's secrets are in.
+            let config = Config::load_without_files(config.as_deref(), &env)?;
             let opts = ferry::ops::nodeconfig::Options {
                 mirror,
                 fallback,

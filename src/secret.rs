@@ -27,12 +27,19 @@ impl fmt::Debug for Secret {
 
 /// Where a configured secret comes from: a file (a Kubernetes Secret mount), re-read
 /// when it changes so a rotated secret takes effect without a restart, or an
-/// environment variable, read once at start.
+/// environment variable, read once at start. The config names a source when it is
+/// validated and reads it in its own step ([`SecretSource::read`]), which a command
+/// that never sends credentials skips.
 #[derive(Clone)]
 pub struct SecretSource {
-    /// `None` for a secret from the environment.
-    path: Option<PathBuf>,
+    origin: Origin,
     state: Arc<Mutex<Loaded>>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Origin {
+    File(PathBuf),
+    Env(String),
 }
 
 struct Loaded {
@@ -44,15 +51,19 @@ struct Loaded {
 /// variables holding the same value.
 impl PartialEq for SecretSource {
     fn eq(&self, other: &SecretSource) -> bool {
-        self.path == other.path && (self.path.is_some() || self.current() == other.current())
+        match (&self.origin, &other.origin) {
+            (Origin::File(a), Origin::File(b)) => a == b,
+            (Origin::Env(_), Origin::Env(_)) => self.current() == other.current(),
+            _ => false,
+        }
     }
 }
 
 impl fmt::Debug for SecretSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.path {
-            Some(p) => write!(f, "SecretSource(file {})", p.display()),
-            None => f.write_str("SecretSource(environment)"),
+        match &self.origin {
+            Origin::File(p) => write!(f, "SecretSource(file {})", p.display()),
+            Origin::Env(_) => f.write_str("SecretSource(environment)"),
         }
     }
 }
@@ -68,39 +79,56 @@ fn read(path: &Path) -> Result<Secret, String> {
 }
 
 impl SecretSource {
-    /// Reads the secret from a file now; an unreadable or empty file is an error.
-    pub fn from_file(path: impl Into<PathBuf>) -> Result<SecretSource, String> {
-        let path = path.into();
-        let stamp = filestamp::of(&path);
-        let secret = read(&path)?;
-        Ok(SecretSource {
-            path: Some(path),
-            state: Arc::new(Mutex::new(Loaded { stamp, secret })),
-        })
+    /// The secret in the file `path`, not read yet.
+    pub fn file(path: impl Into<PathBuf>) -> SecretSource {
+        SecretSource::unread(Origin::File(path.into()))
     }
 
-    /// Reads the secret from the environment variable `var`; unset or empty is an error.
-    pub fn from_env(var: &str) -> Result<SecretSource, String> {
-        let value =
-            std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))?;
-        if value.is_empty() {
-            return Err(format!("environment variable `{var}` is empty"));
-        }
-        let loaded = Loaded {
+    /// The secret in the environment variable `var`, not read yet.
+    pub fn env(var: impl Into<String>) -> SecretSource {
+        SecretSource::unread(Origin::Env(var.into()))
+    }
+
+    fn unread(origin: Origin) -> SecretSource {
+        let state = Loaded {
             stamp: None,
-            secret: Secret::new(value),
+            secret: Secret::new(""),
         };
-        Ok(SecretSource {
-            path: None,
-            state: Arc::new(Mutex::new(loaded)),
-        })
+        SecretSource {
+            origin,
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    /// Reads the secret now; an unreadable or empty file, or an unset or empty
+    /// variable, is an error.
+    pub fn read(&self) -> Result<(), String> {
+        let loaded = match &self.origin {
+            Origin::File(path) => Loaded {
+                stamp: filestamp::of(path),
+                secret: read(path)?,
+            },
+            Origin::Env(var) => {
+                let value = std::env::var(var)
+                    .map_err(|_| format!("environment variable `{var}` is not set"))?;
+                if value.is_empty() {
+                    return Err(format!("environment variable `{var}` is empty"));
+                }
+                Loaded {
+                    stamp: None,
+                    secret: Secret::new(value),
+                }
+            }
+        };
+        *self.state.lock().expect("secret lock") = loaded;
+        Ok(())
     }
 
     /// The secret as its source holds it now. If a file changed but cannot be read
     /// (mid-rotation), the last good value is kept.
     pub fn current(&self) -> Secret {
         let mut state = self.state.lock().expect("secret lock");
-        let Some(path) = &self.path else {
+        let Origin::File(path) = &self.origin else {
             return state.secret.clone();
         };
         let now = filestamp::of(path);
@@ -130,7 +158,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
         std::fs::write(&p, "one\n").unwrap();
-        let s = SecretSource::from_file(&p).unwrap();
+        let s = SecretSource::file(&p);
+        s.read().unwrap();
         assert_eq!(s.current().expose(), "one");
         // Rotation as a Secret mount does it: a new file swapped in.
         let tmp = dir.path().join("s.new");
@@ -139,10 +168,15 @@ mod tests {
         assert_eq!(s.current().expose(), "rotated-two");
         assert!(!format!("{s:?}").contains("two"));
         assert!(
-            SecretSource::from_file(dir.path().join("missing"))
+            SecretSource::file(dir.path().join("missing"))
+                .read()
                 .unwrap_err()
                 .contains("missing")
         );
-        assert!(SecretSource::from_env("FERRY_TEST_SURELY_UNSET_VARIABLE").is_err());
+        assert!(
+            SecretSource::env("FERRY_TEST_SURELY_UNSET_VARIABLE")
+                .read()
+                .is_err()
+        );
     }
 }

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
 use crate::harness::images::{PushedImage, push_image};
 use crate::harness::registry::{Registry, RegistryAuth};
-use crate::harness::sha256_digest;
 use crate::support::{
-    blob_url, ferry_cli, files_under, get, local_setup, manifest_url, stored_blob_path,
+    blob_url, ferry_cli, files_under, get, local_setup, manifest_url, pull_image, stored_blob_path,
 };
 
 /// A clean failure: non-zero, not a panic (101), not a signal.
@@ -35,52 +34,6 @@ fn store_blob_bytes(ferry: &Ferry) -> u64 {
         .sum()
 }
 
-/// Pulls `img` through Ferry by tag as a client does (manifest, then config and
-/// layers), verifying every byte against its digest. Returns the X-Cache of the
-/// manifest and of each blob, in that order.
-async fn pull(ferry_url: &str, img: &PushedImage) -> Vec<String> {
-    let base = format!("{ferry_url}/v2/local/{}", img.repo);
-    let m = get(
-        &format!("{base}/manifests/{}", img.tag),
-        &[img.media_type.as_str()],
-    )
-    .await;
-    assert_eq!(
-        m.status,
-        200,
-        "manifest of {}: {}",
-        img.reference(),
-        m.text()
-    );
-    assert_eq!(
-        sha256_digest(&m.body),
-        img.manifest_digest,
-        "manifest bytes of {}",
-        img.reference()
-    );
-    let mut caches = vec![m.x_cache().to_owned()];
-    for blob in img.blobs() {
-        let b = get(&format!("{base}/blobs/{}", blob.digest), &[]).await;
-        assert_eq!(
-            b.status,
-            200,
-            "blob {} of {}: {}",
-            blob.digest,
-            img.reference(),
-            b.text()
-        );
-        assert_eq!(
-            sha256_digest(&b.body),
-            blob.digest,
-            "bytes of {} served for {}",
-            blob.digest,
-            img.reference()
-        );
-        caches.push(b.x_cache().to_owned());
-    }
-    caches
-}
-
 #[test]
 fn fsck_finds_a_corrupt_blob_and_repair_makes_it_fetched_again() {
     let (registry, mut ferry) = local_setup();
@@ -88,8 +41,8 @@ fn fsck_finds_a_corrupt_blob_and_repair_makes_it_fetched_again() {
     let tool = push_image(&registry, "team/tool", "v1", &[200 << 10]);
     let url = ferry.url();
     crate::harness::block_on(async {
-        pull(&url, &app).await;
-        pull(&url, &tool).await;
+        pull_image(&url, &app).await;
+        pull_image(&url, &tool).await;
     });
 
     // While the server runs, the store is its own: a clear refusal, nothing touched.
@@ -141,7 +94,7 @@ fn fsck_finds_a_corrupt_blob_and_repair_makes_it_fetched_again() {
 
     ferry.restart();
     let url = ferry.url();
-    let caches = crate::harness::block_on(async { pull(&url, &app).await });
+    let caches = crate::harness::block_on(async { pull_image(&url, &app).await });
     let blobs = app.blobs();
     for (blob, cache) in blobs.iter().zip(&caches[1..]) {
         let expected = if blob.digest == layer.digest {
@@ -195,7 +148,7 @@ async fn max_size_keeps_the_store_under_its_limit_during_concurrent_pulls() {
     let mut tasks = Vec::new();
     for img in images[..5].iter().chain(&images[..5]) {
         let (url, img) = (url.clone(), img.clone());
-        tasks.push(tokio::spawn(async move { pull(&url, &img).await }));
+        tasks.push(tokio::spawn(async move { pull_image(&url, &img).await }));
     }
     for t in tasks {
         tokio::time::timeout(Duration::from_secs(120), t)
@@ -204,8 +157,8 @@ async fn max_size_keeps_the_store_under_its_limit_during_concurrent_pulls() {
             .expect("pull task");
     }
     // Then two more, one after the other: these are the recent ones.
-    pull(&url, &images[5]).await;
-    pull(&url, &images[0]).await;
+    pull_image(&url, &images[5]).await;
+    pull_image(&url, &images[0]).await;
 
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut used = store_blob_bytes(&ferry);
@@ -223,7 +176,7 @@ async fn max_size_keeps_the_store_under_its_limit_during_concurrent_pulls() {
     assert!(store_blob_bytes(&ferry) <= MAX);
 
     for img in [&images[5], &images[0]] {
-        let caches = pull(&url, img).await;
+        let caches = pull_image(&url, img).await;
         assert!(
             caches.iter().all(|c| c == "HIT"),
             "{} was pulled last and should be served from the store: {caches:?}\n{}",
@@ -237,7 +190,7 @@ async fn max_size_keeps_the_store_under_its_limit_during_concurrent_pulls() {
         "eviction logs what it did"
     );
     // Evicted images come back on demand, intact.
-    pull(&url, &images[2]).await;
+    pull_image(&url, &images[2]).await;
 }
 
 #[test]
@@ -248,7 +201,7 @@ fn gc_removes_unreferenced_blobs_after_the_grace_period() {
     let lone = other.largest_layer().clone();
     let url = ferry.url();
     crate::harness::block_on(async {
-        pull(&url, &app).await;
+        pull_image(&url, &app).await;
         // Fetched by digest alone: no stored manifest references it.
         let b = get(&blob_url(&ferry, "team/other", &lone.digest), &[]).await;
         assert_eq!(b.status, 200);
@@ -294,7 +247,7 @@ fn gc_removes_unreferenced_blobs_after_the_grace_period() {
     ferry.restart();
     let url = ferry.url();
     crate::harness::block_on(async {
-        let caches = pull(&url, &app).await;
+        let caches = pull_image(&url, &app).await;
         assert!(caches.iter().all(|c| c == "HIT"), "{caches:?}");
         let m = get(&manifest_url(&ferry, "team/app", "v1"), &[&app.media_type]).await;
         assert_eq!(m.x_cache(), "HIT");
@@ -340,7 +293,7 @@ async fn pinned_images_survive_eviction_even_when_least_recently_used() {
     let mut tasks = Vec::new();
     for img in &images[1..] {
         let (url, img) = (url.clone(), img.clone());
-        tasks.push(tokio::spawn(async move { pull(&url, &img).await }));
+        tasks.push(tokio::spawn(async move { pull_image(&url, &img).await }));
     }
     for t in tasks {
         tokio::time::timeout(Duration::from_secs(120), t)
@@ -392,7 +345,7 @@ fn a_store_of_a_newer_format_is_refused_by_every_command_and_left_untouched() {
     let (registry, mut ferry) = local_setup();
     let app = push_image(&registry, "team/app", "v1", &[200 << 10]);
     let url = ferry.url();
-    crate::harness::block_on(async { pull(&url, &app).await });
+    crate::harness::block_on(async { pull_image(&url, &app).await });
     assert!(ferry.terminate(), "ferry stopped on SIGTERM");
     let root = ferry.storage_root();
     let marker = root.join("format");
@@ -448,7 +401,7 @@ fn a_store_of_a_newer_format_is_refused_by_every_command_and_left_untouched() {
     std::fs::write(&marker, "ferry-store 1\n").unwrap();
     ferry.start_again();
     let url = ferry.url();
-    let caches = crate::harness::block_on(async { pull(&url, &app).await });
+    let caches = crate::harness::block_on(async { pull_image(&url, &app).await });
     assert!(caches.iter().all(|c| c == "HIT"), "{caches:?}");
     assert!(ferry.terminate());
 
@@ -457,7 +410,7 @@ fn a_store_of_a_newer_format_is_refused_by_every_command_and_left_untouched() {
     std::fs::remove_file(&marker).unwrap();
     ferry.start_again();
     let url = ferry.url();
-    let caches = crate::harness::block_on(async { pull(&url, &app).await });
+    let caches = crate::harness::block_on(async { pull_image(&url, &app).await });
     assert!(caches.iter().all(|c| c == "HIT"), "{caches:?}");
     ferry.restart();
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ferry-store 1\n");

@@ -280,3 +280,49 @@ pub async fn fetch_outcome(url: &str, accept: &[&str]) -> Outcome {
         _ => Outcome::Complete { body, x_cache },
     }
 }
+
+/// Pulls `img` through Ferry by tag as a client does (manifest, then config and
+/// layers), verifying every byte against its digest. Returns the X-Cache of the
+/// manifest and of each blob, in that order.
+pub async fn pull_image(ferry_url: &str, img: &crate::harness::images::PushedImage) -> Vec<String> {
+    let base = format!("{ferry_url}/v2/local/{}", img.repo);
+    let m = get(
+        &format!("{base}/manifests/{}", img.tag),
+        &[img.media_type.as_str()],
+    )
+    .await;
+    assert_eq!(
+        m.status,
+        200,
+        "manifest of {}: {}",
+        img.reference(),
+        m.text()
+    );
+    assert_eq!(
+        crate::harness::sha256_digest(&m.body),
+        img.manifest_digest,
+        "manifest bytes of {}",
+        img.reference()
+    );
+    let mut caches = vec![m.x_cache().to_owned()];
+    for blob in img.blobs() {
+        let b = get(&format!("{base}/blobs/{}", blob.digest), &[]).await;
+        assert_eq!(
+            b.status,
+            200,
+            "blob {} of {}: {}",
+            blob.digest,
+            img.reference(),
+            b.text()
+        );
+        assert_eq!(
+            crate::harness::sha256_digest(&b.body),
+            blob.digest,
+            "bytes of {} served for {}",
+            blob.digest,
+            img.reference()
+        );
+        caches.push(b.x_cache().to_owned());
+    }
+    caches
+}

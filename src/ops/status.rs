@@ -2,7 +2,6 @@
 //! from the store itself when nothing runs on it, else asked of the Ferry that holds
 //! it, over HTTP (`GET /_ferry/status`, the JSON the status page is built from).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use url::Url;
@@ -57,7 +56,7 @@ pub async fn of_config(config: &Config) -> Result<Status, StatusError> {
             .map_err(|e| read(&e))
         }
         Err(e) if crate::ops::bundle::is_locked(&e) => {
-            let url = listen_url(config.listen);
+            let url = super::listen_url(config.listen);
             ask(&url).await.map_err(|e| match e {
                 StatusError::Ask { url, detail } => {
                     StatusError::LockedAndNoServer { store, url, detail }
@@ -100,28 +99,4 @@ pub async fn ask(server: &Url) -> Result<Status, StatusError> {
         body.extend_from_slice(&chunk);
     }
     serde_json::from_slice(&body).map_err(|e| failed(format!("not a status answer ({e})")))
-}
-
-/// The URL a local client reaches a listener on: loopback for an unspecified address.
-fn listen_url(listen: SocketAddr) -> Url {
-    let ip = match listen.ip() {
-        ip if !ip.is_unspecified() => ip,
-        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-    };
-    Url::parse(&format!("http://{}/", SocketAddr::new(ip, listen.port())))
-        .expect("a socket address makes a URL")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listen_addresses_are_reached_on_loopback_when_unspecified() {
-        let url = |s: &str| listen_url(s.parse().unwrap()).to_string();
-        assert_eq!(url("0.0.0.0:5000"), "http://127.0.0.1:5000/");
-        assert_eq!(url("[::]:5001"), "http://[::1]:5001/");
-        assert_eq!(url("10.0.0.5:5000"), "http://10.0.0.5:5000/");
-    }
 }

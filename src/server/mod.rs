@@ -206,16 +206,7 @@ fn refresh_pins(
     addr: std::net::SocketAddr,
     token: &secret::Secret,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let ip = match addr.ip() {
-        ip if !ip.is_unspecified() => ip,
-        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-    };
-    let base = url::Url::parse(&format!(
-        "http://{}/",
-        std::net::SocketAddr::new(ip, addr.port())
-    ))
-    .expect("a socket address makes a URL");
+    let base = crate::ops::listen_url(addr);
     let mut tasks = Vec::new();
     for pin in pins.iter().cloned() {
         let prefetcher = prefetch::Prefetcher::new(base.clone(), false).with_bearer(token.clone());

@@ -212,14 +212,17 @@ impl Reloader {
             reloaded.rules,
             users,
         );
-        let mut applied = new;
-        applied.listen = running.listen;
-        applied.connections = running.connections;
-        applied.storage_root = running.storage_root.clone();
-        applied.tls = running.tls.clone();
-        applied.quota = running.quota;
-        applied.scrub_rate = running.scrub_rate;
-        applied.pins = running.pins.clone();
+        // The new file, with what takes effect only at start as it runs.
+        let applied = Config {
+            listen: running.listen,
+            connections: running.connections,
+            storage_root: running.storage_root.clone(),
+            tls: running.tls.clone(),
+            quota: running.quota,
+            scrub_rate: running.scrub_rate,
+            pins: running.pins.clone(),
+            ..new
+        };
         self.running.store(Arc::new(applied));
     }
 }

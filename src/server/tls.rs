@@ -66,8 +66,8 @@ impl Listener {
         self.listener.local_addr()
     }
 
-    /// Serves `app` until `handle` shuts it down (see `crate::shutdown`), its
-    /// connections under `tracker` (see `crate::connections`).
+    /// Serves `app` until `handle` shuts it down (see [`super::shutdown`]), its
+    /// connections under `tracker` (see [`super::connections`]).
     pub async fn serve(
         self,
         app: Router,

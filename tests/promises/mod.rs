@@ -29,43 +29,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::harness::ferry::{Ferry, LOCAL};
+use crate::harness::ferry::Ferry;
 use crate::harness::hostile::Hostile;
-use crate::harness::images::PushedImage;
 use crate::harness::process::run_with_timeout;
-use crate::harness::sha256_digest;
-use crate::support::{files_under, get};
-
-/// Pulls `img` through Ferry by tag as a client does (manifest, then every blob),
-/// checking every byte against its digest. Returns the X-Cache of each response.
-async fn pull(ferry: &Ferry, img: &PushedImage) -> Vec<String> {
-    let base = format!("{}/v2/{LOCAL}/{}", ferry.url(), img.repo);
-    let m = get(
-        &format!("{base}/manifests/{}", img.tag),
-        &[img.media_type.as_str()],
-    )
-    .await;
-    assert_eq!(
-        m.status,
-        200,
-        "manifest of {}: {}",
-        img.reference(),
-        m.text()
-    );
-    assert_eq!(
-        sha256_digest(&m.body),
-        img.manifest_digest,
-        "manifest bytes"
-    );
-    let mut caches = vec![m.x_cache().to_owned()];
-    for blob in img.blobs() {
-        let b = get(&format!("{base}/blobs/{}", blob.digest), &[]).await;
-        assert_eq!(b.status, 200, "blob {}: {}", blob.digest, b.text());
-        assert_eq!(sha256_digest(&b.body), blob.digest, "blob bytes");
-        caches.push(b.x_cache().to_owned());
-    }
-    caches
-}
+use crate::support::files_under;
 
 /// Bytes of every file under the store's `blobs/`.
 fn store_blob_bytes(ferry: &Ferry) -> u64 {

@@ -11,7 +11,7 @@ use crate::harness::images::{PushedImage, push_image_http};
 use crate::harness::registry::{Registry, RegistryAuth};
 use crate::support::get;
 
-use super::{CountingProxy, pull};
+use super::CountingProxy;
 
 /// The upstream's `proxy` key: every upstream request goes through it (plain HTTP
 /// upstream: requests in absolute form), and the pull still gets every byte right.
@@ -29,7 +29,7 @@ async fn the_upstream_proxy_key_sends_every_upstream_request_through_the_proxy()
         .env("HTTPS_PROXY", &from_env.url())
         .env("ALL_PROXY", &from_env.url())
         .start();
-    let caches = pull(&ferry, &img).await;
+    let caches = crate::support::pull_image(&ferry.url(), &img).await;
     assert_eq!(caches[0], "MISS");
     let seen = proxy.seen();
     let through = format!("http://{}/v2/", registry.addr());

@@ -12,7 +12,7 @@ use crate::harness::registry::{Registry, RegistryAuth};
 use crate::harness::temp_dir;
 use crate::support::files_under;
 
-use super::{pull, stored};
+use super::stored;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_names_each_setting_that_needs_a_restart_and_keeps_it() {
@@ -22,7 +22,7 @@ async fn a_reload_names_each_setting_that_needs_a_restart_and_keeps_it() {
     let mut ferry = FerryBuilder::new()
         .upstream(Upstream::local(&registry.url()))
         .start();
-    pull(&ferry, &first).await;
+    crate::support::pull_image(&ferry.url(), &first).await;
 
     let elsewhere = temp_dir("other-store");
     // A valid certificate pair for a `[tls]` listener added by the reload.
@@ -96,7 +96,7 @@ async fn a_reload_names_each_setting_that_needs_a_restart_and_keeps_it() {
     );
 
     // Ignored until a restart: the store is where it was.
-    pull(&ferry, &later).await;
+    crate::support::pull_image(&ferry.url(), &later).await;
     // The blob is renamed into place just after its last byte went out.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !stored(&ferry, &later.largest_layer().digest) {

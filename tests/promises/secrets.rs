@@ -14,7 +14,7 @@ use crate::harness::registry::{Registry, RegistryAuth};
 use crate::harness::{block_on, sha256_digest, temp_dir};
 use crate::support::{get, manifest_url};
 
-use super::{BearerGate, pull, rotate_file};
+use super::{BearerGate, rotate_file};
 
 /// Panics if `secret` (or its Basic-auth form with `user`) is in Ferry's log.
 fn assert_not_logged(ferry: &Ferry, user: &str, secret: &str) {
@@ -46,7 +46,7 @@ async fn password_env_takes_the_password_from_the_environment_and_never_logs_it(
         !ferry.config().contains(&password),
         "the test put the password in the file"
     );
-    let caches = pull(&ferry, &img).await;
+    let caches = crate::support::pull_image(&ferry.url(), &img).await;
     assert_eq!(caches[0], "MISS");
 
     let out = crate::harness::process::run_with_timeout(
@@ -103,7 +103,7 @@ async fn token_env_takes_the_bearer_token_from_the_environment() {
         .env(VAR, &token)
         .start();
     assert!(!ferry.config().contains(&token));
-    pull(&ferry, &img).await;
+    crate::support::pull_image(&ferry.url(), &img).await;
     let bearer = format!("Bearer {token}");
     assert!(
         gate.seen()
@@ -165,7 +165,7 @@ async fn bearer_token_file_is_sent_and_a_rotated_file_is_picked_up() {
         )))
         .start();
 
-    pull(&ferry, &first).await;
+    crate::support::pull_image(&ferry.url(), &first).await;
     let seen = gate.seen();
     assert!(!seen.is_empty(), "nothing reached the upstream");
     let bearer_old = format!("Bearer {old}");
@@ -194,7 +194,7 @@ async fn bearer_token_file_is_sent_and_a_rotated_file_is_picked_up() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    pull(&ferry, &second).await;
+    crate::support::pull_image(&ferry.url(), &second).await;
     let bearer_new = format!("Bearer {new}");
     assert_eq!(
         gate.seen().last().cloned().flatten().as_deref(),

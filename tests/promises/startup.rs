@@ -7,8 +7,6 @@ use crate::harness::images::push_image_http;
 use crate::harness::process::run_with_timeout;
 use crate::harness::registry::{Registry, RegistryAuth};
 
-use super::pull;
-
 /// README: `FERRY_CONFIG` (the file). `ferry serve` with no `--config` and the file in
 /// `FERRY_CONFIG` serves that file's upstream, on that file's address; without it
 /// Ferry would run its built-in config (127.0.0.1:5000, no `local` upstream).
@@ -25,7 +23,7 @@ async fn ferry_config_names_the_file_serve_runs_on() {
         "127.0.0.1:5000",
         "the file says port 0; 5000 is the built-in config's"
     );
-    let caches = pull(&ferry, &img).await;
+    let caches = crate::support::pull_image(&ferry.url(), &img).await;
     assert_eq!(caches[0], "MISS", "fetched from the file's upstream");
     assert!(
         ferry.storage_root().join("blobs").is_dir(),

@@ -8,7 +8,7 @@ use crate::harness::images::{PushedImage, push_image_http};
 use crate::harness::registry::{Registry, RegistryAuth};
 use crate::support::get;
 
-use super::{ReadOnly, pull, store_blob_bytes, stored};
+use super::{ReadOnly, store_blob_bytes, stored};
 
 /// README (Operate): "`/readyz` is 200 while the store is writable … and 503 with the
 /// reason when it is not (disk full or read-only); the change is logged once. It never
@@ -23,7 +23,7 @@ async fn readyz_is_503_while_the_store_is_read_only_and_200_again_after() {
         .start();
     let readyz = format!("{}/readyz", ferry.url());
     assert_eq!(get(&readyz, &[]).await.status, 200);
-    pull(&ferry, &img).await;
+    crate::support::pull_image(&ferry.url(), &img).await;
     let mark = ferry.log().len();
 
     let mut ro = ReadOnly::mount(&ferry.storage_root());
@@ -41,7 +41,12 @@ async fn readyz_is_503_while_the_store_is_read_only_and_200_again_after() {
         get(&format!("{}/healthz", ferry.url()), &[]).await.status,
         200
     );
-    assert!(pull(&ferry, &img).await.iter().all(|c| c == "HIT"));
+    assert!(
+        crate::support::pull_image(&ferry.url(), &img)
+            .await
+            .iter()
+            .all(|c| c == "HIT")
+    );
     ro.unmount();
 
     let r = get(&readyz, &[]).await;
@@ -100,7 +105,7 @@ async fn eviction_goes_down_to_90_percent_of_max_size_lru_first() {
         .env("FERRY_STORAGE_MAX_SIZE", "10MiB")
         .start();
     for img in &imgs {
-        pull(&ferry, img).await;
+        crate::support::pull_image(&ferry.url(), img).await;
     }
     let used = wait_store_at_most(&ferry, MAX * 9 / 10).await;
     // A pass running right now may still be deleting: give it the time to finish.
@@ -130,11 +135,16 @@ async fn last_use_before_a_restart_decides_eviction_after_it() {
         .upstream(Upstream::local(&registry.url()))
         .start();
     for img in [a, b, c] {
-        pull(&ferry, img).await;
+        crate::support::pull_image(&ferry.url(), img).await;
     }
     // Whole seconds apart, so no two uses can share a timestamp.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert!(pull(&ferry, a).await.iter().all(|x| x == "HIT"));
+    assert!(
+        crate::support::pull_image(&ferry.url(), a)
+            .await
+            .iter()
+            .all(|x| x == "HIT")
+    );
 
     // 3 MiB: the three (3.6 MiB) exceed it; two (2.4 MiB) fit under 90% (2.7 MiB).
     let text = ferry

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ferry_oci::manifest::MAX_MANIFEST_SIZE;
 use ferry_oci::{Digest, Reference};
@@ -447,43 +447,47 @@ impl Loader<'_> {
                 desc.size
             )));
         }
-        let mut buf = vec![0u8; COPY_CHUNK];
+        let path = self.bundle.path();
         if stored.is_some() {
             // Already stored (and so verified once): still check the bundle's copy,
             // so a damaged bundle is reported, not silently half-used.
             let mut hasher = d.algorithm().hasher();
-            loop {
-                let n = reader
-                    .read(&mut buf)
-                    .map_err(Error::io(self.bundle.path()))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
+            copy_chunks(&mut reader, path, |chunk| {
+                hasher.update(chunk);
+                Ok(())
+            })?;
             if hasher.finish() != *d {
                 return Err(corrupt("its bytes do not hash to that digest".into()));
             }
             self.present += 1;
         } else {
             let mut ingest = self.store.blobs.ingest(d, Some(size))?;
-            loop {
-                let n = reader
-                    .read(&mut buf)
-                    .map_err(Error::io(self.bundle.path()))?;
-                if n == 0 {
-                    break;
-                }
-                ingest
-                    .write(&buf[..n])
-                    .map_err(|e| storage_or_corrupt(e, d))?;
-            }
+            copy_chunks(&mut reader, path, |chunk| {
+                ingest.write(chunk).map_err(|e| storage_or_corrupt(e, d))
+            })?;
             ingest.commit().map_err(|e| storage_or_corrupt(e, d))?;
             self.loaded += 1;
             self.bytes += size;
         }
         self.done.insert(d.clone(), size);
         Ok(size)
+    }
+}
+
+/// Hands what `reader` (a blob in the bundle at `path`) holds to `sink`, in pieces
+/// of [`COPY_CHUNK`].
+fn copy_chunks(
+    reader: &mut impl Read,
+    path: &Path,
+    mut sink: impl FnMut(&[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    loop {
+        let n = reader.read(&mut buf).map_err(Error::io(path))?;
+        if n == 0 {
+            return Ok(());
+        }
+        sink(&buf[..n])?;
     }
 }
 
