@@ -42,12 +42,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use ferry_testkit::http::media;
+use ferry_testkit::process::{self as kit_process, ChildGuard};
+use ferry_testkit::registry::{AccessLog, Registry};
 use support::http::{Conn, Verify};
 use support::images::{self, Image};
 use support::proc::{self, PeakRss};
 use support::report::{self, Better, DIRECT, DIST, FERRY, NGINX, Results};
 use support::servers::{
-    AccessLog, Distribution, Ferry, Nginx, RunDirs, StaticManifest, run_dir, sweep_stale_runs,
+    Ferry, Nginx, RunDirs, StaticManifest, run_dir, start_proxy, start_upstream, sweep_stale_runs,
 };
 
 const MIB: usize = 1 << 20;
@@ -149,7 +152,7 @@ struct Server {
     addr: String,
     pid: u32,
     /// Distribution's proxy (to wait until it has stored what it fetched).
-    dist: Option<Distribution>,
+    dist: Option<Registry>,
     _ferry: Option<Ferry>,
     _nginx: Option<Nginx>,
 }
@@ -169,7 +172,7 @@ struct Bench {
     scale: Scale,
     peers: Vec<&'static str>,
     ferry_bin: PathBuf,
-    upstream: Distribution,
+    upstream: Registry,
     up_log: AccessLog,
     big: Image,
     many: Image,
@@ -192,10 +195,10 @@ fn main() {
         );
         return;
     }
-    proc::install_signal_handlers();
+    kit_process::install_signal_handlers();
     // Temp dirs of runs killed by a signal go now; this run's go when it ends.
     sweep_stale_runs();
-    let _run_dirs = RunDirs;
+    let _run_dirs = RunDirs::create();
     let scale = Scale::from_env();
     let peers: Vec<&'static str> = match std::env::var("FERRY_BENCH_PEERS") {
         Ok(list) => list
@@ -231,8 +234,8 @@ fn main() {
         serde_json::to_string(&machine).unwrap()
     );
 
-    let upstream = Distribution::start_upstream();
-    let up_log = upstream.access_log();
+    let upstream = start_upstream();
+    let up_log = upstream.access_log_reader();
     println!(
         "pushing big ({} x {}) and many ({} x {}) to the upstream at {}",
         scale.big_layers,
@@ -442,7 +445,7 @@ impl Bench {
                 }
             }
             DIST => {
-                let d = Distribution::start_proxy(&self.upstream.url());
+                let d = start_proxy(&self.upstream.url());
                 Server {
                     peer,
                     addr: d.addr().to_owned(),
@@ -459,7 +462,7 @@ impl Bench {
                         repo: i.repo.clone(),
                         tag: i.tag.clone(),
                         digest: i.manifest_digest.clone(),
-                        media_type: images::OCI_MANIFEST.to_owned(),
+                        media_type: media::OCI_MANIFEST.to_owned(),
                         bytes: i.manifest.clone(),
                     })
                     .collect();
@@ -520,18 +523,11 @@ impl Bench {
     fn skopeo_pull(&mut self, addr: &str, image: &Image) -> Option<f64> {
         self.pulls += 1;
         let dest = self.pull_dir.path().join(format!("pull-{}", self.pulls));
-        let mut cmd = Command::new("skopeo");
-        cmd.args([
-            "--insecure-policy",
-            "copy",
-            "--src-tls-verify=false",
-            "--retry-times",
-            "0",
-        ]);
+        let mut cmd = ferry_testkit::skopeo::copy();
         cmd.arg(format!("docker://{addr}/{}:{}", image.repo, image.tag));
         cmd.arg(format!("dir:{}", dest.display()));
         let t = Instant::now();
-        let mut child = proc::Child::spawn("skopeo", cmd, self.pull_dir.path());
+        let mut child = ChildGuard::spawn("skopeo", cmd, self.pull_dir.path());
         let status = child.wait_timeout(Duration::from_secs(600));
         let secs = t.elapsed().as_secs_f64();
         let ok = match status {
@@ -1307,7 +1303,7 @@ fn ensure_tools() {
         ("nginx", "nginx"),
     ]
     .into_iter()
-    .filter(|(bin, _)| proc::find_binary(bin).is_none())
+    .filter(|(bin, _)| kit_process::find_binary(bin).is_none())
     .map(|(_, pkg)| pkg)
     .collect();
     if missing.is_empty() {
@@ -1322,16 +1318,15 @@ fn ensure_tools() {
         );
     }
     println!("installing {} with apt-get", missing.join(", "));
-    let log = support::servers::temp_dir("apt");
     let mut update = Command::new("apt-get");
     update.args(["update", "-qq"]);
-    proc::run_ok("apt-update", update, log.path(), Duration::from_secs(600));
+    kit_process::run_ok(update, Duration::from_secs(600));
     let mut install = Command::new("apt-get");
     install
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing);
-    proc::run_ok("apt-install", install, log.path(), Duration::from_secs(600));
+    kit_process::run_ok(install, Duration::from_secs(600));
 }
 
 /// `target/`: three levels above this executable (`target/release/deps/compare-…`).
@@ -1371,7 +1366,7 @@ fn machine_info(ferry_bin: &Path) -> serde_json::Value {
             })
             .unwrap_or_default()
     };
-    let nginx = proc::find_binary("nginx")
+    let nginx = kit_process::find_binary("nginx")
         .map(|p| version(&p.to_string_lossy(), "-v"))
         .unwrap_or_default();
     json!({

@@ -652,11 +652,17 @@ async fn oversized_upstream_manifest_is_502() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tags_are_revalidated_after_ttl_digests_are_immutable() {
+    // Long enough that the two quick requests inside it cannot outlast it on a loaded
+    // machine: the slow part (pushing both images with skopeo) happens before the TTL
+    // starts, and the tag then moves upstream with one manifest PUT.
+    const TAG_TTL: Duration = Duration::from_secs(10);
     let registry = Registry::start(RegistryAuth::None);
     let ferry = FerryBuilder::new()
-        .upstream(Upstream::local(&registry.url()).tag_ttl("5s"))
+        .upstream(Upstream::local(&registry.url()).tag_ttl(&format!("{}s", TAG_TTL.as_secs())))
         .start();
     let first = push_image(&registry, "team/app", "latest", &[1024]);
+    let second = push_image(&registry, "team/app", "next", &[1024]);
+    assert_ne!(first.manifest_digest, second.manifest_digest);
     let url = manifest_url(&ferry, "team/app", "latest");
     let fetched_at = Instant::now();
     let r = get(&url, &[media::OCI_MANIFEST]).await;
@@ -664,12 +670,18 @@ async fn tags_are_revalidated_after_ttl_digests_are_immutable() {
     assert_eq!(r.header("docker-content-digest"), first.manifest_digest);
 
     // Move the tag upstream.
-    let second = push_image(&registry, "team/app", "latest", &[1024]);
-    assert_ne!(first.manifest_digest, second.manifest_digest);
+    crate::harness::images::put_manifest(
+        &registry,
+        "team/app",
+        "latest",
+        &second.media_type,
+        &second.manifest,
+    );
     let r = get(&url, &[media::OCI_MANIFEST]).await;
     assert!(
-        fetched_at.elapsed() < Duration::from_secs(5),
-        "test too slow to observe the TTL"
+        fetched_at.elapsed() < TAG_TTL,
+        "precondition: the tag moved and was asked for again within its TTL ({:?} passed)",
+        fetched_at.elapsed()
     );
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -680,10 +692,8 @@ async fn tags_are_revalidated_after_ttl_digests_are_immutable() {
     assert_eq!(r.x_cache(), "HIT");
 
     // After the TTL the tag is revalidated and follows the upstream.
-    tokio::time::sleep(
-        Duration::from_secs(5).saturating_sub(fetched_at.elapsed()) + Duration::from_millis(500),
-    )
-    .await;
+    tokio::time::sleep(TAG_TTL.saturating_sub(fetched_at.elapsed()) + Duration::from_millis(500))
+        .await;
     let r = get(&url, &[media::OCI_MANIFEST]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(

@@ -188,13 +188,16 @@ async fn client_hanging_up_does_not_cancel_the_fetch() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_upstream_is_504_then_offline_until_it_answers() {
+    // What Ferry waits on a stalled upstream; long enough that an answer that does not
+    // wait on it stays well inside it on a loaded machine.
+    const READ_TIMEOUT: Duration = Duration::from_secs(5);
     let registry = Registry::start(RegistryAuth::None);
     let proxy = FaultProxy::start(registry.addr());
     let mut ferry = FerryBuilder::new()
         .upstream(
             Upstream::local(&proxy.url())
                 .raw("connect_timeout = \"2s\"")
-                .raw("read_timeout = \"2s\""),
+                .raw(&format!("read_timeout = \"{}s\"", READ_TIMEOUT.as_secs())),
         )
         .start();
     let img = push_image(&registry, "team/app", "v1", &[1024]);
@@ -226,9 +229,10 @@ async fn stalled_upstream_is_504_then_offline_until_it_answers() {
         message.contains("local") && message.contains("offline"),
         "{message}"
     );
+    // Asking the stalled upstream would take its whole read timeout.
     assert!(
-        took < Duration::from_secs(1),
-        "an offline upstream still made the client wait {took:?}"
+        took < READ_TIMEOUT,
+        "an offline upstream still made the client wait {took:?} (read_timeout {READ_TIMEOUT:?})"
     );
     assert_ferry_alive(&mut ferry).await;
 

@@ -114,16 +114,17 @@ fn assert_whole_blob(outcome: &Outcome, digest: &str, size: u64, what: &str) {
     }
 }
 
-/// Polls (≤ 5 s) until a new TCP connection to `addr` is refused.
+/// Polls (≤ 15 s, a margin for a loaded machine) until a new TCP connection to `addr`
+/// is refused.
 fn assert_connections_refused(addr: &str) {
     let addr: std::net::SocketAddr = addr.parse().expect("ip:port");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
             other => assert!(
                 Instant::now() < deadline,
-                "new connections to {addr} are still accepted 5 s after SIGTERM: {other:?}"
+                "new connections to {addr} are still accepted 15 s after SIGTERM: {other:?}"
             ),
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -317,14 +318,16 @@ async fn a_stalled_transfer_is_cut_at_the_shutdown_deadline() {
     let mark = ferry.log().len();
     let signalled = Instant::now();
     ferry.signal("TERM");
+    // The transfer alone would take about a minute: anything well below that was cut
+    // at the deadline (the margin is for a loaded machine).
     let status = ferry
-        .wait_exit(Duration::from_secs(10))
+        .wait_exit(Duration::from_secs(30))
         .expect("ferry exits within the deadline and a margin");
     let took = signalled.elapsed();
     assert_eq!(status.code(), Some(0), "exit status\n{}", ferry.log());
     assert!(
-        took >= Duration::from_millis(1900) && took < Duration::from_secs(7),
-        "ferry waited the 2 s deadline, then stopped promptly: took {took:?}"
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(2 + 15),
+        "ferry waited the 2 s deadline, then stopped without finishing the transfer: took {took:?}"
     );
     let outcome = download.finish(Duration::from_secs(10)).await;
     assert!(
@@ -355,12 +358,14 @@ async fn a_second_sigterm_cuts_at_once() {
     expect_log(&ferry, mark, &["shutting down"]);
     let signalled = Instant::now();
     ferry.signal("TERM");
+    // Far below the 60 s deadline (and the minute the transfer would take): the
+    // second signal cut it; the rest is margin for a loaded machine.
     let status = ferry
-        .wait_exit(Duration::from_secs(10))
+        .wait_exit(Duration::from_secs(30))
         .expect("ferry exits soon after the second SIGTERM");
     assert!(
-        signalled.elapsed() < Duration::from_secs(5),
-        "took {:?} after the second SIGTERM",
+        signalled.elapsed() < Duration::from_secs(20),
+        "took {:?} after the second SIGTERM (shutdown_timeout 60 s)",
         signalled.elapsed()
     );
     assert_eq!(status.code(), Some(0), "exit status\n{}", ferry.log());

@@ -333,18 +333,3 @@ impl<'a> Verify<'a> {
         self.ok && self.offset == self.expected.len()
     }
 }
-
-/// Whether `addr` answers `GET path` with any HTTP status within `timeout`.
-pub fn answers(addr: &str, path: &str, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if let Ok(mut c) = Conn::connect(addr) {
-            c.stream.set_read_timeout(Some(Duration::from_secs(1))).ok();
-            if c.get_discard(path, &[]).is_ok() {
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(30));
-    }
-    false
-}

@@ -1,24 +1,13 @@
-//! Synthetic images of incompressible layers, pushed to the upstream with plain HTTP
-//! (monolithic uploads, then the OCI manifest by tag).
-//!
-//! A layer is a real gzip'd tar holding one file of random bytes (stored deflate
-//! blocks: random data does not compress), so any client could unpack it.
+//! Synthetic images of incompressible layers (the test kit's
+//! [`ferry_testkit::images`]), pushed to the upstream with the load generator's own
+//! client (monolithic uploads, then the OCI manifest by tag), keeping only the bytes
+//! the benchmark verifies bodies against.
 
-use std::io::{Read as _, Write as _};
-
+use ferry_testkit::http::media::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
+use ferry_testkit::sha256_digest;
 use serde_json::json;
 
 use super::http::Conn;
-
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
 
 #[derive(Clone, Debug)]
 pub struct Blob {
@@ -51,37 +40,6 @@ impl Image {
     pub fn total_bytes(&self) -> u64 {
         self.blob_bytes() + self.manifest.len() as u64
     }
-}
-
-fn random_bytes(size: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; size];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
-    buf
-}
-
-/// A gzip'd tar of one file of `size` random bytes; returns (blob bytes, diff_id).
-fn make_layer(size: usize) -> (Vec<u8>, String) {
-    let payload = random_bytes(size);
-    let mut tar = tar::Builder::new(Vec::with_capacity(size + 2048));
-    let mut header = tar::Header::new_gnu();
-    header.set_size(size as u64);
-    header.set_mode(0o644);
-    header.set_mtime(1_700_000_000);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    tar.append_data(&mut header, "payload.bin", &payload[..])
-        .expect("append tar entry");
-    drop(payload);
-    let tar_bytes = tar.into_inner().expect("finish tar");
-    let diff_id = sha256_digest(&tar_bytes);
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(tar_bytes.len() + tar_bytes.len() / 1000 + 1024),
-        flate2::Compression::none(),
-    );
-    gz.write_all(&tar_bytes).expect("gzip");
-    (gz.finish().expect("finish gzip"), diff_id)
 }
 
 /// Uploads `bytes` as one blob of `repo`.
@@ -138,22 +96,14 @@ pub fn push_image(
     let mut blobs = Vec::new();
     let mut diff_ids = Vec::new();
     for i in 0..layers {
-        let (bytes, diff_id) = make_layer(layer_size);
+        let (bytes, diff_id) = ferry_testkit::images::layer(layer_size);
         blobs.push(upload_blob(&mut conn, repo, &bytes));
         diff_ids.push(diff_id);
         if i == 0 && keep_first {
             kept = Some(bytes);
         }
     }
-    let config = json!({
-        "created": "2023-11-14T22:13:20Z",
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Cmd": ["/payload.bin"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": diff_ids.iter().map(|_| json!({"created_by": "ferry bench"})).collect::<Vec<_>>(),
-    });
-    let config_bytes = serde_json::to_vec(&config).expect("config JSON");
+    let config_bytes = ferry_testkit::images::config("amd64", &diff_ids, "ferry bench");
     let config = upload_blob(&mut conn, repo, &config_bytes);
     let manifest = json!({
         "schemaVersion": 2,

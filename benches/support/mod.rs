@@ -1,5 +1,7 @@
-//! The benchmark's own harness (a small, self-contained cousin of `tests/harness/`):
-//! processes, servers, the load generator's HTTP client, images and the report.
+//! The benchmark's own pieces: the load generator's HTTP client, images pushed with it,
+//! `/proc` readings, nginx and Ferry as the benchmark runs them, and the report.
+//! Processes, Distribution, skopeo and Ferry's config come from the test kit
+//! (`testkit/`, crate `ferry_testkit`), shared with the integration tests.
 #![allow(dead_code)]
 
 pub mod http;

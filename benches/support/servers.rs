@@ -1,13 +1,18 @@
-//! The servers: CNCF Distribution (the upstream, and the proxy peer), nginx serving
-//! the upstream's blob files with sendfile, and Ferry. Each owns a temp dir (config,
-//! store, logs) and its process, and goes away when dropped.
+//! The benchmark's own servers: nginx serving the upstream's blob files with sendfile,
+//! and Ferry as the benchmark runs it (its default log level, output to files). Each
+//! owns a temp dir (config, store, logs) and its process, and goes away when dropped.
+//! Distribution, the upstream and the proxy peer, is the test kit's
+//! [`ferry_testkit::registry::Registry`].
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::proc::{Child, find_binary, free_port, tail_file};
+use ferry_testkit::ferry_config::{FerryConfig, Upstream, listening_addr};
+use ferry_testkit::process::{ChildGuard, find_binary, free_port, http_status, tail_file};
+use ferry_testkit::registry::{Registry, RegistryAuth, RegistryOptions};
+use ferry_testkit::temp_dir;
 
 /// `<base>/ferry-bench-<pid>`: every temp dir of this run lives in one of these (one
 /// under `/tmp`, one under `/dev/shm` for pulled images), so that a run killed by a
@@ -42,6 +47,15 @@ pub fn sweep_stale_runs() {
 /// Removes this run's dirs (at the end, or when unwinding from a panic).
 pub struct RunDirs;
 
+impl RunDirs {
+    /// Makes every temp dir of the test kit (servers' configs, stores and logs) go in
+    /// this run's dir under `/tmp`, removed when the guard drops.
+    pub fn create() -> RunDirs {
+        ferry_testkit::set_temp_root(&run_dir("/tmp"));
+        RunDirs
+    }
+}
+
 impl Drop for RunDirs {
     fn drop(&mut self) {
         for base in ["/tmp", "/dev/shm"] {
@@ -52,197 +66,20 @@ impl Drop for RunDirs {
     }
 }
 
-/// Builds a temp dir in this run's dir under `/tmp`.
-pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(run_dir("/tmp"))
-        .expect("create a temp dir under /tmp")
+/// Distribution 2.8.2 as the upstream: a plain registry with the in-memory blob
+/// descriptor cache of its stock config. Its access log counts what reached it.
+pub fn start_upstream() -> Registry {
+    Registry::start_with(RegistryOptions::new(RegistryAuth::None).blob_descriptor_cache())
 }
 
-/// Distribution 2.8.2 (`docker-registry serve`), with filesystem storage and the
-/// in-memory blob descriptor cache of its stock config. Its access log (stdout, Apache
-/// combined format, one line after each response) counts what reached it.
-pub struct Distribution {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl Distribution {
-    /// A plain registry (the upstream).
-    pub fn start_upstream() -> Distribution {
-        Distribution::start("registry-upstream", "")
-    }
-
-    /// A pull-through cache of `remote_url` (`proxy.remoteurl`), on a fresh store.
-    pub fn start_proxy(remote_url: &str) -> Distribution {
-        Distribution::start(
-            "registry-proxy",
-            &format!("proxy:\n  remoteurl: {remote_url}\n"),
-        )
-    }
-
-    fn start(name: &str, extra_yaml: &str) -> Distribution {
-        let binary = find_binary("docker-registry")
-            .expect("docker-registry not found: apt-get install docker-registry");
-        let dir = temp_dir(name);
-        let root = dir.path().join("storage");
-        std::fs::create_dir_all(&root).expect("create storage root");
-        for attempt in 1..=5 {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let config = format!(
-                "version: 0.1\n\
-                 log:\n  level: info\n  accesslog:\n    disabled: false\n\
-                 storage:\n  filesystem:\n    rootdirectory: {root}\n  cache:\n    blobdescriptor: inmemory\n\
-                 http:\n  addr: {addr}\n  secret: ferry-bench-secret\n\
-                 {extra_yaml}",
-                root = root.display(),
-            );
-            let config_path = dir.path().join("config.yml");
-            std::fs::write(&config_path, config).expect("write registry config");
-            let mut cmd = Command::new(&binary);
-            cmd.arg("serve").arg(&config_path);
-            let mut child = Child::spawn(name, cmd, dir.path());
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Some(status) = child.exited() {
-                    if tail_file(child.stderr_path(), 20).contains("address already in use")
-                        && attempt < 5
-                    {
-                        break;
-                    }
-                    panic!("{name} exited ({status}) at start\n{}", child.log_tails(30));
-                }
-                if super::http::answers(&addr, "/v2/", Duration::from_millis(300)) {
-                    return Distribution { child, addr, dir };
-                }
-                if Instant::now() >= deadline {
-                    panic!("{name} did not answer within 20 s\n{}", child.log_tails(30));
-                }
-            }
-        }
-        unreachable!("no free port for {name}")
-    }
-
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.pid()
-    }
-
-    /// `storage.filesystem.rootdirectory`.
-    pub fn storage_root(&self) -> PathBuf {
-        self.dir.path().join("storage")
-    }
-
-    /// Whether the store holds `digest` linked into `repo` (a proxy has cached it).
-    pub fn has_layer(&self, repo: &str, digest: &str) -> bool {
-        let hex = digest.trim_start_matches("sha256:");
-        let root = self.storage_root().join("docker/registry/v2");
-        root.join("blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-            .is_file()
-            && root
-                .join("repositories")
-                .join(repo)
-                .join("_layers/sha256")
-                .join(hex)
-                .join("link")
-                .is_file()
-    }
-
-    pub fn access_log(&self) -> AccessLog {
-        AccessLog {
-            path: self.child.stdout_path().to_owned(),
-        }
-    }
-
-    pub fn log_tails(&self, lines: usize) -> String {
-        self.child.log_tails(lines)
-    }
-}
-
-/// One access-log line.
-#[derive(Clone, Debug)]
-pub struct Access {
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    pub bytes: u64,
-}
-
-/// Distribution's access log, read from a byte offset on.
-pub struct AccessLog {
-    path: PathBuf,
-}
-
-impl AccessLog {
-    fn len(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// The current end; [`AccessLog::since`] reads what comes after it.
-    pub fn mark(&self) -> u64 {
-        self.len()
-    }
-
-    /// The lines after `mark`, once the log has not grown for `quiet` (at most 20 s of
-    /// waiting: Distribution logs a request only after its response is written, and
-    /// the proxy's own background fetches after they finish).
-    pub fn since(&self, mark: u64, quiet: Duration) -> Vec<Access> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = self.len();
-        let mut still = Instant::now();
-        loop {
-            std::thread::sleep(Duration::from_millis(25));
-            let now = self.len();
-            if now != last {
-                last = now;
-                still = Instant::now();
-            } else if still.elapsed() >= quiet || Instant::now() >= deadline {
-                break;
-            }
-        }
-        self.read_since(mark)
-    }
-
-    /// The lines after `mark`, as they are now.
-    pub fn read_since(&self, mark: u64) -> Vec<Access> {
-        let bytes = std::fs::read(&self.path).unwrap_or_default();
-        let from = (mark as usize).min(bytes.len());
-        String::from_utf8_lossy(&bytes[from..])
-            .lines()
-            .filter_map(parse_access_line)
-            .collect()
-    }
-}
-
-/// Parses `… "METHOD PATH HTTP/x" STATUS BYTES "referer" "user-agent"`.
-fn parse_access_line(line: &str) -> Option<Access> {
-    let start = line.find("] \"")? + 3;
-    let rest = &line[start..];
-    let end = rest.find('"')?;
-    let mut request = rest[..end].split(' ');
-    let method = request.next()?.to_owned();
-    let path = request.next()?.to_owned();
-    let mut after = rest[end + 1..].split_whitespace();
-    let status = after.next()?.parse().ok()?;
-    let bytes = after.next()?.parse().unwrap_or(0);
-    Some(Access {
-        method,
-        path,
-        status,
-        bytes,
-    })
+/// Distribution 2.8.2 as the proxy peer: a pull-through cache of `remote_url`
+/// (`proxy.remoteurl`) on a fresh store, as deployed.
+pub fn start_proxy(remote_url: &str) -> Registry {
+    Registry::start_with(
+        RegistryOptions::new(RegistryAuth::None)
+            .blob_descriptor_cache()
+            .proxy_of(remote_url),
+    )
 }
 
 /// A manifest nginx serves: by tag and by digest, with its media type and digest.
@@ -258,7 +95,7 @@ pub struct StaticManifest {
 /// Distribution storage directory with `sendfile on`, and manifests from files written
 /// here. As deployed: `worker_processes auto`, access log on.
 pub struct Nginx {
-    child: Child,
+    child: ChildGuard,
     addr: String,
     _dir: tempfile::TempDir,
 }
@@ -349,17 +186,17 @@ http {{
             std::fs::write(&config_path, config).expect("write nginx.conf");
             let mut cmd = Command::new(&binary);
             cmd.arg("-c").arg(&config_path).arg("-p").arg(d);
-            let mut child = Child::spawn("nginx", cmd, d);
+            let mut child = ChildGuard::spawn("nginx", cmd, d);
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
-                if let Some(status) = child.exited() {
+                if let Some(status) = child.try_exit_status() {
                     let err = tail_file(&d.join("error.log"), 20) + &child.log_tails(20);
                     if err.contains("Address already in use") && attempt < 5 {
                         break;
                     }
                     panic!("nginx exited ({status}) at start\n{err}");
                 }
-                if super::http::answers(&addr, "/v2/", Duration::from_millis(300)) {
+                if http_status(&format!("http://{addr}/v2/"), Duration::from_millis(300)).is_ok() {
                     return Nginx {
                         child,
                         addr,
@@ -380,14 +217,14 @@ http {{
 
     /// The master; its workers are its children.
     pub fn pid(&self) -> u32 {
-        self.child.pid()
+        self.child.id()
     }
 }
 
 /// Ferry (`ferry serve --config`), on a fresh store, caching one upstream that is the
 /// default (so every peer gets the same paths). Its log level is its default.
 pub struct Ferry {
-    child: Child,
+    child: ChildGuard,
     addr: String,
     _dir: tempfile::TempDir,
 }
@@ -396,14 +233,11 @@ impl Ferry {
     pub fn start(binary: &Path, upstream_url: &str) -> Ferry {
         let dir = temp_dir("ferry");
         let d = dir.path();
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\nroot = \"{store}\"\n\n\
-             [[upstream]]\nname = \"up\"\nregistry = \"upstream.bench.invalid\"\nurl = \"{upstream_url}\"\n\
-             default = true\nauth = {{ kind = \"anonymous\" }}\n",
-            store = d.join("store").display(),
-        );
-        let config_path = d.join("ferry.toml");
-        std::fs::write(&config_path, config).expect("write ferry.toml");
+        let (config_path, _) = FerryConfig::new()
+            .upstream(
+                Upstream::new("up", "upstream.bench.invalid", upstream_url).default_upstream(true),
+            )
+            .write(d);
         let mut cmd = Command::new(binary);
         cmd.arg("serve").arg("--config").arg(&config_path);
         // The benchmark's own settings are not Ferry's (it refuses unknown FERRY_*), and
@@ -415,19 +249,19 @@ impl Ferry {
             }
         }
         cmd.env("NO_COLOR", "1");
-        let mut child = Child::spawn("ferry", cmd, d);
+        let mut child = ChildGuard::spawn("ferry", cmd, d);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let log = std::fs::read_to_string(child.stderr_path()).unwrap_or_default()
                 + &std::fs::read_to_string(child.stdout_path()).unwrap_or_default();
-            if let Some(addr) = parse_listen_line(&log) {
+            if let Some(addr) = listening_addr(&log, "http") {
                 return Ferry {
                     child,
                     addr,
                     _dir: dir,
                 };
             }
-            if let Some(status) = child.exited() {
+            if let Some(status) = child.try_exit_status() {
                 panic!("ferry exited ({status}) at start\n{}", child.log_tails(30));
             }
             if Instant::now() >= deadline {
@@ -445,21 +279,10 @@ impl Ferry {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.pid()
+        self.child.id()
     }
 
     pub fn log_tails(&self, lines: usize) -> String {
         self.child.log_tails(lines)
     }
-}
-
-/// The `listening on http://ADDR` address in `log`, if any.
-fn parse_listen_line(log: &str) -> Option<String> {
-    let (_, after) = log.split_once("listening on http://")?;
-    let addr: String = after
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect();
-    // Complete only once something follows it (the rest of the line).
-    (!addr.is_empty() && after.len() > addr.len()).then_some(addr)
 }

@@ -276,8 +276,9 @@ async fn upstream_pages_are_followed_and_bounded() {
     let started = Instant::now();
     let r = get(&url("loop"), &[]).await;
     assert_eq!(listed_tags(&r), ["l1"]);
+    // A walk that did not end would run until the client gave up (120 s).
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );

@@ -57,6 +57,8 @@ use base64::Engine as _;
 use rcgen::PublicKeyData as _;
 use serde_json::{Value, json};
 
+use ferry_testkit::ferry_config::{Entra, EntraCredential, FerryConfig, Upstream, UpstreamAuth};
+
 use super::ferry::FerryBuilder;
 use super::images::{Blob, PushedImage, make_layer};
 use super::process::{ChildGuard, require_binary};
@@ -76,6 +78,11 @@ pub const ACR_RESOURCE: &str = "https://containerregistry.azure.net";
 pub const ACR_ISSUER: &str = "Azure Container Registry";
 /// Ferry's name for the upstream.
 pub const UPSTREAM: &str = "acr";
+/// The cache rule AKS nodes use: `mcr.microsoft.com/*` from the ACR's
+/// `aks-managed-repository/*`.
+const MCR_RULE: &str = "aks-managed-mcr";
+const MCR_SOURCE: &str = "mcr.microsoft.com/*";
+const MCR_TARGET: &str = "aks-managed-repository/*";
 
 const BINARY: &str = "/usr/bin/docker-registry";
 const BLOB_PREFIX: &str = "/docker/registry/v2/blobs/sha256/";
@@ -1035,15 +1042,13 @@ impl AcrEmulator {
 
     // ---- Ferry ----
 
-    /// The `[[upstream]]` table (`acr`) and the `aks-managed-mcr` rule for `cred`, and
-    /// the environment Ferry needs for it. Secret files go to the emulator's dir.
-    pub fn ferry_config(&self, cred: Credential) -> (String, Vec<(String, String)>) {
+    /// The `acr` upstream for `cred`, and the environment Ferry needs for it. Secret
+    /// files go to the emulator's dir.
+    pub fn ferry_upstream(&self, cred: Credential) -> (Upstream, Vec<(String, String)>) {
         let ids = &self.emu.ids;
         let d = self.dir.path();
-        let q = toml_str;
-        let authority = self.authority_host();
         let mut env = Vec::new();
-        let auth = match cred {
+        let credential = match cred {
             Credential::Secret | Credential::WrongSecret => {
                 let (name, secret) = if cred == Credential::Secret {
                     ("client-secret", ids.sp_client_secret.clone())
@@ -1054,21 +1059,17 @@ impl AcrEmulator {
                 };
                 let path = d.join(name);
                 std::fs::write(&path, &secret).expect("write the secret file");
-                format!(
-                    "{{ kind = \"entra\", tenant_id = {}, client_id = {}, client_secret_file = {}, authority_host = {} }}",
-                    q(&ids.tenant_id),
-                    q(&ids.sp_client_id),
-                    q(&path.display().to_string()),
-                    q(&authority)
-                )
+                EntraCredential::ClientSecretFile {
+                    tenant_id: ids.tenant_id.clone(),
+                    client_id: ids.sp_client_id.clone(),
+                    path,
+                }
             }
-            Credential::Certificate => format!(
-                "{{ kind = \"entra\", tenant_id = {}, client_id = {}, certificate_file = {}, authority_host = {} }}",
-                q(&ids.tenant_id),
-                q(&ids.sp_client_id),
-                q(&self.client_cert_file.display().to_string()),
-                q(&authority)
-            ),
+            Credential::Certificate => EntraCredential::CertificateFile {
+                tenant_id: ids.tenant_id.clone(),
+                client_id: ids.sp_client_id.clone(),
+                path: self.client_cert_file.clone(),
+            },
             Credential::WorkloadIdentity => {
                 let path = d.join("azure-identity-token");
                 std::fs::write(&path, &ids.federated_token).expect("write the federated token");
@@ -1078,48 +1079,50 @@ impl AcrEmulator {
                 ));
                 env.push(("AZURE_CLIENT_ID".to_owned(), ids.wi_client_id.clone()));
                 env.push(("AZURE_TENANT_ID".to_owned(), ids.tenant_id.clone()));
-                format!(
-                    "{{ kind = \"entra\", workload_identity = true, authority_host = {} }}",
-                    q(&authority)
-                )
+                EntraCredential::WorkloadIdentity
             }
             Credential::ManagedIdentity | Credential::UserAssignedManagedIdentity => {
                 env.push(("IDENTITY_ENDPOINT".to_owned(), self.identity_endpoint()));
                 env.push(("IDENTITY_HEADER".to_owned(), ids.identity_header.clone()));
-                if cred == Credential::ManagedIdentity {
-                    "{ kind = \"entra\", managed_identity = true }".to_owned()
-                } else {
-                    format!(
-                        "{{ kind = \"entra\", managed_identity = {{ client_id = {} }} }}",
-                        q(&ids.mi_user_client_id)
-                    )
+                EntraCredential::ManagedIdentity {
+                    client_id: (cred == Credential::UserAssignedManagedIdentity)
+                        .then(|| ids.mi_user_client_id.clone()),
                 }
             }
         };
-        let toml = format!(
-            "[[upstream]]\n\
-             name = \"{UPSTREAM}\"\n\
-             registry = \"{REGISTRY_HOST}\"\n\
-             url = {url}\n\
-             resolve = {{ \"{REGISTRY_HOST}\" = \"127.0.0.1\", \"{DATA_HOST}\" = \"{DATA_IP}\" }}\n\
-             ca_file = {ca}\n\
-             auth = {auth}\n\
-             \n\
-             [[rule]]\n\
-             name = \"aks-managed-mcr\"\n\
-             source = \"mcr.microsoft.com/*\"\n\
-             target = \"aks-managed-repository/*\"\n\
-             upstream = \"{UPSTREAM}\"\n",
-            url = q(self.registry_url()),
-            ca = q(&self.ca_file().display().to_string()),
-        );
+        // Managed identities get their tokens from IDENTITY_ENDPOINT, not an authority.
+        let authority_host = (!matches!(credential, EntraCredential::ManagedIdentity { .. }))
+            .then(|| self.authority_host());
+        let upstream = Upstream::new(UPSTREAM, REGISTRY_HOST, self.registry_url())
+            .resolve(REGISTRY_HOST, "127.0.0.1")
+            .resolve(DATA_HOST, DATA_IP)
+            .ca_file(self.ca_file())
+            .auth(UpstreamAuth::Entra(Entra {
+                credential,
+                authority_host,
+            }));
+        (upstream, env)
+    }
+
+    /// The `[[upstream]]` table (`acr`) and the `aks-managed-mcr` rule for `cred`, and
+    /// the environment Ferry needs for it. Secret files go to the emulator's dir.
+    pub fn ferry_config(&self, cred: Credential) -> (String, Vec<(String, String)>) {
+        let (upstream, env) = self.ferry_upstream(cred);
+        let toml = FerryConfig::new()
+            .upstream(upstream)
+            .rule(MCR_RULE, MCR_SOURCE, MCR_TARGET, UPSTREAM)
+            .tables_toml(self.dir.path());
         (toml, env)
     }
 
     /// A [`FerryBuilder`] with only the `acr` upstream and its rule, for `cred`.
     pub fn ferry(&self, cred: Credential) -> FerryBuilder {
-        let (toml, env) = self.ferry_config(cred);
-        let mut b = FerryBuilder::new().extra_toml(&toml);
+        let (upstream, env) = self.ferry_upstream(cred);
+        let mut b = FerryBuilder::from_config(
+            FerryConfig::new()
+                .upstream(upstream)
+                .rule(MCR_RULE, MCR_SOURCE, MCR_TARGET, UPSTREAM),
+        );
         for (k, v) in &env {
             b = b.env(k, v);
         }
@@ -1156,20 +1159,6 @@ pub enum Credential {
     ManagedIdentity,
     /// User-assigned managed identity (`managed_identity = { client_id = … }`).
     UserAssignedManagedIdentity,
-}
-
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out += "\\\"",
-            '\\' => out += "\\\\",
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 // ---- ACR tokens ----

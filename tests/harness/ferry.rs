@@ -1,4 +1,5 @@
-//! The binary under test: `ferry serve --config <file>` with a generated TOML config.
+//! The binary under test: `ferry serve --config <file>` with a config written by the
+//! test kit's [`FerryConfig`].
 //!
 //! The config listens on `127.0.0.1:0` (unless [`FerryBuilder::listen`] says otherwise);
 //! the harness learns the address from the first
@@ -11,168 +12,19 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferry_testkit::ferry_config::{FerryConfig, last_listening_addr, listening_addr};
+
 use super::process::{ChildGuard, without_proxy_env};
 
-/// The short name of the usual test upstream (a path prefix: `/v2/local/<repo>/…`).
-pub const LOCAL: &str = "local";
-/// The registry host clients name for the usual test upstream. `.invalid` never
-/// resolves, so only Ferry can serve it.
-pub const LOCAL_REGISTRY: &str = "registry.ferry-test.invalid";
-
-/// One `[[upstream]]` table.
-#[derive(Clone, Debug)]
-pub struct Upstream {
-    pub name: String,
-    pub registry: String,
-    pub url: String,
-    pub default: Option<bool>,
-    pub tag_ttl: Option<String>,
-    pub auth: UpstreamAuth,
-    /// Extra `key = value` lines appended to this table verbatim.
-    pub extra: Vec<String>,
-}
-
-/// How Ferry authenticates to an upstream. Secrets are written to files in Ferry's
-/// temp dir when the config is written.
-#[derive(Clone, Debug)]
-pub enum UpstreamAuth {
-    Anonymous,
-    Basic {
-        username: String,
-        password: String,
-    },
-    Bearer {
-        token: String,
-    },
-    /// An `auth` inline table written verbatim (e.g. `password_env`, or a secret file
-    /// the test rotates itself).
-    Inline(String),
-}
-
-impl Upstream {
-    /// An anonymous upstream named `name`, known to clients as `registry`, fetched
-    /// from `url`.
-    pub fn new(name: &str, registry: &str, url: &str) -> Upstream {
-        Upstream {
-            name: name.to_owned(),
-            registry: registry.to_owned(),
-            url: url.to_owned(),
-            default: None,
-            tag_ttl: None,
-            auth: UpstreamAuth::Anonymous,
-            extra: Vec::new(),
-        }
-    }
-
-    /// The usual test upstream: `local` / `registry.ferry-test.invalid` → `url`.
-    pub fn local(url: &str) -> Upstream {
-        Upstream::new(LOCAL, LOCAL_REGISTRY, url)
-    }
-
-    pub fn default_upstream(mut self, default: bool) -> Upstream {
-        self.default = Some(default);
-        self
-    }
-
-    /// e.g. `"1s"`, `"60s"`.
-    pub fn tag_ttl(mut self, ttl: &str) -> Upstream {
-        self.tag_ttl = Some(ttl.to_owned());
-        self
-    }
-
-    pub fn basic_auth(mut self, username: &str, password: &str) -> Upstream {
-        self.auth = UpstreamAuth::Basic {
-            username: username.to_owned(),
-            password: password.to_owned(),
-        };
-        self
-    }
-
-    pub fn bearer_auth(mut self, token: &str) -> Upstream {
-        self.auth = UpstreamAuth::Bearer {
-            token: token.to_owned(),
-        };
-        self
-    }
-
-    /// `auth = <table>` verbatim, e.g.
-    /// `{ kind = "basic", username = "u", password_env = "VAR" }`.
-    pub fn auth_inline(mut self, table: &str) -> Upstream {
-        self.auth = UpstreamAuth::Inline(table.to_owned());
-        self
-    }
-
-    /// Appends a raw `key = value` line to this `[[upstream]]` table.
-    pub fn raw(mut self, line: &str) -> Upstream {
-        self.extra.push(line.to_owned());
-        self
-    }
-
-    fn to_toml(&self, secrets_dir: &Path, index: usize) -> String {
-        let mut s = String::from("[[upstream]]\n");
-        s += &format!("name = {}\n", toml_str(&self.name));
-        s += &format!("registry = {}\n", toml_str(&self.registry));
-        s += &format!("url = {}\n", toml_str(&self.url));
-        if let Some(d) = self.default {
-            s += &format!("default = {d}\n");
-        }
-        if let Some(ttl) = &self.tag_ttl {
-            s += &format!("tag_ttl = {}\n", toml_str(ttl));
-        }
-        match &self.auth {
-            UpstreamAuth::Anonymous => s += "auth = { kind = \"anonymous\" }\n",
-            UpstreamAuth::Basic { username, password } => {
-                let path = secrets_dir.join(format!("upstream-{index}.password"));
-                std::fs::write(&path, password).expect("write password file");
-                s += &format!(
-                    "auth = {{ kind = \"basic\", username = {}, password_file = {} }}\n",
-                    toml_str(username),
-                    toml_str(&path.display().to_string())
-                );
-            }
-            UpstreamAuth::Bearer { token } => {
-                let path = secrets_dir.join(format!("upstream-{index}.token"));
-                std::fs::write(&path, token).expect("write token file");
-                s += &format!(
-                    "auth = {{ kind = \"bearer\", token_file = {} }}\n",
-                    toml_str(&path.display().to_string())
-                );
-            }
-            UpstreamAuth::Inline(table) => s += &format!("auth = {table}\n"),
-        }
-        for line in &self.extra {
-            s += line;
-            s += "\n";
-        }
-        s
-    }
-}
-
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out += "\\\"",
-            '\\' => out += "\\\\",
-            '\n' => out += "\\n",
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+#[allow(unused_imports)] // `UpstreamAuth` is part of the harness's API, for the tests to name.
+pub use ferry_testkit::ferry_config::{LOCAL, LOCAL_REGISTRY, Upstream, UpstreamAuth};
 
 /// Builds a Ferry config and starts it.
 #[derive(Clone, Debug, Default)]
 pub struct FerryBuilder {
-    listen: Option<String>,
+    config: FerryConfig,
     args: Vec<String>,
-    upstreams: Vec<Upstream>,
-    server_extra: Vec<String>,
-    extra_toml: String,
     env: Vec<(String, String)>,
-    storage_root: Option<PathBuf>,
     prefix: Vec<String>,
     config_from_env: bool,
 }
@@ -182,21 +34,28 @@ impl FerryBuilder {
         FerryBuilder::default()
     }
 
+    /// A builder around `config` (e.g. one a test kit helper made).
+    pub fn from_config(config: FerryConfig) -> FerryBuilder {
+        FerryBuilder {
+            config,
+            ..FerryBuilder::default()
+        }
+    }
+
     pub fn upstream(mut self, upstream: Upstream) -> FerryBuilder {
-        self.upstreams.push(upstream);
+        self.config = self.config.upstream(upstream);
         self
     }
 
     /// Appends a raw `key = value` line to the `[server]` table.
     pub fn server_raw(mut self, line: &str) -> FerryBuilder {
-        self.server_extra.push(line.to_owned());
+        self.config = self.config.server_raw(line);
         self
     }
 
     /// Appends raw TOML (whole tables) at the end of the config.
     pub fn extra_toml(mut self, toml: &str) -> FerryBuilder {
-        self.extra_toml.push_str(toml);
-        self.extra_toml.push('\n');
+        self.config = self.config.extra_toml(toml);
         self
     }
 
@@ -209,7 +68,7 @@ impl FerryBuilder {
     /// `[server] listen` in the file (default `127.0.0.1:0`). Ferry must still print a
     /// `listening on http://` line (e.g. because `FERRY_SERVER_LISTEN` overrides it).
     pub fn listen(mut self, addr: &str) -> FerryBuilder {
-        self.listen = Some(addr.to_owned());
+        self.config = self.config.listen(addr);
         self
     }
 
@@ -222,7 +81,7 @@ impl FerryBuilder {
     /// `[storage] root` (default: `store/` in Ferry's temp dir), e.g. a directory on a
     /// small file system. The caller owns it; it must outlive the [`Ferry`].
     pub fn storage_root(mut self, path: &Path) -> FerryBuilder {
-        self.storage_root = Some(path.to_owned());
+        self.config = self.config.storage_root(path);
         self
     }
 
@@ -241,30 +100,8 @@ impl FerryBuilder {
 
     pub fn start(self) -> Ferry {
         let dir = super::temp_dir("ferry");
-        let store = self
-            .storage_root
-            .clone()
-            .unwrap_or_else(|| dir.path().join("store"));
-        let config_path = dir.path().join("ferry.toml");
-        let listen = self.listen.as_deref().unwrap_or("127.0.0.1:0");
-        let mut config = format!("[server]\nlisten = {}\n", toml_str(listen));
-        for line in &self.server_extra {
-            config += line;
-            config += "\n";
-        }
-        config += &format!(
-            "\n[storage]\nroot = {}\n",
-            toml_str(&store.display().to_string())
-        );
-        for (i, u) in self.upstreams.iter().enumerate() {
-            config += "\n";
-            config += &u.to_toml(dir.path(), i);
-        }
-        if !self.extra_toml.is_empty() {
-            config += "\n";
-            config += &self.extra_toml;
-        }
-        std::fs::write(&config_path, &config).expect("write ferry config");
+        let store = self.config.store_in(dir.path());
+        let (config_path, config) = self.config.write(dir.path());
         let mut ferry = Ferry {
             child: None,
             addr: String::new(),
@@ -309,12 +146,7 @@ pub struct Ferry {
 
 /// The `listening on http://ADDR` address in `line`, if any.
 pub fn parse_listen_line(line: &str) -> Option<String> {
-    let (_, after) = line.split_once("listening on http://")?;
-    let addr: String = after
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect();
-    (!addr.is_empty()).then_some(addr)
+    listening_addr(line, "http")
 }
 
 impl Ferry {
@@ -443,13 +275,8 @@ impl Ferry {
     /// line (Ferry logs it before the plain one). Panics if there is none.
     pub fn tls_addr(&self) -> String {
         let log = self.log();
-        let (_, after) = log
-            .rsplit_once("listening on https://")
-            .unwrap_or_else(|| panic!("ferry logged no `listening on https://` line\n{log}"));
-        after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-            .collect()
+        last_listening_addr(&log, "https")
+            .unwrap_or_else(|| panic!("ferry logged no `listening on https://` line\n{log}"))
     }
 
     /// `[storage] root`.

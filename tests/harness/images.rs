@@ -7,12 +7,10 @@
 //! when converting formats).
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use rand::RngCore as _;
 use serde_json::{Value, json};
 
 use super::http::media;
@@ -115,55 +113,19 @@ pub struct PushedArtifact {
     pub fallback_index: Vec<u8>,
 }
 
-/// `size` random bytes (from the kernel: much faster than a userspace RNG in debug
-/// builds).
-pub fn random_bytes(size: usize) -> Vec<u8> {
-    use std::io::Read as _;
-    let mut buf = vec![0u8; size];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .unwrap_or_else(|_| rand::rng().fill_bytes(&mut buf));
-    buf
-}
+pub use ferry_testkit::images::random_bytes;
 
 /// A gzip'd tar holding one file of `size` random bytes; returns (layer, diff_id).
 pub fn make_layer(size: usize) -> (Blob, String) {
-    let payload = random_bytes(size);
-    let mut tar = tar::Builder::new(Vec::with_capacity(size + 2048));
-    let mut header = tar::Header::new_gnu();
-    header.set_size(size as u64);
-    header.set_mode(0o644);
-    header.set_mtime(1_700_000_000);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    tar.append_data(&mut header, "payload.bin", &payload[..])
-        .expect("append tar entry");
-    let tar_bytes = tar.into_inner().expect("finish tar");
-    let diff_id = sha256_digest(&tar_bytes);
-    // Random content does not compress: stored (level 0) deflate blocks are still a
-    // real gzip stream and keep big layers quick to build in debug builds.
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(tar_bytes.len() + 1024),
-        flate2::Compression::none(),
-    );
-    gz.write_all(&tar_bytes).expect("gzip");
-    let gz_bytes = gz.finish().expect("finish gzip");
-    (Blob::new(media::OCI_LAYER_GZIP, gz_bytes), diff_id)
+    let (bytes, diff_id) = ferry_testkit::images::layer(size);
+    (Blob::new(media::OCI_LAYER_GZIP, bytes), diff_id)
 }
 
 /// An OCI image config for `arch` with the given layers' diff_ids.
 fn make_config(arch: &str, diff_ids: &[String]) -> Blob {
-    let config = json!({
-        "created": "2023-11-14T22:13:20Z",
-        "architecture": arch,
-        "os": "linux",
-        "config": {"Env": ["PATH=/usr/bin"], "Cmd": ["/payload.bin"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": diff_ids.iter().map(|_| json!({"created_by": "ferry test harness"})).collect::<Vec<_>>(),
-    });
     Blob::new(
         media::OCI_CONFIG,
-        serde_json::to_vec(&config).expect("config JSON"),
+        ferry_testkit::images::config(arch, diff_ids, "ferry test harness"),
     )
 }
 

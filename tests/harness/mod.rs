@@ -1,5 +1,11 @@
 //! The integration-test harness: real processes on 127.0.0.1, no mocks.
 //!
+//! What the benchmark needs too lives in the test kit (`testkit/`, crate
+//! `ferry_testkit`) and is re-exported here under the same paths: [`process`] (child
+//! guards, ports, commands with a time limit), [`registry`] (Distribution), [`http`]
+//! (the registry client), [`skopeo`] and the config writer behind
+//! [`ferry::FerryBuilder`]. This folder holds what only the tests need.
+//!
 //! Every server a test needs is started by a guard type that owns its temp dir and
 //! kills (and reaps) its process on `Drop`:
 //!
@@ -37,15 +43,13 @@ pub mod faults;
 pub mod ferry;
 pub mod front;
 pub mod hostile;
-pub mod http;
 pub mod images;
 pub mod podman;
-pub mod process;
-pub mod registry;
-pub mod skopeo;
 pub mod smallfs;
 pub mod static_registry;
 pub mod token_server;
+
+pub use ferry_testkit::{digest_hex, http, process, registry, sha256_digest, skopeo, temp_dir};
 
 use std::future::Future;
 
@@ -69,25 +73,4 @@ where
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     })
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-/// The hex part of a `sha256:<hex>` digest.
-pub fn digest_hex(digest: &str) -> &str {
-    digest
-        .strip_prefix("sha256:")
-        .unwrap_or_else(|| panic!("not a sha256 digest: {digest}"))
-}
-
-/// Builds a temp dir under `/tmp` (not `$TMPDIR`), so unix socket paths stay short.
-pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in("/tmp")
-        .expect("create a temp dir under /tmp")
 }

@@ -587,6 +587,19 @@ async fn token_post(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
     json_ok(body)
 }
 
+/// Distribution's `auth.token` section trusting this server (`RegistryAuth::token`).
+impl From<&TokenServer> for super::registry::TokenAuth {
+    fn from(server: &TokenServer) -> Self {
+        super::registry::TokenAuth {
+            realm: server.realm().to_owned(),
+            service: server.service().to_owned(),
+            issuer: server.issuer().to_owned(),
+            rootcertbundle: server.cert_path().to_owned(),
+            push_creds: server.user(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

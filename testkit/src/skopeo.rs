@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use super::process::require_binary;
+use crate::process::require_binary;
 
 /// `skopeo --insecure-policy copy --src-tls-verify=false --retry-times 0`; the caller
 /// adds its own flags, then source and destination.

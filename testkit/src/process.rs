@@ -1,25 +1,108 @@
 //! Child processes that die with their guard, free ports, readiness polling, log tails.
+//!
+//! A test's children die with their [`ChildGuard`]. The benchmark, which runs for
+//! minutes and may be interrupted, also calls [`install_signal_handlers`]: from then on
+//! every child gets a process group of its own (so nginx's workers go with their
+//! master) and `PR_SET_PDEATHSIG`, and SIGINT, SIGTERM or SIGHUP to the benchmark kill
+//! every group still running.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Panics unless `binary` exists (absolute path or on `$PATH`), naming the Debian
-/// package that provides it. Never skips: a missing tool is a failed test.
+/// Whether children get process groups of their own (see [`install_signal_handlers`]).
+static GROUPED: AtomicBool = AtomicBool::new(false);
+/// Process groups to kill on a signal (0 = free slot).
+static GROUPS: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    for slot in &GROUPS {
+        let pgid = slot.load(Ordering::SeqCst);
+        if pgid > 0 {
+            // SAFETY: kill(2) is async-signal-safe.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+    // SAFETY: _exit(2) is async-signal-safe.
+    unsafe { libc::_exit(128 + sig) };
+}
+
+/// From now on every child is started in a process group of its own with
+/// `PR_SET_PDEATHSIG` (it dies when the thread that started it ends: start children
+/// from a thread that outlives them), and SIGINT, SIGTERM and SIGHUP kill every such
+/// group still running before this process exits. For long runs that may be
+/// interrupted (the benchmark); call once, early.
+pub fn install_signal_handlers() {
+    GROUPED.store(true, Ordering::SeqCst);
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only calls async-signal-safe functions.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+fn register_group(pgid: i32) {
+    for slot in &GROUPS {
+        if slot
+            .compare_exchange(0, pgid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return;
+        }
+    }
+    panic!("more than {} child process groups at once", GROUPS.len());
+}
+
+fn unregister_group(pgid: i32) {
+    for slot in &GROUPS {
+        let _ = slot.compare_exchange(pgid, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// Spawns `cmd`, in a process group of its own if [`install_signal_handlers`] was
+/// called; returns the child and whether it leads a group.
+fn spawn_child(name: &str, cmd: &mut Command) -> (Child, bool) {
+    let grouped = GROUPED.load(Ordering::SeqCst);
+    if grouped {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setpgid(0, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+    if grouped {
+        register_group(child.id() as i32);
+    }
+    (child, grouped)
+}
+
+/// A path to `name` if it is an executable on `$PATH` or in the sbin directories (where
+/// Debian puts nginx); `name` itself if it is a path to a file.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name)).filter(|p| p.is_file());
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Panics unless `binary` exists (a path, or found by [`find_binary`]), naming the
+/// Debian package that provides it. Never skips: a missing tool is a failed test.
 pub fn require_binary(binary: &str, debian_package: &str) -> PathBuf {
-    let found = if binary.contains('/') {
-        Some(PathBuf::from(binary)).filter(|p| p.is_file())
-    } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(binary))
-                .find(|p| p.is_file())
-        })
-    };
-    found.unwrap_or_else(|| {
+    find_binary(binary).unwrap_or_else(|| {
         panic!(
             "`{binary}` not found: install the Debian package `{debian_package}` \
              (apt-get install -y {debian_package}); tests/run.sh does this"
@@ -72,6 +155,8 @@ pub fn tail_str(text: &str, lines: usize) -> String {
 #[derive(Debug)]
 pub struct ChildGuard {
     child: Option<Child>,
+    /// Leads a process group of its own, killed with it (see [`install_signal_handlers`]).
+    group: bool,
     name: String,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
@@ -85,11 +170,10 @@ impl ChildGuard {
         let stdout = File::create(&stdout_path).expect("create stdout log");
         let stderr = File::create(&stderr_path).expect("create stderr log");
         cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        let (child, group) = spawn_child(name, &mut cmd);
         ChildGuard {
             child: Some(child),
+            group,
             name: name.to_owned(),
             stdout_path,
             stderr_path,
@@ -103,11 +187,10 @@ impl ChildGuard {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        let (child, group) = spawn_child(name, &mut cmd);
         ChildGuard {
             child: Some(child),
+            group,
             name: name.to_owned(),
             stdout_path: log_dir.join(format!("{name}.stdout")),
             stderr_path: log_dir.join(format!("{name}.stderr")),
@@ -194,7 +277,8 @@ impl ChildGuard {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if child.try_wait().ok().flatten().is_some() {
-                self.child = None;
+                // Reaps it, and what is left of its group.
+                self.kill();
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -203,9 +287,33 @@ impl ChildGuard {
         false
     }
 
-    /// Kills (SIGKILL) and reaps the process now (idempotent).
+    /// Waits up to `timeout` for the process to exit by itself and returns its status;
+    /// kills it after that and returns None.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                self.kill();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills (SIGKILL) and reaps the process now, and whatever is left of its process
+    /// group if it leads one (idempotent).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.group {
+                let pgid = child.id() as i32;
+                // SAFETY: kill(2) on a process group this process created.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                unregister_group(pgid);
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -276,7 +384,7 @@ pub fn http_status(url: &str, timeout: Duration) -> Result<u16, String> {
 /// Runs `cmd` to completion with a time limit, capturing its output. Panics (with the
 /// output) if it cannot start or runs past `timeout`; the caller checks the status.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> std::process::Output {
-    let dir = super::temp_dir("run");
+    let dir = crate::temp_dir("run");
     let out_path = dir.path().join("out");
     let err_path = dir.path().join("err");
     cmd.stdin(Stdio::null())

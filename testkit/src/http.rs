@@ -226,7 +226,7 @@ impl RegistryClient {
 
     /// Monolithic upload (POST, then PUT `?digest=`); returns the digest.
     pub async fn upload_blob(&self, repo: &str, bytes: &[u8]) -> String {
-        let digest = super::sha256_digest(bytes);
+        let digest = crate::sha256_digest(bytes);
         let resp = self
             .send(Method::POST, &format!("/v2/{repo}/blobs/uploads/"), |r| {
                 r.header("content-length", "0")
@@ -286,7 +286,7 @@ impl RegistryClient {
             StatusCode::CREATED,
             "PUT manifest {repo}:{reference}: {text}"
         );
-        super::sha256_digest(bytes)
+        crate::sha256_digest(bytes)
     }
 }
 

@@ -1,5 +1,6 @@
-//! The upstream: Debian's CNCF Distribution 2.8.2 (`docker-registry serve <config.yml>`)
-//! on 127.0.0.1 with filesystem storage in a temp dir.
+//! Debian's CNCF Distribution 2.8.2 (`docker-registry serve <config.yml>`) on 127.0.0.1
+//! with filesystem storage in a temp dir: the tests' upstream, and both the upstream and
+//! the pull-through proxy Ferry is compared with in the benchmark.
 //!
 //! Distribution 2.8.2 writes its access log to **stdout** in Apache combined format,
 //! one line per request after the response is written:
@@ -10,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::process::{ChildGuard, free_port, require_binary, tail_file};
-use super::token_server::TokenServer;
+use crate::process::{ChildGuard, free_port, require_binary, tail_file};
 
 const BINARY: &str = "/usr/bin/docker-registry";
 
@@ -45,15 +45,10 @@ impl RegistryAuth {
         }
     }
 
-    /// Token auth trusting `server`; its first user pushes seed content.
-    pub fn token(server: &TokenServer) -> RegistryAuth {
-        RegistryAuth::Token(TokenAuth {
-            realm: server.realm().to_owned(),
-            service: server.service().to_owned(),
-            issuer: server.issuer().to_owned(),
-            rootcertbundle: server.cert_path().to_owned(),
-            push_creds: server.user(),
-        })
+    /// Token auth trusting `server` (a token server that converts into its
+    /// [`TokenAuth`]); its first user pushes seed content.
+    pub fn token(server: impl Into<TokenAuth>) -> RegistryAuth {
+        RegistryAuth::Token(server.into())
     }
 }
 
@@ -65,8 +60,14 @@ pub struct RegistryOptions {
     /// (`http://127.0.0.2:PORT`): blob GETs and HEADs then answer 307 with
     /// `Location: <baseurl>/docker/registry/v2/blobs/sha256/<2 hex>/<64 hex>/data`, the
     /// blob's path under [`Registry::storage_root`] (manifests are never redirected).
-    /// [`super::data_endpoint::DataEndpoint`] serves those URLs.
+    /// The tests' `DataEndpoint` serves those URLs.
     pub redirect_baseurl: Option<String>,
+    /// A pull-through cache of this registry (`proxy.remoteurl`) instead of a registry
+    /// of its own.
+    pub proxy_of: Option<String>,
+    /// The in-memory blob descriptor cache of Distribution's stock config (the
+    /// benchmark runs Distribution as deployed).
+    pub blob_descriptor_cache: bool,
 }
 
 impl RegistryOptions {
@@ -74,7 +75,21 @@ impl RegistryOptions {
         RegistryOptions {
             auth,
             redirect_baseurl: None,
+            proxy_of: None,
+            blob_descriptor_cache: false,
         }
+    }
+
+    /// A pull-through cache of `remote_url` (see [`RegistryOptions::proxy_of`]).
+    pub fn proxy_of(mut self, remote_url: &str) -> RegistryOptions {
+        self.proxy_of = Some(remote_url.to_owned());
+        self
+    }
+
+    /// With the stock in-memory blob descriptor cache.
+    pub fn blob_descriptor_cache(mut self) -> RegistryOptions {
+        self.blob_descriptor_cache = true;
+        self
     }
 
     /// Redirects blob reads to `baseurl` (see [`RegistryOptions::redirect_baseurl`]).
@@ -112,9 +127,11 @@ impl Registry {
         let RegistryOptions {
             auth,
             redirect_baseurl,
+            proxy_of,
+            blob_descriptor_cache,
         } = options;
         require_binary(BINARY, "docker-registry");
-        let dir = super::temp_dir("registry");
+        let dir = crate::temp_dir("registry");
         let root = dir.path().join("storage");
         std::fs::create_dir_all(&root).expect("create storage root");
 
@@ -144,6 +161,15 @@ impl Registry {
                 "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: \"{baseurl}\"\n"
             ),
         };
+        let proxy_yaml = match &proxy_of {
+            None => String::new(),
+            Some(url) => format!("proxy:\n  remoteurl: {url}\n"),
+        };
+        let cache_yaml = if blob_descriptor_cache {
+            "  cache:\n    blobdescriptor: inmemory\n"
+        } else {
+            ""
+        };
 
         // Distribution cannot bind port 0 and report it, so pick a free port and retry
         // if another process grabbed it in between.
@@ -153,9 +179,9 @@ impl Registry {
             let config = format!(
                 "version: 0.1\n\
                  log:\n  level: info\n  accesslog:\n    disabled: false\n\
-                 storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n{cache_yaml}\
                  http:\n  addr: {addr}\n  secret: ferry-test-secret\n\
-                 {auth_yaml}{middleware_yaml}",
+                 {auth_yaml}{middleware_yaml}{proxy_yaml}",
                 root = root.display(),
             );
             let config_path = dir.path().join("config.yml");
@@ -164,7 +190,7 @@ impl Registry {
             cmd.arg("serve").arg(&config_path);
             let mut child = ChildGuard::spawn("docker-registry", cmd, dir.path());
             let url = format!("http://{addr}/v2/");
-            let deadline = Instant::now() + Duration::from_secs(15);
+            let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Some(status) = child.try_exit_status() {
                     let stderr = tail_file(child.stderr_path(), 20);
@@ -176,7 +202,7 @@ impl Registry {
                         child.log_tails(40)
                     );
                 }
-                if super::process::http_status(&url, Duration::from_millis(500)).is_ok() {
+                if crate::process::http_status(&url, Duration::from_millis(500)).is_ok() {
                     return Registry {
                         child,
                         addr,
@@ -186,7 +212,7 @@ impl Registry {
                 }
                 if Instant::now() >= deadline {
                     panic!(
-                        "docker-registry did not answer {url} within 15s\n{}",
+                        "docker-registry did not answer {url} within 20s\n{}",
                         child.log_tails(40)
                     );
                 }
@@ -222,8 +248,13 @@ impl Registry {
     }
 
     /// A client for talking to this registry directly, with push credentials.
-    pub fn client(&self) -> super::http::RegistryClient {
-        super::http::RegistryClient::new(&self.url(), self.push_creds())
+    pub fn client(&self) -> crate::http::RegistryClient {
+        crate::http::RegistryClient::new(&self.url(), self.push_creds())
+    }
+
+    /// The process id (for `/proc/<pid>/…`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `rootdirectory` of the filesystem driver.
@@ -233,7 +264,7 @@ impl Registry {
 
     /// Where Distribution keeps the bytes of `digest`.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = super::digest_hex(digest);
+        let hex = crate::digest_hex(digest);
         self.storage_root()
             .join("docker/registry/v2/blobs/sha256")
             .join(&hex[..2])
@@ -255,6 +286,19 @@ impl Registry {
         std::fs::write(&path, &bytes).expect("write corrupted blob");
     }
 
+    /// Whether the store holds `digest` linked into `repo` (a proxy has cached it).
+    pub fn has_layer(&self, repo: &str, digest: &str) -> bool {
+        self.blob_path(digest).is_file()
+            && self
+                .storage_root()
+                .join("docker/registry/v2/repositories")
+                .join(repo)
+                .join("_layers/sha256")
+                .join(crate::digest_hex(digest))
+                .join("link")
+                .is_file()
+    }
+
     /// Writes `bytes` back as the stored blob `digest` (undoes [`Registry::corrupt_blob`]).
     pub fn restore_blob(&self, digest: &str, bytes: &[u8]) {
         std::fs::write(self.blob_path(digest), bytes).expect("restore blob");
@@ -262,27 +306,21 @@ impl Registry {
 
     /// Every access-log line so far.
     pub fn access_log(&self) -> Vec<AccessLogEntry> {
-        let text = std::fs::read_to_string(self.child.stdout_path()).unwrap_or_default();
-        text.lines().filter_map(parse_access_line).collect()
+        self.access_log_reader().read_since(0)
     }
 
     /// The access log once it has stopped growing for 100 ms (at most 2 s of waiting),
     /// because Distribution logs a request only after writing its response.
     pub fn settled_access_log(&self) -> Vec<AccessLogEntry> {
-        let len = || {
-            std::fs::metadata(self.child.stdout_path())
-                .map(|m| m.len())
-                .unwrap_or(0)
-        };
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut last = len();
-        loop {
-            std::thread::sleep(Duration::from_millis(100));
-            let now = len();
-            if now == last || Instant::now() >= deadline {
-                return self.access_log();
-            }
-            last = now;
+        let log = self.access_log_reader();
+        log.settle(Duration::from_millis(100), Duration::from_secs(2));
+        log.read_since(0)
+    }
+
+    /// The access log file, to read from a mark on.
+    pub fn access_log_reader(&self) -> AccessLog {
+        AccessLog {
+            path: self.child.stdout_path().to_owned(),
         }
     }
 
@@ -311,6 +349,57 @@ impl Registry {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Distribution's access log, read from a byte offset on.
+pub struct AccessLog {
+    path: PathBuf,
+}
+
+impl AccessLog {
+    fn len(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The current end; [`AccessLog::since`] reads what comes after it.
+    pub fn mark(&self) -> u64 {
+        self.len()
+    }
+
+    /// Waits until the log has not grown for `quiet`, or `limit` has passed.
+    pub fn settle(&self, quiet: Duration, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut last = self.len();
+        let mut still = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(25).min(quiet));
+            let now = self.len();
+            if now != last {
+                last = now;
+                still = Instant::now();
+            } else if still.elapsed() >= quiet || Instant::now() >= deadline {
+                return;
+            }
+        }
+    }
+
+    /// The lines after `mark`, once the log has not grown for `quiet` (at most 20 s of
+    /// waiting: Distribution logs a request only after its response is written, and a
+    /// proxy's own background fetches after they finish).
+    pub fn since(&self, mark: u64, quiet: Duration) -> Vec<AccessLogEntry> {
+        self.settle(quiet, Duration::from_secs(20));
+        self.read_since(mark)
+    }
+
+    /// The lines after `mark`, as they are now.
+    pub fn read_since(&self, mark: u64) -> Vec<AccessLogEntry> {
+        let bytes = std::fs::read(&self.path).unwrap_or_default();
+        let from = (mark as usize).min(bytes.len());
+        String::from_utf8_lossy(&bytes[from..])
+            .lines()
+            .filter_map(parse_access_line)
+            .collect()
     }
 }
 
