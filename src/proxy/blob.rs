@@ -12,9 +12,10 @@ use http::{HeaderMap, Method, StatusCode};
 use ferry_oci::Digest;
 
 use ferry_storage::Error as StorageError;
+use ferry_storage::chunks;
 
 use super::inflight::{Joined, Leader, State};
-use super::{CacheStatus, Error, Proxy, Result, Target, chunks};
+use super::{CacheStatus, Error, Proxy, Result, Target};
 
 /// How many times one blob download is resumed after its connection broke.
 const MAX_RESUMES: u32 = 5;

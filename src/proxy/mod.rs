@@ -9,7 +9,6 @@
 //! - Ferry is read-only: nothing here writes to an upstream.
 
 mod blob;
-mod chunks;
 mod error;
 mod inflight;
 mod manifest;
