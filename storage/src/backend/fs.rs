@@ -302,6 +302,21 @@ mod tests {
         assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
     }
 
+    /// This backend hands out its files, for paths that need a descriptor.
+    #[tokio::test]
+    async fn a_stored_blob_is_a_local_file() {
+        let (_dir, b) = backend();
+        let bytes = Bytes::from_static(b"layer bytes");
+        let d = Digest::sha256_of(&bytes);
+        assert!(b.local(&d).await.unwrap().is_none());
+        super::super::put_blob(&b, &d, bytes.clone()).await.unwrap();
+        let local = b.local(&d).await.unwrap().unwrap();
+        assert_eq!(local.size, bytes.len() as u64);
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut &local.file, &mut read).unwrap();
+        assert_eq!(read, bytes);
+    }
+
     /// A file whose size disagrees with its record reads as not stored, through the
     /// seam as without it.
     #[tokio::test]
