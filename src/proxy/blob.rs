@@ -188,7 +188,7 @@ impl Proxy {
             // operator can have removed it; an error, as a failed open always was.
             let gone = || io::Error::new(io::ErrorKind::NotFound, "stored blob vanished");
             Some(
-                self.blobs
+                self.blob_store
                     .read_range(digest, start, len)
                     .await?
                     .ok_or_else(gone)?,

@@ -94,7 +94,7 @@ pub struct Proxy {
     store: Arc<Store>,
     /// The blob side of [`Proxy::store`] through the storage seam (see
     /// `ferry_storage::backend`), which warm blobs are read from.
-    blobs: Arc<dyn BlobStore>,
+    blob_store: Arc<dyn BlobStore>,
     settings: arc_swap::ArcSwap<Settings>,
     /// `[[pin]]` images: reported by `status`, never evicted.
     pins: Vec<crate::config::Pin>,
@@ -115,7 +115,7 @@ impl Proxy {
             .map(|u| upstream::Client::new(u.clone(), &metrics).map(Arc::new))
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
-            blobs: Arc::new(FsBackend::new(store.clone())),
+            blob_store: Arc::new(FsBackend::new(store.clone())),
             store,
             settings: arc_swap::ArcSwap::from_pointee(Settings {
                 upstreams,
