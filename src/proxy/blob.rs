@@ -14,7 +14,7 @@ use ferry_oci::Digest;
 use ferry_storage::Error as StorageError;
 
 use super::inflight::{Joined, Leader, State};
-use super::{CacheStatus, Error, Proxy, Result, Target, chunks};
+use super::{CacheStatus, Error, Proxy, Result, Target};
 
 /// How many times one blob download is resumed after its connection broke.
 const MAX_RESUMES: u32 = 5;
@@ -183,12 +183,16 @@ impl Proxy {
         let range = resolve(range, size)?;
         let (start, end) = bounds(range, size);
         let body = if want_body {
-            let path = self.store.layout().blob(digest);
             let len = if size == 0 { 0 } else { end + 1 - start };
-            let file = tokio::task::spawn_blocking(move || std::fs::File::open(&path))
-                .await
-                .map_err(io::Error::other)??;
-            Some(chunks::file_chunks(file, start, len).boxed())
+            // Gone since it was found: the lease keeps eviction off it, so only an
+            // operator can have removed it; an error, as a failed open always was.
+            let gone = || io::Error::new(io::ErrorKind::NotFound, "stored blob vanished");
+            Some(
+                self.blob_store
+                    .read_range(digest, start, len)
+                    .await?
+                    .ok_or_else(gone)?,
+            )
         } else {
             None
         };

@@ -244,8 +244,10 @@ impl Fetch {
                     .await
                     .map_err(|_| io::Error::other("blob fetch abandoned"))?;
             };
-            let n = super::chunks::CHUNK.min(readable - pos).min(end + 1 - pos);
-            let chunk = super::chunks::read_chunk(&file, pos, n).await?;
+            let n = ferry_storage::chunks::CHUNK
+                .min(readable - pos)
+                .min(end + 1 - pos);
+            let chunk = ferry_storage::chunks::read_chunk(&file, pos, n).await?;
             let next = pos + chunk.len() as u64;
             Ok(Some((chunk, (rx, next))))
         })

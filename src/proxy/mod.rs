@@ -9,7 +9,6 @@
 //! - Ferry is read-only: nothing here writes to an upstream.
 
 mod blob;
-mod chunks;
 mod error;
 mod inflight;
 mod manifest;
@@ -23,6 +22,7 @@ mod tags;
 
 use std::sync::Arc;
 
+use ferry_storage::backend::{BlobStore, FsBackend};
 use ferry_storage::{Repo, Store};
 
 pub use blob::{Blob, ByteRange};
@@ -92,6 +92,9 @@ pub struct Settings {
 
 pub struct Proxy {
     store: Arc<Store>,
+    /// The blob side of [`Proxy::store`] through the storage seam (see
+    /// `ferry_storage::backend`), which warm blobs are read from.
+    blob_store: Arc<dyn BlobStore>,
     settings: arc_swap::ArcSwap<Settings>,
     /// `[[pin]]` images: reported by `status`, never evicted.
     pins: Vec<crate::config::Pin>,
@@ -112,6 +115,7 @@ impl Proxy {
             .map(|u| upstream::Client::new(u.clone(), &metrics).map(Arc::new))
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
+            blob_store: Arc::new(FsBackend::new(store.clone())),
             store,
             settings: arc_swap::ArcSwap::from_pointee(Settings {
                 upstreams,

@@ -15,6 +15,13 @@ pub enum Error {
         expected: u64,
         actual: u64,
     },
+    #[error("bytes {start}..{end} are outside blob {digest} of {size} bytes")]
+    RangeOutsideBlob {
+        digest: Digest,
+        start: u64,
+        end: u64,
+        size: u64,
+    },
     #[error("corrupt index record under {key}: {reason}")]
     CorruptRecord { key: String, reason: String },
     #[error(

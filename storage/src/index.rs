@@ -129,6 +129,35 @@ impl Index {
         Ok(())
     }
 
+    /// A tag's record with its encoded bytes, which [`Index::swap_tag`] compares.
+    pub(crate) fn tag_with_bytes(
+        &self,
+        repo: &Repo,
+        tag: &Tag,
+    ) -> Result<Option<(TagRecord, Vec<u8>)>> {
+        let key = repo.key(tag.as_str());
+        self.tags
+            .get(&key)?
+            .map(|v| Ok((decode(&key, &v)?, v.to_vec())))
+            .transpose()
+    }
+
+    /// Writes `rec` if the tag's record is still `expected` (its bytes; `None`: still
+    /// absent). The bytes written, or `None` if the record was not as expected.
+    pub(crate) fn swap_tag(
+        &self,
+        repo: &Repo,
+        tag: &Tag,
+        expected: Option<&[u8]>,
+        rec: &TagRecord,
+    ) -> Result<Option<Vec<u8>>> {
+        let new = encode(rec);
+        let swapped =
+            self.tags
+                .compare_and_swap(repo.key(tag.as_str()), expected, Some(new.as_slice()))?;
+        Ok(swapped.is_ok().then_some(new))
+    }
+
     /// The tags fetched through Ferry in `repo` (by manifest pulls), sorted.
     pub fn known_tags(&self, repo: &Repo) -> Result<BTreeSet<String>> {
         let mut out = BTreeSet::new();

@@ -15,10 +15,17 @@
 //! - A file changed since it verified is never served as good: reads check its size
 //!   against the index, and a background scrub re-hashes (see [`scrub`]).
 //!
+//! - What the proxy asks of a store, whatever holds the bytes, is the seam in
+//!   [`backend`]: a blob store and a metadata store, of which the blob files and sled
+//!   index here are one backend ([`backend::FsBackend`]), with one test suite every
+//!   backend passes. Warm blob chunks are read by [`chunks`].
+//!
 //! This crate knows nothing of HTTP or upstreams.
 
 mod access_times;
+pub mod backend;
 mod blobs;
+pub mod chunks;
 mod error;
 mod evict;
 mod format;

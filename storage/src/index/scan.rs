@@ -185,14 +185,25 @@ impl Index {
     /// Writes a blob record used at `at` (seconds), keeping a later time already
     /// recorded. The size is `size` only for a new record: an existing record keeps the
     /// size the blob verified at, the one a damaged file is told apart by.
+    ///
+    /// One atomic update, so that writers racing (housekeeping and shutdown flushing
+    /// at once) cannot move a time backwards. A record that does not decode is
+    /// replaced.
     pub fn record_access(&self, d: &Digest, size: u64, at: u64) -> Result<()> {
-        let key = d.as_str().as_bytes();
-        let (size, last_access) = match self.blob(d) {
-            Ok(Some(rec)) => (rec.size, rec.last_access.max(at)),
-            _ => (size, at),
-        };
-        self.blobs
-            .insert(key, encode(&BlobRecord { size, last_access }))?;
+        self.blobs.update_and_fetch(d.as_str().as_bytes(), |old| {
+            let old = old.and_then(|v| serde_json::from_slice::<BlobRecord>(v).ok());
+            let rec = match old {
+                Some(rec) => BlobRecord {
+                    size: rec.size,
+                    last_access: rec.last_access.max(at),
+                },
+                None => BlobRecord {
+                    size,
+                    last_access: at,
+                },
+            };
+            Some(encode(&rec))
+        })?;
         Ok(())
     }
 }
