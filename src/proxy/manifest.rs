@@ -244,22 +244,23 @@ impl Proxy {
         self.blocking(move |store| {
             let size = b.len() as u64;
             store.blobs.put(&d, &b)?;
-            store.index.put_manifest(
-                &d,
-                &ManifestRecord {
-                    media_type: mt.clone(),
-                    size,
-                },
-            )?;
-            store.index.link(&repo, &d)?;
-            if let Some(tag) = tag {
+            let tag = tag.map(|tag| {
                 let rec = TagRecord {
-                    digest: d,
-                    media_type: mt,
+                    digest: d.clone(),
+                    media_type: mt.clone(),
                     fetched_at: now_secs(),
                 };
-                store.index.set_tag(&repo, &tag, &rec)?;
-            }
+                (tag, rec)
+            });
+            store.index.manifest_stored_in(
+                &repo,
+                &d,
+                &ManifestRecord {
+                    media_type: mt,
+                    size,
+                },
+                tag.as_ref().map(|(t, r)| (t, r)),
+            )?;
             // Durable before it is served: a node that got it must find it after a
             // crash, even with the upstream gone.
             store.index.flush()

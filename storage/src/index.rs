@@ -22,6 +22,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sled::Transactional;
 
 use crate::{Digest, Error, RepoName, Result, Tag};
 
@@ -227,7 +228,6 @@ impl Index {
     /// link would leave a stored blob no repository serves (and that the sweep of
     /// unrecorded files at open would not look at).
     pub fn blob_stored_in(&self, repo: &Repo, d: &Digest, size: u64) -> Result<()> {
-        use sled::Transactional;
         let rec = encode(&BlobRecord {
             size,
             last_access: now_secs(),
@@ -237,13 +237,34 @@ impl Index {
             .transaction(|(blobs, links)| {
                 blobs.insert(d.as_str().as_bytes(), rec.as_slice())?;
                 links.insert(link.as_slice(), &[])?;
-                Ok::<_, sled::transaction::ConflictableTransactionError>(())
+                Ok(())
             })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e)
-                | sled::transaction::TransactionError::Abort(e) => e,
-            })?;
-        Ok(())
+            .map_err(transaction_error)
+    }
+
+    /// Records a manifest fetched for `repo`, links it there and, fetched by `tag`,
+    /// points the tag at it: one transaction, for the reason [`Index::blob_stored_in`]
+    /// gives (a tag whose manifest record was lost would point at nothing servable).
+    pub fn manifest_stored_in(
+        &self,
+        repo: &Repo,
+        d: &Digest,
+        rec: &ManifestRecord,
+        tag: Option<(&Tag, &TagRecord)>,
+    ) -> Result<()> {
+        let rec = encode(rec);
+        let link = repo.key(d.as_str());
+        let tag = tag.map(|(t, r)| (repo.key(t.as_str()), encode(r)));
+        (&self.manifests, &self.links, &self.tags)
+            .transaction(|(manifests, links, tags)| {
+                manifests.insert(d.as_str().as_bytes(), rec.as_slice())?;
+                links.insert(link.as_slice(), &[])?;
+                if let Some((key, value)) = &tag {
+                    tags.insert(key.as_slice(), value.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(transaction_error)
     }
 
     /// The referrers answer kept for `subject`: the unfiltered one, or the one an
@@ -284,6 +305,14 @@ fn referrers_key(repo: &Repo, subject: &Digest, artifact_type: Option<&str>) -> 
     match artifact_type {
         None => repo.key(subject.as_str()),
         Some(a) => repo.key(&format!("{subject}\0artifactType={a}")),
+    }
+}
+
+/// A transaction that never aborts fails only in sled itself.
+fn transaction_error(e: sled::transaction::TransactionError) -> Error {
+    match e {
+        sled::transaction::TransactionError::Storage(e)
+        | sled::transaction::TransactionError::Abort(e) => e.into(),
     }
 }
 
@@ -332,6 +361,31 @@ mod tests {
         idx.link(&repo("a", "r"), &d).unwrap();
         assert!(idx.is_linked(&repo("a", "r"), &d).unwrap());
         assert!(!idx.is_linked(&repo("a", "r/sub"), &d).unwrap());
+    }
+
+    #[test]
+    fn a_stored_manifest_is_recorded_linked_and_tagged_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(dir.path()).unwrap();
+        let (r, d) = (repo("a", "r"), Digest::sha256_of(b"m"));
+        let rec = ManifestRecord {
+            media_type: "x".into(),
+            size: 1,
+        };
+        let t: Tag = "1".parse().unwrap();
+        let tag = TagRecord {
+            digest: d.clone(),
+            media_type: "x".into(),
+            fetched_at: 1,
+        };
+        idx.manifest_stored_in(&r, &d, &rec, Some((&t, &tag)))
+            .unwrap();
+        assert_eq!(idx.manifest(&d).unwrap(), Some(rec));
+        assert!(idx.is_linked(&r, &d).unwrap());
+        assert_eq!(idx.tag(&r, &t).unwrap(), Some(tag));
+        idx.blob_stored_in(&r, &Digest::sha256_of(b"b"), 5).unwrap();
+        assert!(idx.is_linked(&r, &Digest::sha256_of(b"b")).unwrap());
+        assert_eq!(idx.blob(&Digest::sha256_of(b"b")).unwrap().unwrap().size, 5);
     }
 
     #[test]

@@ -173,14 +173,15 @@ pub fn import(config: &Config, opts: &ImportOptions) -> Result<ImportReport, Err
             index.blob_stored_in(&p.repo, d, *size)?;
         }
         for (d, media_type, size) in &node.manifests {
-            index.put_manifest(
+            index.manifest_stored_in(
+                &p.repo,
                 d,
                 &ManifestRecord {
                     media_type: media_type.clone(),
                     size: *size,
                 },
+                None,
             )?;
-            index.link(&p.repo, d)?;
         }
         let mut replaced = None;
         if let Some(Reference::Tag(tag)) = &p.name.reference {
