@@ -1,0 +1,168 @@
+//! Azurite, Microsoft's emulator of Azure Blob Storage, as the shared store of tests.
+//!
+//! `tests/run.sh` installs it with npm into `target/azurite/` (`FERRY_AZURITE` names
+//! another `azurite-blob`). Each [`Azurite`] is its own process on a free port of
+//! 127.0.0.1 with its own `--location`, killed when dropped.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use ferry_testkit::process::{ChildGuard, free_port, wait_for_http, without_proxy_env};
+use sha2::Digest as _;
+
+use super::{AzureAuth, AzureStore};
+
+/// Azurite's one account and its published development key (the same in every
+/// installation; not a secret).
+pub const ACCOUNT: &str = "devstoreaccount1";
+pub const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A running `azurite-blob`.
+pub struct Azurite {
+    port: u16,
+    // Dropped first: the process goes before its data directory.
+    _process: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FERRY_AZURITE") {
+        return path.into();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("target/azurite/node_modules/.bin/azurite-blob");
+    assert!(
+        path.is_file(),
+        "{} not found: install Azurite with `npm install --prefix target/azurite azurite@3` \
+         (tests/run.sh does this)",
+        path.display()
+    );
+    path
+}
+
+impl Azurite {
+    /// Starts one and waits until it answers.
+    pub fn start() -> Azurite {
+        let dir = ferry_testkit::temp_dir("ferry-azurite");
+        // A free port may be taken again before Azurite binds it: try another.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(binary());
+            cmd.arg("--blobHost")
+                .arg("127.0.0.1")
+                .arg("--blobPort")
+                .arg(port.to_string())
+                .arg("--location")
+                .arg(dir.path().join("data"))
+                .args(["--skipApiVersionCheck", "--loose", "--silent"])
+                // It would otherwise report to a telemetry service on the internet.
+                .arg("--disableTelemetry");
+            without_proxy_env(&mut cmd);
+            let mut process = ChildGuard::spawn(&format!("azurite-{port}"), cmd, dir.path());
+            let url = format!("http://127.0.0.1:{port}/");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if process.try_exit_status().is_some() {
+                    break;
+                }
+                if wait_for_http(&url, Duration::from_millis(200)).is_ok() {
+                    return Azurite {
+                        port,
+                        _process: process,
+                        _dir: dir,
+                    };
+                }
+            }
+            eprintln!(
+                "azurite on port {port} did not start:\n{}",
+                process.log_tails(20)
+            );
+        }
+        panic!("azurite did not start");
+    }
+
+    /// The account's endpoint (path style: the account is the first segment).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+    }
+
+    /// Where `container` is, with the account key.
+    pub fn store(&self, container: &str) -> AzureStore {
+        AzureStore {
+            account: ACCOUNT.into(),
+            container: container.into(),
+            endpoint: Some(self.endpoint()),
+            auth: AzureAuth::AccountKey(KEY.into()),
+        }
+    }
+
+    /// Creates `container` (Azure creates none on a first write).
+    pub fn create_container(&self, container: &str) {
+        let status = self.signed("PUT", &format!("/{container}"), "restype=container");
+        assert_eq!(status, 201, "create container {container}");
+    }
+
+    /// Sends a bodiless request signed with the account's Shared Key; its status.
+    /// `query` is one `name=value`.
+    fn signed(&self, method: &str, path: &str, query: &str) -> u16 {
+        let date = httpdate::fmt_http_date(SystemTime::now());
+        let version = "2021-08-06";
+        let (name, value) = query.split_once('=').expect("name=value");
+        // https://learn.microsoft.com/rest/api/storageservices/authorize-with-shared-key
+        let to_sign = format!(
+            "{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n\
+             /{ACCOUNT}/{ACCOUNT}{path}\n{name}:{value}"
+        );
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = b64.decode(KEY).expect("base64 key");
+        let signature = b64.encode(hmac_sha256(&key, to_sign.as_bytes()));
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to azurite");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        write!(
+            stream,
+            "{method} /{ACCOUNT}{path}?{query} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+             x-ms-date: {date}\r\nx-ms-version: {version}\r\n\
+             Authorization: SharedKey {ACCOUNT}:{signature}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("send");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) of `msg` under `key`.
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&sha2::Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = sha2::Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = sha2::Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().to_vec()
+}
+
+#[test]
+fn hmac_matches_rfc_4231_case_2() {
+    let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+    assert_eq!(
+        hex::encode(mac),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+}
