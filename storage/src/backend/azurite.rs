@@ -6,9 +6,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use ferry_testkit::process::{ChildGuard, free_port, wait_for_http, without_proxy_env};
@@ -26,8 +26,37 @@ pub const KEY: &str =
 pub struct Azurite {
     port: u16,
     // Dropped first: the process goes before its data directory.
-    _process: ChildGuard,
-    _dir: tempfile::TempDir,
+    process: Option<ChildGuard>,
+    dir: tempfile::TempDir,
+}
+
+/// `azurite-blob` on `port` keeping its data in `dir`, once it answers; `None` if it
+/// exited (the port was taken) or never answered.
+fn spawn(port: u16, dir: &Path) -> Option<ChildGuard> {
+    let mut cmd = Command::new(binary());
+    cmd.arg("--blobHost")
+        .arg("127.0.0.1")
+        .arg("--blobPort")
+        .arg(port.to_string())
+        .arg("--location")
+        .arg(dir.join("data"))
+        .args(["--skipApiVersionCheck", "--loose", "--silent"])
+        // It would otherwise report to a telemetry service on the internet.
+        .arg("--disableTelemetry");
+    without_proxy_env(&mut cmd);
+    let mut process = ChildGuard::spawn(&format!("azurite-{port}"), cmd, dir);
+    let url = format!("http://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && process.try_exit_status().is_none() {
+        if wait_for_http(&url, Duration::from_millis(200)).is_ok() {
+            return Some(process);
+        }
+    }
+    eprintln!(
+        "azurite on port {port} did not start:\n{}",
+        process.log_tails(20)
+    );
+    None
 }
 
 fn binary() -> PathBuf {
@@ -52,38 +81,31 @@ impl Azurite {
         // A free port may be taken again before Azurite binds it: try another.
         for _ in 0..5 {
             let port = free_port();
-            let mut cmd = Command::new(binary());
-            cmd.arg("--blobHost")
-                .arg("127.0.0.1")
-                .arg("--blobPort")
-                .arg(port.to_string())
-                .arg("--location")
-                .arg(dir.path().join("data"))
-                .args(["--skipApiVersionCheck", "--loose", "--silent"])
-                // It would otherwise report to a telemetry service on the internet.
-                .arg("--disableTelemetry");
-            without_proxy_env(&mut cmd);
-            let mut process = ChildGuard::spawn(&format!("azurite-{port}"), cmd, dir.path());
-            let url = format!("http://127.0.0.1:{port}/");
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while std::time::Instant::now() < deadline {
-                if process.try_exit_status().is_some() {
-                    break;
-                }
-                if wait_for_http(&url, Duration::from_millis(200)).is_ok() {
-                    return Azurite {
-                        port,
-                        _process: process,
-                        _dir: dir,
-                    };
-                }
+            if let Some(process) = spawn(port, dir.path()) {
+                return Azurite {
+                    port,
+                    process: Some(process),
+                    dir,
+                };
             }
-            eprintln!(
-                "azurite on port {port} did not start:\n{}",
-                process.log_tails(20)
-            );
         }
         panic!("azurite did not start");
+    }
+
+    /// Stops it (SIGTERM): the store becomes unreachable. Not SIGKILL: Azurite keeps
+    /// its metadata in a database it saves every few seconds, so a killed Azurite
+    /// forgets writes it acknowledged (Azure itself does not).
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts it again on the same port and data (after [`Azurite::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        let process = spawn(self.port, self.dir.path()).expect("azurite restarts");
+        self.process = Some(process);
     }
 
     /// The account's endpoint (path style: the account is the first segment).
@@ -103,21 +125,38 @@ impl Azurite {
 
     /// Creates `container` (Azure creates none on a first write).
     pub fn create_container(&self, container: &str) {
-        let status = self.signed("PUT", &format!("/{container}"), "restype=container");
-        assert_eq!(status, 201, "create container {container}");
+        let (status, body) =
+            self.signed("PUT", &format!("/{container}"), &[("restype", "container")]);
+        assert_eq!(status, 201, "create container {container}: {body}");
     }
 
-    /// Sends a bodiless request signed with the account's Shared Key; its status.
-    /// `query` is one `name=value`.
-    fn signed(&self, method: &str, path: &str, query: &str) -> u16 {
+    /// The blocks staged for `blob` in `container` and not committed (Get Block List),
+    /// as Azure's XML answer; `None` if there is no such blob, committed or staged.
+    pub fn uncommitted_blocks(&self, container: &str, blob: &str) -> Option<String> {
+        let path = format!("/{container}/{blob}");
+        let query = [("blocklisttype", "uncommitted"), ("comp", "blocklist")];
+        match self.signed("GET", &path, &query) {
+            (200, body) => Some(body),
+            (404, _) => None,
+            (status, body) => panic!("get block list of {path}: {status} {body}"),
+        }
+    }
+
+    /// Sends a bodiless request signed with the account's Shared Key; its status and
+    /// body. `query` sorted by name.
+    fn signed(&self, method: &str, path: &str, query: &[(&str, &str)]) -> (u16, String) {
         let date = httpdate::fmt_http_date(SystemTime::now());
         let version = "2021-08-06";
-        let (name, value) = query.split_once('=').expect("name=value");
         // https://learn.microsoft.com/rest/api/storageservices/authorize-with-shared-key
-        let to_sign = format!(
+        let mut to_sign = format!(
             "{method}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n\
-             /{ACCOUNT}/{ACCOUNT}{path}\n{name}:{value}"
+             /{ACCOUNT}/{ACCOUNT}{path}"
         );
+        for (name, value) in query {
+            to_sign.push_str(&format!("\n{name}:{value}"));
+        }
+        let query: Vec<String> = query.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let query = query.join("&");
         let b64 = base64::engine::general_purpose::STANDARD;
         let key = b64.decode(KEY).expect("base64 key");
         let signature = b64.encode(hmac_sha256(&key, to_sign.as_bytes()));
@@ -134,10 +173,12 @@ impl Azurite {
         .expect("send");
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer);
-        answer
+        let status = answer
             .get(9..12)
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+            .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_owned())
     }
 }
 

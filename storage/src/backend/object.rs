@@ -58,13 +58,14 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::{Path, PathPart};
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    UpdateVersion, WriteMultipart,
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig, UpdateVersion, WriteMultipart,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -118,11 +119,24 @@ impl AzureStore {
         let mut builder = MicrosoftAzureBuilder::new()
             .with_account(&self.account)
             .with_container_name(&self.container);
+        // Blob bodies take as long as their readers do: no limit on a whole request,
+        // but a store that stops answering is noticed, and retries end soon enough for
+        // a caller to fall back to the upstream.
+        let mut options = ClientOptions::new()
+            .with_timeout_disabled()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_read_timeout(Duration::from_secs(30));
         if let Some(endpoint) = &self.endpoint {
-            builder = builder
-                .with_endpoint(endpoint.clone())
-                .with_allow_http(endpoint.starts_with("http://"));
+            builder = builder.with_endpoint(endpoint.clone());
+            options = options.with_allow_http(endpoint.starts_with("http://"));
         }
+        builder = builder
+            .with_client_options(options)
+            .with_retry(RetryConfig {
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(15),
+                ..Default::default()
+            });
         builder = match &self.auth {
             AzureAuth::AccountKey(key) => builder.with_access_key(key),
             AzureAuth::Sas(token) => builder.with_config(
@@ -747,4 +761,162 @@ mod tests {
     }
 
     crate::backend::suite::backend_suite!(backend);
+
+    fn pattern(len: usize) -> Bytes {
+        (0..len)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    /// Every object in the container, whatever its prefix.
+    async fn everything(b: &ObjectBackend) -> Vec<String> {
+        let all: Vec<_> = b.store().list(None).try_collect().await.unwrap();
+        all.into_iter().map(|m| m.location.to_string()).collect()
+    }
+
+    /// What the suite cannot see: a blob of several blocks that is refused, or
+    /// abandoned, had its blocks staged in Azurite, and none of them became readable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_and_abandoned_block_uploads_leave_nothing_readable() {
+        let (azurite, b) = backend();
+        let bytes = pattern(5 * TEST_PART + 7);
+        let d = Digest::sha256_of(&bytes);
+        let blob = b.blob_path(&d).to_string();
+        // Wrong bytes (the last one changed), all of them uploaded: refused.
+        let mut wrong = bytes.to_vec();
+        *wrong.last_mut().unwrap() ^= 1;
+        let mut w = b.writer(&d, Some(wrong.len() as u64)).await.unwrap();
+        w.write(wrong.into()).await.unwrap();
+        let staged = azurite.uncommitted_blocks("ferry", &blob);
+        assert!(
+            staged.as_deref().is_some_and(|x| x.contains("<Block>")),
+            "the blocks went to the store before the commit: {staged:?}"
+        );
+        let refused = w.commit().await.unwrap_err();
+        assert!(matches!(refused, Error::DigestMismatch { .. }), "{refused}");
+        // Abandoned half way.
+        let mut w = b.writer(&d, Some(bytes.len() as u64)).await.unwrap();
+        w.write(bytes.slice(..3 * TEST_PART)).await.unwrap();
+        drop(w);
+        assert_eq!(everything(&b).await, Vec::<String>::new());
+        let got = b.store().get(&b.blob_path(&d)).await;
+        assert!(
+            matches!(got, Err(object_store::Error::NotFound { .. })),
+            "{got:?}"
+        );
+        assert_eq!(b.stat(&d).await.unwrap(), None);
+        // The next writer of the digest stores it whole.
+        super::super::put_blob(&b, &d, bytes.clone()).await.unwrap();
+        let read: Vec<Bytes> = b
+            .read_range(&d, 0, bytes.len() as u64)
+            .await
+            .unwrap()
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(read.concat() == bytes);
+    }
+
+    /// Two replicas uploading the same blob in blocks at once: on Azure the first
+    /// commit discards the other's staged blocks; both writers still succeed, and the
+    /// blob is whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interleaved_block_uploads_of_one_blob_both_succeed() {
+        let (_azurite, b) = backend();
+        let bytes = pattern(4 * TEST_PART + 3);
+        let d = Digest::sha256_of(&bytes);
+        let size = Some(bytes.len() as u64);
+        let (mut w1, mut w2) = (
+            b.writer(&d, size).await.unwrap(),
+            b.writer(&d, size).await.unwrap(),
+        );
+        w1.write(bytes.slice(..2 * TEST_PART + 1)).await.unwrap();
+        w2.write(bytes.clone()).await.unwrap();
+        w2.commit().await.unwrap();
+        w1.write(bytes.slice(2 * TEST_PART + 1..)).await.unwrap();
+        w1.commit().await.unwrap();
+        assert_eq!(b.stat(&d).await.unwrap(), size);
+        let read: Vec<Bytes> = b
+            .read_range(&d, 0, bytes.len() as u64)
+            .await
+            .unwrap()
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(read.concat() == bytes);
+    }
+
+    /// The layout of the module doc, under the prefix; another prefix in the same
+    /// container is another store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn objects_are_laid_out_under_the_prefix() {
+        let (azurite, prod) = backend();
+        let store = azurite.store("ferry").build().unwrap();
+        let staging = ObjectBackend::new(store, "staging").unwrap();
+        let layer = Bytes::from_static(b"layer");
+        let d = Digest::sha256_of(&layer);
+        super::super::put_blob(&prod, &d, layer).await.unwrap();
+        let repo = Repo {
+            upstream: "docker.io".into(),
+            name: "library/alpine".parse().unwrap(),
+        };
+        prod.blob_stored_in(&repo, &d, 5).await.unwrap();
+        let tag: Tag = "3.20".parse().unwrap();
+        let rec = TagRecord {
+            digest: d.clone(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            fetched_at: 1,
+        };
+        assert!(matches!(
+            prod.swap_tag(&repo, &tag, None, &rec).await.unwrap(),
+            Swap::Done(_)
+        ));
+        let hex = d.hex();
+        let mut want = vec![
+            format!("prod/blobs/sha256/{hex}"),
+            format!("prod/meta/blobs/sha256/{hex}"),
+            format!("prod/meta/repos/docker.io/library/alpine/_links/sha256/{hex}"),
+            "prod/meta/repos/docker.io/library/alpine/_tags/3.20".to_owned(),
+        ];
+        want.sort();
+        let mut got = everything(&prod).await;
+        got.sort();
+        assert_eq!(got, want);
+        assert_eq!(staging.list().await.unwrap(), vec![]);
+        assert_eq!(staging.stat(&d).await.unwrap(), None);
+        assert!(staging.tag(&repo, &tag).await.unwrap().is_none());
+        assert!(!staging.is_linked(&repo, &d).await.unwrap());
+    }
+
+    /// The store stopped: calls fail soon with an error (a caller falls back to the
+    /// upstream); started again, the same backend works on, its data intact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_store_fails_calls_and_recovers_by_itself() {
+        let (mut azurite, b) = backend();
+        let layer = Bytes::from_static(b"layer");
+        let d = Digest::sha256_of(&layer);
+        super::super::put_blob(&b, &d, layer).await.unwrap();
+        azurite.stop();
+        let started = std::time::Instant::now();
+        let failed = b.stat(&d).await.unwrap_err();
+        assert!(matches!(failed, Error::ObjectStore(_)), "{failed}");
+        let read = b.read_range(&d, 0, 5).await;
+        assert!(read.is_err(), "read from a dead store");
+        let other = Digest::sha256_of(b"other");
+        let put = super::super::put_blob(&b, &other, Bytes::from_static(b"other")).await;
+        assert!(put.is_err(), "write to a dead store");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        // Nothing in the error says what the key is.
+        assert!(!failed.to_string().contains(super::super::azurite::KEY));
+        azurite.restart();
+        assert_eq!(b.stat(&d).await.unwrap(), Some(5));
+        assert_eq!(b.stat(&other).await.unwrap(), None);
+    }
 }
