@@ -32,12 +32,14 @@
 //! # Blobs: nothing readable before it verified
 //!
 //! A [`BlobWriter`] hashes every byte as it arrives. A blob that fits in one part
-//! ([`PART`], 8 MiB) is kept in memory and written by one `Put Blob` at the commit, after the
-//! size and digest checked; a larger one is uploaded as blocks while it arrives (two in
-//! flight at most: back-pressure on the upstream) and becomes visible only when the
-//! commit, after the checks, puts the block list. A refused or abandoned writer commits
-//! nothing: its staged blocks are never readable and the service drops them (Azure at
-//! the next commit of that name or after a week; S3 uploads are aborted).
+//! ([`PART`], 8 MiB) is kept in memory and written by one `Put Blob` at the commit,
+//! after the size and digest checked. A larger one is uploaded as blocks while it
+//! arrives (a write waits while two blocks are in flight: back-pressure on the
+//! upstream, about three parts, 24 MiB, held per blob being written) and becomes
+//! visible only when the commit, after the checks, puts the block list. A refused or
+//! abandoned writer commits nothing: its staged blocks are never readable and the
+//! service drops them (Azure at the next commit of that name or after a week; S3
+//! uploads are aborted).
 //!
 //! Two writers of one digest (two replicas fetching the same blob) may race: on Azure
 //! the first commit discards the other's staged blocks, so the second commit fails. The
