@@ -151,12 +151,22 @@ impl AzureStore {
 }
 
 /// Blobs and records as objects under one prefix of an object store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     /// Bytes per block of an upload ([`PART`]).
     part: usize,
+}
+
+impl std::fmt::Debug for ObjectBackend {
+    /// The store's `Display` (account and container): its `Debug` shows credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectBackend")
+            .field("store", &format_args!("{}", self.store))
+            .field("prefix", &self.prefix.as_ref())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ObjectBackend {
@@ -891,6 +901,64 @@ mod tests {
         assert_eq!(staging.stat(&d).await.unwrap(), None);
         assert!(staging.tag(&repo, &tag).await.unwrap().is_none());
         assert!(!staging.is_linked(&repo, &d).await.unwrap());
+    }
+
+    /// A SAS token works as the account key does; a wrong credential of either kind is
+    /// refused, and the error names neither the key nor the signature.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sas_and_account_key_auth_and_refused_credentials_stay_secret() {
+        use super::super::azurite::KEY;
+        let (azurite, _) = backend();
+        let with = |auth| {
+            let store = AzureStore {
+                auth,
+                ..azurite.store("ferry")
+            };
+            ObjectBackend::new(store.build().unwrap(), "prod").unwrap()
+        };
+        let sas = Azurite::account_sas(KEY);
+        let b = with(AzureAuth::Sas(format!("?{sas}")));
+        let keyed = with(AzureAuth::AccountKey(KEY.into()));
+        let sig = sas.rsplit_once("sig=").unwrap().1;
+        // The key as base64, and as the bytes object_store's own `Debug` shows.
+        let key_bytes =
+            base64::engine::Engine::decode(&base64::engine::general_purpose::STANDARD, KEY)
+                .unwrap();
+        let key_bytes = format!("{key_bytes:?}");
+        let key_bytes = key_bytes.trim_matches(|c| c == '[' || c == ']');
+        for shown in [format!("{b:?} {b:#?}"), format!("{keyed:?} {keyed:#?}")] {
+            for secret in [KEY, sig, key_bytes] {
+                assert!(!shown.contains(secret), "a credential is in {shown}");
+            }
+        }
+        let layer = Bytes::from_static(b"layer");
+        let d = Digest::sha256_of(&layer);
+        super::super::put_blob(&b, &d, layer).await.unwrap();
+        assert_eq!(b.stat(&d).await.unwrap(), Some(5));
+        assert_eq!(b.list().await.unwrap(), vec![d.clone()]);
+        // Signed with another key: refused.
+        let other_key =
+            base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 64]);
+        let forged = Azurite::account_sas(&other_key);
+        let sig = forged.rsplit_once("sig=").unwrap().1.to_owned();
+        let decoded = sig
+            .replace("%2B", "+")
+            .replace("%2F", "/")
+            .replace("%3D", "=");
+        for (auth, secrets) in [
+            (AzureAuth::Sas(forged), vec![sig, decoded]),
+            (AzureAuth::AccountKey(other_key.clone()), vec![other_key]),
+        ] {
+            let refused = with(auth).stat(&d).await.unwrap_err();
+            let shown = format!("{refused} {refused:?}");
+            assert!(shown.contains("403"), "not refused: {shown}");
+            for secret in secrets.iter().chain([&KEY.to_owned()]) {
+                assert!(
+                    !shown.contains(secret.as_str()),
+                    "a credential is in {shown}"
+                );
+            }
+        }
     }
 
     /// The store stopped: calls fail soon with an error (a caller falls back to the
