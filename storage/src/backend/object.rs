@@ -903,6 +903,66 @@ mod tests {
         assert!(!staging.is_linked(&repo, &d).await.unwrap());
     }
 
+    /// At the real part size: a blob of several 8 MiB blocks and a short last one
+    /// reads back whole and by ranges across block boundaries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_of_several_default_parts_reads_back_across_blocks() {
+        let (_azurite, b) = backend();
+        let b = b.with_part_size(PART);
+        let bytes = pattern(3 * PART + 12_345);
+        let d = Digest::sha256_of(&bytes);
+        let mut w = b.writer(&d, Some(bytes.len() as u64)).await.unwrap();
+        // As an upstream body arrives: pieces of 64 KiB.
+        for piece in bytes.chunks(64 << 10) {
+            w.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        w.commit().await.unwrap();
+        let part = PART as u64;
+        for (start, len) in [
+            (0, bytes.len() as u64),
+            (part - 10, 20),
+            (2 * part - 1, part + 2),
+        ] {
+            let read: Vec<Bytes> = b
+                .read_range(&d, start, len)
+                .await
+                .unwrap()
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            let want = &bytes[start as usize..(start + len) as usize];
+            assert!(read.concat() == want, "bytes {start}+{len}");
+        }
+    }
+
+    /// A range read yields exactly its length: a body that ends early or runs long
+    /// ends in an error, never a short (or long) body.
+    #[tokio::test]
+    async fn a_short_or_long_body_is_an_error() {
+        let body = |chunks: &[&'static [u8]]| {
+            let items: Vec<object_store::Result<Bytes>> =
+                chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+            futures_util::stream::iter(items).boxed()
+        };
+        let read = |stream, len| async move {
+            let items: Vec<io::Result<Bytes>> = exactly(stream, len).collect().await;
+            items
+        };
+        let exact = read(body(&[b"ab", b"cd"]), 4).await;
+        assert_eq!(exact.len(), 2);
+        assert!(exact.iter().all(|i| i.is_ok()));
+        let short = read(body(&[b"ab", b"c"]), 4).await;
+        assert_eq!(short.len(), 3);
+        assert_eq!(
+            short[2].as_ref().unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let long = read(body(&[b"ab", b"cde"]), 4).await;
+        assert_eq!(long.len(), 2);
+        assert!(long[1].is_err());
+    }
+
     /// A SAS token works as the account key does; a wrong credential of either kind is
     /// refused, and the error names neither the key nor the signature.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
