@@ -38,7 +38,7 @@ install_azurite() {
   fi
   echo "tests/run.sh: installing azurite" >&2
   mkdir -p target/azurite
-  npm install --prefix target/azurite --no-audit --no-fund --silent azurite@3
+  npm install --prefix target/azurite --no-audit --no-fund --loglevel error azurite@3
 }
 install_azurite
 
