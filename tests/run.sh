@@ -23,6 +23,25 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
+# Azurite, the Azure Blob Storage emulator the shared backend's tests run against
+# (storage/src/backend/azurite.rs), from npm into target/azurite when missing.
+install_azurite() {
+  [ -x target/azurite/node_modules/.bin/azurite-blob ] && return
+  if ! command -v npm >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "tests/run.sh: missing npm; run as root to install it with apt-get" >&2
+      exit 1
+    fi
+    echo "tests/run.sh: installing npm" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+  fi
+  echo "tests/run.sh: installing azurite" >&2
+  mkdir -p target/azurite
+  npm install --prefix target/azurite --no-audit --no-fund --loglevel error azurite@3
+}
+install_azurite
+
 cargo fmt --all -- --check
 # Every crate and target (tests, benches) with the lints of Cargo.toml; a warning fails.
 cargo clippy --workspace --all-targets -- -D warnings

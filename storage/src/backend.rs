@@ -11,9 +11,10 @@
 //!   with their access times, referrers answers, the upstream's tag lists.
 //!
 //! Today's filesystem blob files and sled index are one backend ([`FsBackend`], an
-//! adapter over [`Blobs`](crate::Blobs) and [`Index`](crate::Index)); a shared
-//! object-store backend (Azure Blob, S3) is the next. Both must pass the same
-//! backend test suite (`backend/suite.rs`), as Distribution's storage drivers do.
+//! adapter over [`Blobs`](crate::Blobs) and [`Index`](crate::Index)); the shared
+//! backend ([`ObjectBackend`], `backend/object.rs`) keeps blobs and records as objects
+//! in Azure Blob Storage (tested against Azurite). Both pass the same backend test
+//! suite (`backend/suite.rs`), as Distribution's storage drivers do.
 //!
 //! # Why this shape
 //!
@@ -67,7 +68,10 @@
 //! Leases, in-memory access stamps and the byte count stay where they are
 //! ([`Blobs`](crate::Blobs)): they describe this process, not the store.
 
+#[cfg(test)]
+mod azurite;
 mod fs;
+mod object;
 #[cfg(test)]
 mod suite;
 
@@ -80,6 +84,7 @@ use futures_util::stream::BoxStream;
 use crate::{BlobRecord, Digest, ManifestRecord, Repo, Result, Tag, TagRecord};
 
 pub use fs::FsBackend;
+pub use object::{AzureAuth, AzureStore, ObjectBackend};
 
 /// A blob's bytes as they are read.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;

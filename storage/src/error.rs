@@ -7,6 +7,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("index error: {0}")]
     Index(#[from] sled::Error),
+    /// A shared store's request failed (unreachable, refused, an unexpected answer).
+    #[error("shared store error: {0}")]
+    ObjectStore(#[from] object_store::Error),
     #[error("content does not match digest {expected} (got {actual})")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("content of {digest} is {actual} bytes, expected {expected}")]
