@@ -759,6 +759,7 @@ impl MetaStore for ObjectBackend {
 #[cfg(test)]
 mod tests {
     use super::super::azurite::Azurite;
+    use super::super::suite::read;
     use super::*;
 
     /// Small blocks, so that the suite's blobs of a few hundred KiB are block uploads.
@@ -820,15 +821,8 @@ mod tests {
         assert_eq!(b.stat(&d).await.unwrap(), None);
         // The next writer of the digest stores it whole.
         super::super::put_blob(&b, &d, bytes.clone()).await.unwrap();
-        let read: Vec<Bytes> = b
-            .read_range(&d, 0, bytes.len() as u64)
-            .await
-            .unwrap()
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        assert!(read.concat() == bytes);
+        let read = read(&b, &d, 0, bytes.len() as u64).await.unwrap();
+        assert!(read == bytes);
     }
 
     /// Two replicas uploading the same blob in blocks at once: on Azure the first
@@ -850,15 +844,8 @@ mod tests {
         w1.write(bytes.slice(2 * TEST_PART + 1..)).await.unwrap();
         w1.commit().await.unwrap();
         assert_eq!(b.stat(&d).await.unwrap(), size);
-        let read: Vec<Bytes> = b
-            .read_range(&d, 0, bytes.len() as u64)
-            .await
-            .unwrap()
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        assert!(read.concat() == bytes);
+        let read = read(&b, &d, 0, bytes.len() as u64).await.unwrap();
+        assert!(read == bytes);
     }
 
     /// The layout of the module doc, under the prefix; another prefix in the same
@@ -923,16 +910,9 @@ mod tests {
             (part - 10, 20),
             (2 * part - 1, part + 2),
         ] {
-            let read: Vec<Bytes> = b
-                .read_range(&d, start, len)
-                .await
-                .unwrap()
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
+            let read = read(&b, &d, start, len).await.unwrap();
             let want = &bytes[start as usize..(start + len) as usize];
-            assert!(read.concat() == want, "bytes {start}+{len}");
+            assert!(read == want, "bytes {start}+{len}");
         }
     }
 

@@ -68,7 +68,7 @@ async fn stored<B: BlobStore>(b: &B, bytes: &Bytes) -> Digest {
 }
 
 /// The bytes a range read yields; `None` if the blob is not stored.
-async fn read<B: BlobStore>(b: &B, d: &Digest, start: u64, len: u64) -> Option<Vec<u8>> {
+pub(super) async fn read<B: BlobStore>(b: &B, d: &Digest, start: u64, len: u64) -> Option<Vec<u8>> {
     let stream = b.read_range(d, start, len).await.unwrap()?;
     let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
     Some(chunks.concat())
