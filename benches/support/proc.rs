@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_testkit::process::status_bytes;
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
 pub fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -86,19 +88,6 @@ pub fn machine_ticks() -> (u64, u64) {
     // idle and iowait are the 4th and 5th fields.
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
     (total - idle, total)
-}
-
-/// A `kB` line of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.
-pub fn status_bytes(pid: u32, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line[key.len()..]
-        .trim_start_matches(':')
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 /// Resets each process's peak RSS (`VmHWM`) to its current RSS (`clear_refs` 5).

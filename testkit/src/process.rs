@@ -429,3 +429,16 @@ pub fn run_ok(cmd: Command, timeout: Duration) -> std::process::Output {
     }
     out
 }
+
+/// A `kB` line of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.
+pub fn status_bytes(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line[key.len()..]
+        .trim_start_matches(':')
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}

@@ -19,14 +19,10 @@ mod upstreams;
 
 /// `(VmRSS, VmHWM)` of `pid` in MiB.
 pub(crate) fn memory_mib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-            / 1024
+    let field = |key: &str| {
+        ferry_testkit::process::status_bytes(pid, key)
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+            / (1024 * 1024)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    (field("VmRSS"), field("VmHWM"))
 }
