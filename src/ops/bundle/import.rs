@@ -224,7 +224,7 @@ pub fn import(config: &Config, opts: &ImportOptions) -> Result<ImportReport, Err
 /// `--name`: a registry and repository, maybe a tag for images the bundle names
 /// not at all.
 fn parse_override(s: &str, config: &Config) -> Result<ImageName, Error> {
-    let name = name::parse(s)?;
+    let name: ImageName = s.parse()?;
     if !crate::proxy::names_registry(config, &name) {
         return Err(Error::ImageName {
             name: s.to_string(),
@@ -243,7 +243,7 @@ fn destination(
     config: &Config,
 ) -> Result<ImageName, Error> {
     let ref_name = entry.ref_name.as_deref();
-    let parsed = ref_name.and_then(|r| name::parse(r).ok());
+    let parsed = ref_name.and_then(|r| r.parse::<ImageName>().ok());
     if let Some(name) = &parsed
         && crate::proxy::names_registry(config, name)
     {

@@ -10,11 +10,6 @@ use super::Error;
 use crate::config::Config;
 use crate::image::ImageName;
 
-/// Parses an image name given to `ferry export` or `ferry import`.
-pub(crate) fn parse(s: &str) -> Result<ImageName, Error> {
-    Ok(s.parse()?)
-}
-
 /// The repository Ferry caches `image` under, routed as a request for it would be
 /// (with no registry named, to the default upstream), and the upstream's registry
 /// host, the name the bundle records.
@@ -60,18 +55,18 @@ mod tests {
             ),
             ("someone/app", "docker", "someone/app", "docker.io"),
         ] {
-            let (r, reg) = route(&parse(written).unwrap(), &config).unwrap();
+            let (r, reg) = route(&written.parse().unwrap(), &config).unwrap();
             assert_eq!(
                 (r.upstream.as_str(), r.name.as_str(), reg.as_str()),
                 (upstream, repo, registry),
                 "{written}"
             );
         }
-        let e = route(&parse("unknown.example:5000/a").unwrap(), &config)
+        let e = route(&"unknown.example:5000/a".parse().unwrap(), &config)
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown.example:5000"), "{e}");
-        let e = parse("Team/app:v1").unwrap_err().to_string();
+        let e = "Team/app:v1".parse::<ImageName>().unwrap_err().to_string();
         assert!(e.contains("Team/app"), "{e}");
     }
 
