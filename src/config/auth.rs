@@ -8,8 +8,10 @@ use toml::Spanned;
 use url::Url;
 
 use super::files::{Named, What};
-use super::raw::{RawAuth, RawManagedIdentity};
-use super::{Auth, ConfigError, Entra, EntraCredential, SecretSource, Source};
+use super::raw::{RawAuth, RawEntra, RawManagedIdentity, RawStoreAuth};
+use super::{
+    Auth, AzureCredential, ConfigError, Entra, EntraCredential, S3Credential, SecretSource, Source,
+};
 
 /// The secrets and the certificate file it names go to `files`, read after validation.
 pub(super) fn validate_auth(
@@ -21,8 +23,8 @@ pub(super) fn validate_auth(
     let span = a.span();
     let at = At {
         src,
-        upstream,
-        span: span.clone(),
+        whose: format!("upstream `{upstream}`"),
+        span,
     };
     match a.into_inner() {
         RawAuth::Anonymous {} => Ok(Auth::Anonymous),
@@ -41,114 +43,172 @@ pub(super) fn validate_auth(
         } => Ok(Auth::Bearer {
             token: at.secret("bearer", token_file, token_env, "token", files)?,
         }),
-        RawAuth::Entra {
-            tenant_id,
-            client_id,
+        RawAuth::Entra(e) => Ok(Auth::Entra(validate_entra(e, &at, files)?)),
+    }
+}
+
+/// `[storage.shared] auth`: which kinds fit the store's `kind` is checked by the caller.
+pub(super) fn validate_store_auth(
+    a: Spanned<RawStoreAuth>,
+    src: &Source,
+    files: &mut Vec<Named>,
+) -> Result<StoreAuth, ConfigError> {
+    let span = a.span();
+    let at = At {
+        src,
+        whose: "storage.shared".to_string(),
+        span,
+    };
+    Ok(match a.into_inner() {
+        RawStoreAuth::AccountKey { key_file, key_env } => {
+            StoreAuth::Azure(AzureCredential::AccountKey(at.secret(
+                "account_key",
+                key_file,
+                key_env,
+                "key",
+                files,
+            )?))
+        }
+        RawStoreAuth::Sas {
+            token_file,
+            token_env,
+        } => StoreAuth::Azure(AzureCredential::Sas(
+            at.secret("sas", token_file, token_env, "token", files)?,
+        )),
+        RawStoreAuth::Entra(e) => {
+            StoreAuth::Azure(AzureCredential::Entra(validate_entra(e, &at, files)?))
+        }
+        RawStoreAuth::AccessKey {
+            access_key_id,
+            secret_access_key_file,
+            secret_access_key_env,
+        } => StoreAuth::S3(S3Credential::AccessKey {
+            id: text(access_key_id).ok_or_else(|| at.required("access_key", "access_key_id"))?,
+            secret: at.secret(
+                "access_key",
+                secret_access_key_file,
+                secret_access_key_env,
+                "secret_access_key",
+                files,
+            )?,
+        }),
+        RawStoreAuth::Environment {} => StoreAuth::S3(S3Credential::Environment),
+    })
+}
+
+/// A validated `[storage.shared] auth`, for one of the two kinds of store.
+pub(super) enum StoreAuth {
+    Azure(AzureCredential),
+    S3(S3Credential),
+}
+
+/// An Entra identity: exactly one credential, and the IDs it needs.
+fn validate_entra(e: RawEntra, at: &At, files: &mut Vec<Named>) -> Result<Entra, ConfigError> {
+    let RawEntra {
+        tenant_id,
+        client_id,
+        client_secret_file,
+        client_secret_env,
+        certificate_file,
+        workload_identity,
+        managed_identity,
+        authority_host,
+        token_file,
+    } = e;
+    let span = at.span.clone();
+    let authority_host = match authority_host {
+        None => None,
+        Some(h) => Some(
+            Url::parse(&h)
+                .ok()
+                .filter(|u| u.scheme() == "https")
+                .ok_or_else(|| {
+                    at.error(format!(
+                        "{}: `{h}` is not an https:// URL",
+                        at.here("authority_host")
+                    ))
+                })?,
+        ),
+    };
+    let chosen: Vec<&str> = [
+        (
+            "client_secret_file",
+            client_secret_file.is_some() || client_secret_env.is_some(),
+        ),
+        ("certificate_file", certificate_file.is_some()),
+        ("workload_identity", workload_identity == Some(true)),
+        (
+            "managed_identity",
+            matches!(
+                managed_identity,
+                Some(RawManagedIdentity::Enabled(true) | RawManagedIdentity::UserAssigned { .. })
+            ),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, on)| on.then_some(k))
+    .collect();
+    if chosen.len() != 1 {
+        return Err(at.error(format!(
+            "{}: kind = \"entra\" needs exactly one of client_secret_file (or _env), certificate_file, workload_identity = true, managed_identity (found {})",
+            at.whose,
+        if chosen.is_empty() { "none".to_string() } else { chosen.join(", ") }
+        )));
+    }
+    let credential = match chosen[0] {
+        "client_secret_file" => EntraCredential::ClientSecret(at.secret(
+            "entra",
             client_secret_file,
             client_secret_env,
-            certificate_file,
-            workload_identity,
-            managed_identity,
-            authority_host,
-            token_file,
-        } => {
-            let authority_host = match authority_host {
-                None => None,
-                Some(h) => Some(
-                    Url::parse(&h)
-                        .ok()
-                        .filter(|u| u.scheme() == "https")
-                        .ok_or_else(|| {
-                            at.error(format!(
-                                "{}: `{h}` is not an https:// URL",
-                                at.here("authority_host")
-                            ))
-                        })?,
-                ),
-            };
-            let chosen: Vec<&str> = [
-                (
-                    "client_secret_file",
-                    client_secret_file.is_some() || client_secret_env.is_some(),
-                ),
-                ("certificate_file", certificate_file.is_some()),
-                ("workload_identity", workload_identity == Some(true)),
-                (
-                    "managed_identity",
-                    matches!(
-                        managed_identity,
-                        Some(
-                            RawManagedIdentity::Enabled(true)
-                                | RawManagedIdentity::UserAssigned { .. }
-                        )
+            "client_secret",
+            files,
+        )?),
+        "certificate_file" => {
+            let path = certificate_file.expect("chosen");
+            let key = at.here("certificate_file");
+            files.push(Named {
+                span: span.clone(),
+                what: What::Pem {
+                    path: PathBuf::from(&path),
+                    needs: &["-----BEGIN CERTIFICATE-----", "PRIVATE KEY-----"],
+                    fault: format!(
+                        "{key}: `{path}` must hold the certificate and its private key (PEM)"
                     ),
-                ),
-            ]
-            .into_iter()
-            .filter_map(|(k, on)| on.then_some(k))
-            .collect();
-            if chosen.len() != 1 {
-                return Err(at.error(format!(
-                    "upstream `{upstream}`: kind = \"entra\" needs exactly one of client_secret_file (or _env), certificate_file, workload_identity = true, managed_identity (found {})",
-                    if chosen.is_empty() { "none".to_string() } else { chosen.join(", ") }
-                )));
-            }
-            let credential = match chosen[0] {
-                "client_secret_file" => EntraCredential::ClientSecret(at.secret(
-                    "entra",
-                    client_secret_file,
-                    client_secret_env,
-                    "client_secret",
-                    files,
-                )?),
-                "certificate_file" => {
-                    let path = certificate_file.expect("chosen");
-                    let key = at.here("certificate_file");
-                    files.push(Named {
-                        span: span.clone(),
-                        what: What::Pem {
-                            path: PathBuf::from(&path),
-                            needs: &["-----BEGIN CERTIFICATE-----", "PRIVATE KEY-----"],
-                            fault: format!(
-                                "{key}: `{path}` must hold the certificate and its private key (PEM)"
-                            ),
-                        },
-                        key,
-                    });
-                    EntraCredential::Certificate(PathBuf::from(path))
-                }
-                "workload_identity" => EntraCredential::WorkloadIdentity {
-                    token_file: text(token_file).map(PathBuf::from),
                 },
-                _ => EntraCredential::ManagedIdentity {
-                    client_id: match managed_identity {
-                        Some(RawManagedIdentity::UserAssigned { client_id }) => Some(client_id),
-                        _ => None,
-                    },
-                },
-            };
-            let needs_ids = matches!(
-                credential,
-                EntraCredential::ClientSecret(_) | EntraCredential::Certificate(_)
-            );
-            let tenant_id = text(tenant_id);
-            let client_id = text(client_id);
-            if needs_ids {
-                tenant_id
-                    .as_ref()
-                    .ok_or_else(|| at.required("entra", "tenant_id"))?;
-                client_id
-                    .as_ref()
-                    .ok_or_else(|| at.required("entra", "client_id"))?;
-            }
-            Ok(Auth::Entra(Entra {
-                authority_host,
-                tenant_id,
-                client_id,
-                credential,
-            }))
+                key,
+            });
+            EntraCredential::Certificate(PathBuf::from(path))
         }
+        "workload_identity" => EntraCredential::WorkloadIdentity {
+            token_file: text(token_file).map(PathBuf::from),
+        },
+        _ => EntraCredential::ManagedIdentity {
+            client_id: match managed_identity {
+                Some(RawManagedIdentity::UserAssigned { client_id }) => Some(client_id),
+                _ => None,
+            },
+        },
+    };
+    let needs_ids = matches!(
+        credential,
+        EntraCredential::ClientSecret(_) | EntraCredential::Certificate(_)
+    );
+    let tenant_id = text(tenant_id);
+    let client_id = text(client_id);
+    if needs_ids {
+        tenant_id
+            .as_ref()
+            .ok_or_else(|| at.required("entra", "tenant_id"))?;
+        client_id
+            .as_ref()
+            .ok_or_else(|| at.required("entra", "client_id"))?;
     }
+    Ok(Entra {
+        authority_host,
+        tenant_id,
+        client_id,
+        credential,
+    })
 }
 
 /// A non-empty value.
@@ -159,13 +219,14 @@ fn text(v: Option<String>) -> Option<String> {
 /// Where an `auth` table is, for its errors: its values have no spans of their own.
 struct At<'a> {
     src: &'a Source<'a>,
-    upstream: &'a str,
+    /// Whose table it is: "upstream `acr`", "storage.shared".
+    whose: String,
     span: Range<usize>,
 }
 
 impl At<'_> {
     fn here(&self, field: &str) -> String {
-        format!("upstream `{}`: auth.{field}", self.upstream)
+        format!("{}: auth.{field}", self.whose)
     }
 
     fn error(&self, message: String) -> ConfigError {

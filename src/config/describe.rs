@@ -1,6 +1,8 @@
 //! What `ferry config check` prints: the configuration as understood, secrets never.
 
-use super::{Auth, Config, EntraCredential};
+use super::{
+    Auth, AzureCredential, Config, Entra, EntraCredential, S3Credential, SharedStore, StoreLocation,
+};
 
 impl Config {
     /// A human summary of what was understood, for `ferry config check`.
@@ -52,6 +54,22 @@ impl Config {
             0 => "storage scrub_rate: off\n".to_string(),
             r => format!("storage scrub_rate: {}/s\n", crate::bytesize::Human(r)),
         };
+        if let Some(s) = &self.shared {
+            out += &format!("shared store: {}\n", s.describe());
+            if let Some(bytes) = self.local_max_size {
+                out += &format!(
+                    "storage local_max_size: {} (this replica's local tier)\n",
+                    crate::bytesize::Human(bytes)
+                );
+            }
+        }
+        if let Some(c) = &self.cluster {
+            out += &format!(
+                "cluster: peers {}; peer listener {}\n",
+                c.peers.join(", "),
+                c.listen,
+            );
+        }
         if let Some(t) = &self.tls {
             out += &format!(
                 "tls: https://{} (cert {}, key {})\n",
@@ -95,28 +113,70 @@ impl Auth {
                 format!("basic (username {username}, password from file)")
             }
             Auth::Bearer { .. } => "bearer (token from file)".into(),
-            Auth::Entra(e) => {
-                let how = match &e.credential {
-                    EntraCredential::ClientSecret(_) => "client secret from file".to_string(),
-                    EntraCredential::Certificate(p) => format!("certificate {}", p.display()),
-                    EntraCredential::WorkloadIdentity { .. } => "workload identity".to_string(),
-                    EntraCredential::ManagedIdentity { client_id: None } => {
-                        "system-assigned managed identity".to_string()
-                    }
-                    EntraCredential::ManagedIdentity { client_id: Some(c) } => {
-                        format!("managed identity {c}")
-                    }
-                };
-                let host = e
-                    .authority_host
-                    .as_ref()
-                    .map_or("default authority".to_string(), |u| u.to_string());
-                format!(
-                    "entra ({how}; tenant {}; client {}; {host}) via the ACR token exchange",
-                    e.tenant_id.as_deref().unwrap_or("from env"),
-                    e.client_id.as_deref().unwrap_or("from env")
-                )
-            }
+            Auth::Entra(e) => format!("{} via the ACR token exchange", e.describe()),
         }
+    }
+}
+
+impl SharedStore {
+    fn describe(&self) -> String {
+        let (what, auth) = match &self.location {
+            StoreLocation::Azure {
+                account,
+                container,
+                credential,
+            } => (
+                format!("azure account {account}, container {container}"),
+                match credential {
+                    AzureCredential::AccountKey(_) => "account key from file".to_string(),
+                    AzureCredential::Sas(_) => "SAS token from file".to_string(),
+                    AzureCredential::Entra(e) => e.describe(),
+                },
+            ),
+            StoreLocation::S3 {
+                bucket,
+                region,
+                credential,
+            } => (
+                format!("s3 bucket {bucket} in {region}"),
+                match credential {
+                    S3Credential::AccessKey { id, .. } => format!("access key {id}"),
+                    S3Credential::Environment => "the AWS environment chain".to_string(),
+                },
+            ),
+        };
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .map_or("its public endpoint".to_string(), |u| u.to_string());
+        format!(
+            "{what}, prefix \"{}\" at {endpoint}; auth: {auth}",
+            self.prefix
+        )
+    }
+}
+
+impl Entra {
+    fn describe(&self) -> String {
+        let how = match &self.credential {
+            EntraCredential::ClientSecret(_) => "client secret from file".to_string(),
+            EntraCredential::Certificate(p) => format!("certificate {}", p.display()),
+            EntraCredential::WorkloadIdentity { .. } => "workload identity".to_string(),
+            EntraCredential::ManagedIdentity { client_id: None } => {
+                "system-assigned managed identity".to_string()
+            }
+            EntraCredential::ManagedIdentity { client_id: Some(c) } => {
+                format!("managed identity {c}")
+            }
+        };
+        let host = self
+            .authority_host
+            .as_ref()
+            .map_or("default authority".to_string(), |u| u.to_string());
+        format!(
+            "entra ({how}; tenant {}; client {}; {host})",
+            self.tenant_id.as_deref().unwrap_or("from env"),
+            self.client_id.as_deref().unwrap_or("from env")
+        )
     }
 }

@@ -20,8 +20,8 @@ pub(super) struct Named {
 }
 
 pub(super) enum What {
-    /// `ca_file` of upstream number `upstream`: PEM certificates, kept in the config.
-    Ca { path: PathBuf, upstream: usize },
+    /// A `ca_file`: PEM certificates, kept in the config by their owner.
+    Ca { path: PathBuf, owner: CaFor },
     /// A PEM file only looked at here (it is read where it is used, and again when it
     /// changes): it must contain each of `needs`, else `fault` is the error.
     Pem {
@@ -36,6 +36,13 @@ pub(super) enum What {
     },
     /// A secret from a file or an environment variable.
     Secret(SecretSource),
+}
+
+/// Whose `ca_file` it is.
+pub(super) enum CaFor {
+    /// Upstream number .0.
+    Upstream(usize),
+    SharedStore,
 }
 
 /// Reads each of `named` into `config`, in the order the keys were validated.
@@ -56,10 +63,17 @@ pub(super) fn read(
             Ok(bytes)
         };
         match what {
-            What::Ca { path, upstream } => {
+            What::Ca { path, owner } => {
                 let fault = format!("{key}: `{}` holds no PEM certificate", path.display());
-                let bytes = pem(&path, &["-----BEGIN CERTIFICATE-----"], &fault)?;
-                config.upstreams[upstream].ca_pem = Some(bytes);
+                let bytes = Some(pem(&path, &["-----BEGIN CERTIFICATE-----"], &fault)?);
+                match owner {
+                    CaFor::Upstream(i) => config.upstreams[i].ca_pem = bytes,
+                    CaFor::SharedStore => {
+                        if let Some(s) = &mut config.shared {
+                            s.ca_pem = bytes;
+                        }
+                    }
+                }
             }
             What::Pem { path, needs, fault } => {
                 pem(&path, needs, &fault)?;

@@ -6,7 +6,7 @@
 //!
 //! One file per step: `raw.rs` is the TOML schema as serde types, `env.rs` lays the
 //! `FERRY_*` variables over the document, `validate.rs` (with `upstream.rs` for each
-//! `[[upstream]]` and `auth.rs` for its `auth` table) turns it into the types below,
+//! `[[upstream]]` and `auth.rs` for its `auth` table, `shared.rs` for `[storage.shared]` and `[cluster]`) turns it into the types below,
 //! `files.rs` then reads the files it names, and `describe.rs` is what `ferry config
 //! check` prints. [`pattern`] and [`htpasswd`] are the types `[access]` is made of.
 
@@ -17,6 +17,7 @@ mod files;
 pub mod htpasswd;
 pub mod pattern;
 mod raw;
+mod shared;
 mod upstream;
 mod validate;
 
@@ -90,6 +91,78 @@ pub struct Config {
     pub access: Access,
     /// `[tls]`: an HTTPS listener beside the plain one.
     pub tls: Option<Tls>,
+    /// `[storage.shared]`: the object store every replica reads and writes; `None`:
+    /// the store under `storage_root` is the only one.
+    pub shared: Option<SharedStore>,
+    /// `[storage] local_max_size` (only with a shared store): the most bytes this
+    /// replica's local tier under `storage_root` keeps.
+    pub local_max_size: Option<u64>,
+    /// `[cluster]` (only with a shared store): the replicas that share it.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[storage.shared]`: an Azure Blob Storage container or an S3 bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedStore {
+    pub location: StoreLocation,
+    /// Everything Ferry writes goes under this prefix ("" or "prod/"), so that several
+    /// deployments can share a container.
+    pub prefix: String,
+    /// `None`: the service's public endpoint for the account (or region).
+    pub endpoint: Option<Url>,
+    /// As for an upstream: address pins (a private endpoint without private DNS), extra
+    /// trusted CAs, an explicit proxy.
+    pub resolve: Vec<(String, IpAddr)>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub proxy: Option<Url>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreLocation {
+    Azure {
+        account: String,
+        container: String,
+        credential: AzureCredential,
+    },
+    S3 {
+        bucket: String,
+        region: String,
+        credential: S3Credential,
+    },
+}
+
+/// How Ferry signs in to Azure Blob Storage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AzureCredential {
+    /// The storage account's Shared Key (base64), as Azurite uses.
+    AccountKey(SecretSource),
+    /// A SAS token (its query string).
+    Sas(SecretSource),
+    /// The same identity kinds as an ACR upstream, asking for the storage scope.
+    Entra(Entra),
+}
+
+/// How Ferry signs in to S3.
+#[derive(Debug, Clone, PartialEq)]
+pub enum S3Credential {
+    AccessKey {
+        id: String,
+        secret: SecretSource,
+    },
+    /// The standard AWS chain: `AWS_*` variables, web identity, instance metadata.
+    Environment,
+}
+
+/// `[cluster]`: how replicas find and trust each other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// `host:port` of each replica's peer listener, or one name giving all of them (a
+    /// headless Service); names are resolved again as pods come and go.
+    pub peers: Vec<String>,
+    /// Where this replica listens for its peers (not for clients).
+    pub listen: SocketAddr,
+    /// What replicas prove themselves to each other with.
+    pub secret: SecretSource,
 }
 
 /// `[access]`. Anonymous rules live on each upstream ([`Upstream::anonymous`]).

@@ -22,6 +22,17 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) access: RawAccess,
     pub(super) tls: Option<RawTls>,
+    pub(super) cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: the other replicas sharing `[storage.shared]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) peers: Spanned<Vec<Spanned<String>>>,
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) secret_file: Option<Spanned<String>>,
+    pub(super) secret_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -83,6 +94,54 @@ pub(super) struct RawStorage {
     pub(super) max_size: Option<Spanned<String>>,
     pub(super) min_free: Option<Spanned<String>>,
     pub(super) scrub_rate: Option<Spanned<String>>,
+    pub(super) local_max_size: Option<Spanned<String>>,
+    pub(super) shared: Option<Spanned<RawShared>>,
+}
+
+/// `[storage.shared]`. One table for both kinds, rather than a tagged enum, so that
+/// every value keeps its span; which keys belong to which kind is checked in
+/// `shared.rs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShared {
+    pub(super) kind: Spanned<String>,
+    pub(super) account: Option<Spanned<String>>,
+    pub(super) container: Option<Spanned<String>>,
+    pub(super) bucket: Option<Spanned<String>>,
+    pub(super) region: Option<Spanned<String>>,
+    pub(super) prefix: Option<Spanned<String>>,
+    pub(super) endpoint: Option<Spanned<String>>,
+    pub(super) auth: Option<Spanned<RawStoreAuth>>,
+    #[serde(default)]
+    pub(super) resolve: BTreeMap<String, Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) proxy: Option<Spanned<String>>,
+}
+
+/// `[storage.shared] auth`, tagged by `kind` like an upstream's.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(super) enum RawStoreAuth {
+    /// Azure: the storage account's Shared Key.
+    AccountKey {
+        key_file: Option<String>,
+        key_env: Option<String>,
+    },
+    /// Azure: a SAS token.
+    Sas {
+        token_file: Option<String>,
+        token_env: Option<String>,
+    },
+    /// Azure: an Entra identity, as for an upstream.
+    Entra(RawEntra),
+    /// S3: an access key.
+    AccessKey {
+        access_key_id: Option<String>,
+        secret_access_key_file: Option<String>,
+        secret_access_key_env: Option<String>,
+    },
+    /// S3: the standard AWS chain (environment, web identity, instance metadata).
+    Environment {},
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,18 +188,23 @@ pub(super) enum RawAuth {
         token_file: Option<String>,
         token_env: Option<String>,
     },
-    Entra {
-        tenant_id: Option<String>,
-        client_id: Option<String>,
-        client_secret_file: Option<String>,
-        client_secret_env: Option<String>,
-        certificate_file: Option<String>,
-        workload_identity: Option<bool>,
-        managed_identity: Option<RawManagedIdentity>,
-        authority_host: Option<String>,
-        /// With `workload_identity`: the federated token file.
-        token_file: Option<String>,
-    },
+    Entra(RawEntra),
+}
+
+/// An Entra identity's keys, in an upstream's `auth` or the shared store's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEntra {
+    pub(super) tenant_id: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret_file: Option<String>,
+    pub(super) client_secret_env: Option<String>,
+    pub(super) certificate_file: Option<String>,
+    pub(super) workload_identity: Option<bool>,
+    pub(super) managed_identity: Option<RawManagedIdentity>,
+    pub(super) authority_host: Option<String>,
+    /// With `workload_identity`: the federated token file.
+    pub(super) token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

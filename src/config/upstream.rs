@@ -1,7 +1,7 @@
 //! `[[upstream]]`: the registries Ferry caches, each with its URL, timeouts, TLS and
 //! proxy settings, credentials ([`super::auth`]) and anonymous access.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use toml::Spanned;
 use url::Url;
 
 use super::auth::validate_auth;
-use super::files::{Named, What};
+use super::files::{CaFor, Named, What};
 use super::raw::RawUpstream;
 use super::validate::rules_of;
 use super::*;
@@ -211,44 +211,15 @@ fn validate_upstream(
         None => Auth::Anonymous,
         Some(a) => validate_auth(a, src, &name, files)?,
     };
-    let mut resolve = Vec::new();
-    for (host, addr) in u.resolve {
-        let ip = addr.get_ref().parse::<IpAddr>().map_err(|_| {
-            src.error(
-                Some(addr.span()),
-                format!(
-                    "{}: `{}` is not an IP address",
-                    here(&format!("resolve.\"{host}\"")),
-                    addr.get_ref()
-                ),
-            )
-        })?;
-        resolve.push((host.to_ascii_lowercase(), ip));
-    }
-    if let Some(f) = u.ca_file {
-        files.push(Named {
-            span: f.span(),
-            key: here("ca_file"),
-            what: What::Ca {
-                path: PathBuf::from(f.into_inner()),
-                upstream: index,
-            },
-        });
-    }
-    let proxy = match u.proxy {
-        None => None,
-        Some(p) => Some(
-            Url::parse(p.get_ref())
-                .ok()
-                .filter(|url| matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h"))
-                .ok_or_else(|| {
-                    src.error(
-                        Some(p.span()),
-                        format!("{}: `{}` is not a proxy URL", here("proxy"), p.get_ref()),
-                    )
-                })?,
-        ),
-    };
+    let (resolve, proxy) = validate_reach(
+        u.resolve,
+        u.ca_file,
+        u.proxy,
+        &here,
+        CaFor::Upstream(index),
+        src,
+        files,
+    )?;
     let mut realm_hosts = Vec::new();
     for h in u.realm_hosts {
         let host = url::Host::parse(h.get_ref()).map_err(|_| {
@@ -282,6 +253,58 @@ fn validate_upstream(
         realm_hosts,
         anonymous,
     })
+}
+
+/// `resolve`, `ca_file` and `proxy`: how an endpoint is reached (an upstream's, the
+/// shared store's). The CA file is read later, into `ca`'s owner.
+pub(super) fn validate_reach(
+    resolve: BTreeMap<String, Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    proxy: Option<Spanned<String>>,
+    here: &dyn Fn(&str) -> String,
+    ca: CaFor,
+    src: &Source,
+    files: &mut Vec<Named>,
+) -> Result<(Vec<(String, IpAddr)>, Option<Url>), ConfigError> {
+    let mut pins = Vec::new();
+    for (host, addr) in resolve {
+        let ip = addr.get_ref().parse::<IpAddr>().map_err(|_| {
+            src.error(
+                Some(addr.span()),
+                format!(
+                    "{}: `{}` is not an IP address",
+                    here(&format!("resolve.\"{host}\"")),
+                    addr.get_ref()
+                ),
+            )
+        })?;
+        pins.push((host.to_ascii_lowercase(), ip));
+    }
+    if let Some(f) = ca_file {
+        files.push(Named {
+            span: f.span(),
+            key: here("ca_file"),
+            what: What::Ca {
+                path: PathBuf::from(f.into_inner()),
+                owner: ca,
+            },
+        });
+    }
+    let proxy = match proxy {
+        None => None,
+        Some(p) => Some(
+            Url::parse(p.get_ref())
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h"))
+                .ok_or_else(|| {
+                    src.error(
+                        Some(p.span()),
+                        format!("{}: `{}` is not a proxy URL", here("proxy"), p.get_ref()),
+                    )
+                })?,
+        ),
+    };
+    Ok((pins, proxy))
 }
 
 #[cfg(test)]

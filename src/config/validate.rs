@@ -88,7 +88,15 @@ fn validate_server(
 pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<(Config, Vec<Named>), ConfigError> {
     let mut files = Vec::new();
     let (listen, shutdown_timeout, connections) = validate_server(&raw.server, src)?;
-    let (storage_root, quota, scrub_rate) = validate_storage(raw.storage, src)?;
+    let mut storage = raw.storage;
+    let (shared, local_max_size, cluster) = shared::validate_shared(
+        storage.shared.take(),
+        storage.local_max_size.take(),
+        raw.cluster,
+        src,
+        &mut files,
+    )?;
+    let (storage_root, quota, scrub_rate) = validate_storage(storage, src)?;
     let upstreams = upstream::validate_upstreams(raw.upstream, src, &mut files)?;
     let rules = validate_rules(raw.rule, &upstreams, src)?;
     let pins = validate_pins(raw.pin, src)?;
@@ -109,8 +117,28 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<(Config, Vec<Name
         pins,
         access,
         tls,
+        shared,
+        local_max_size,
+        cluster,
     };
     Ok((config, files))
+}
+
+/// `[storage] <key>`: a size limit, more than zero.
+pub(super) fn storage_size(
+    v: Option<Spanned<String>>,
+    key: &str,
+    src: &Source,
+) -> Result<Option<u64>, ConfigError> {
+    let Some(s) = v else { return Ok(None) };
+    match crate::bytesize::parse(s.get_ref()) {
+        Ok(0) => Err(src.error(
+            Some(s.span()),
+            format!("storage.{key} must be more than zero (leave it out for no limit)"),
+        )),
+        Ok(n) => Ok(Some(n)),
+        Err(e) => Err(src.error(Some(s.span()), format!("storage.{key}: {e}"))),
+    }
 }
 
 /// `[storage]`: the root, the quota and the scrub rate.
@@ -122,17 +150,7 @@ fn validate_storage(raw: RawStorage, src: &Source) -> Result<(PathBuf, Quota, u6
         }
         Some(s) => PathBuf::from(s.into_inner()),
     };
-    let size = |v: Option<Spanned<String>>, key: &str| -> Result<Option<u64>, ConfigError> {
-        let Some(s) = v else { return Ok(None) };
-        match crate::bytesize::parse(s.get_ref()) {
-            Ok(0) => Err(src.error(
-                Some(s.span()),
-                format!("storage.{key} must be more than zero (leave it out for no limit)"),
-            )),
-            Ok(n) => Ok(Some(n)),
-            Err(e) => Err(src.error(Some(s.span()), format!("storage.{key}: {e}"))),
-        }
-    };
+    let size = |v, key| storage_size(v, key, src);
     let quota = Quota {
         max_size: size(raw.max_size, "max_size")?,
         min_free: size(raw.min_free, "min_free")?,
