@@ -16,6 +16,9 @@ use super::upstream::validate_reach;
 use super::validate::storage_size;
 use super::{Cluster, ConfigError, SecretSource, SharedStore, Source, StoreLocation};
 
+/// The shared store, the local tier's bound and the cluster.
+type Sharing = (Option<SharedStore>, Option<u64>, Option<Cluster>);
+
 /// The shared store, the local tier's bound and the cluster, which make sense only
 /// together: `local_max_size` and `[cluster]` need `[storage.shared]`.
 pub(super) fn validate_shared(
@@ -24,7 +27,7 @@ pub(super) fn validate_shared(
     cluster: Option<RawCluster>,
     src: &Source,
     files: &mut Vec<Named>,
-) -> Result<(Option<SharedStore>, Option<u64>, Option<Cluster>), ConfigError> {
+) -> Result<Sharing, ConfigError> {
     let Some(raw) = raw else {
         if let Some(s) = local_max_size {
             return Err(src.error(

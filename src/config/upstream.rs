@@ -255,6 +255,9 @@ fn validate_upstream(
     })
 }
 
+/// `resolve`: fixed addresses by host name.
+type AddressPins = Vec<(String, IpAddr)>;
+
 /// `resolve`, `ca_file` and `proxy`: how an endpoint is reached (an upstream's, the
 /// shared store's). The CA file is read later, into `ca`'s owner.
 pub(super) fn validate_reach(
@@ -265,7 +268,7 @@ pub(super) fn validate_reach(
     ca: CaFor,
     src: &Source,
     files: &mut Vec<Named>,
-) -> Result<(Vec<(String, IpAddr)>, Option<Url>), ConfigError> {
+) -> Result<(AddressPins, Option<Url>), ConfigError> {
     let mut pins = Vec::new();
     for (host, addr) in resolve {
         let ip = addr.get_ref().parse::<IpAddr>().map_err(|_| {
