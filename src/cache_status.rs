@@ -7,6 +7,8 @@
 pub enum CacheStatus {
     /// Served from the store.
     Hit,
+    /// Not in this replica's store: copied from the shared store replicas share.
+    Shared,
     /// Fetched from the upstream by this request.
     Miss,
     /// Joined a fetch another request had started.
@@ -21,6 +23,7 @@ impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
+            CacheStatus::Shared => "SHARED",
             CacheStatus::Miss => "MISS",
             CacheStatus::Joined => "JOINED",
             CacheStatus::Stale => "STALE",

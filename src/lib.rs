@@ -38,6 +38,7 @@ pub mod ops;
 pub mod proxy;
 pub mod secret;
 pub mod server;
+pub mod shared_store;
 pub mod upstream;
 
 pub use server::{ServeError, serve};

@@ -108,8 +108,9 @@ impl UpstreamErrorKind {
     }
 }
 
-const RESULTS: [CacheStatus; 5] = [
+const RESULTS: [CacheStatus; 6] = [
     CacheStatus::Hit,
+    CacheStatus::Shared,
     CacheStatus::Miss,
     CacheStatus::Joined,
     CacheStatus::Stale,
@@ -119,16 +120,18 @@ const RESULTS: [CacheStatus; 5] = [
 fn result_index(c: CacheStatus) -> usize {
     match c {
         CacheStatus::Hit => 0,
-        CacheStatus::Miss => 1,
-        CacheStatus::Joined => 2,
-        CacheStatus::Stale => 3,
-        CacheStatus::Offline => 4,
+        CacheStatus::Shared => 1,
+        CacheStatus::Miss => 2,
+        CacheStatus::Joined => 3,
+        CacheStatus::Stale => 4,
+        CacheStatus::Offline => 5,
     }
 }
 
 fn result_label(c: CacheStatus) -> &'static str {
     match c {
         CacheStatus::Hit => "hit",
+        CacheStatus::Shared => "shared",
         CacheStatus::Miss => "miss",
         CacheStatus::Joined => "joined",
         CacheStatus::Stale => "stale",
@@ -188,9 +191,9 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: HistogramFamily<RouteLabels>,
     /// `[kind][result]`, resolved once.
-    cache_results: [[Counter; 5]; 2],
+    cache_results: [[Counter; RESULTS.len()]; 2],
     /// Per result, resolved once.
-    served: [Counter; 5],
+    served: [Counter; RESULTS.len()],
     upstream_bytes: Family<UpstreamLabels, Counter>,
     upstream_duration: HistogramFamily<UpstreamLabels>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -203,6 +206,26 @@ pub struct Metrics {
     scrub_checked: Counter,
     scrub_dropped: Counter,
     pulls: Pulls,
+    shared: SharedStoreMetrics,
+}
+
+/// The shared store's health and traffic (`[storage.shared]`), as this replica sees it.
+#[derive(Clone, Debug)]
+pub struct SharedStoreMetrics {
+    /// `ferry_shared_store_up`: 1 while it answers, 0 while this replica rests it after a
+    /// failure (and when none is configured).
+    pub up: Gauge,
+    /// `ferry_shared_store_errors`: failed reads and copies.
+    pub errors: Counter,
+    /// `ferry_shared_store{direction="read"}`: blob and manifest bytes read from it.
+    pub read: Counter,
+    /// `ferry_shared_store{direction="written"}`: bytes this replica copied to it.
+    pub written: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -331,6 +354,34 @@ impl Metrics {
             "1 while an upstream answers, 0 while it is offline (circuit open)",
             upstream_up.clone(),
         );
+        let shared_bytes = Family::<DirectionLabels, Counter>::default();
+        let direction = |direction| {
+            shared_bytes
+                .get_or_create(&DirectionLabels { direction })
+                .clone()
+        };
+        let shared = SharedStoreMetrics {
+            up: Gauge::default(),
+            errors: Counter::default(),
+            read: direction("read"),
+            written: direction("written"),
+        };
+        r.register_with_unit(
+            "ferry_shared_store",
+            "Blob and manifest bytes read from the shared store and copied to it by this replica",
+            Unit::Bytes,
+            shared_bytes,
+        );
+        r.register(
+            "ferry_shared_store_up",
+            "1 while the shared store answers; 0 while this replica rests it after a failure, or when none is configured",
+            shared.up.clone(),
+        );
+        r.register(
+            "ferry_shared_store_errors",
+            "Failed reads from and copies to the shared store",
+            shared.errors.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -356,7 +407,13 @@ impl Metrics {
             scrub_checked,
             scrub_dropped,
             pulls: Pulls::default(),
+            shared,
         }
+    }
+
+    /// The shared store's health and traffic counters.
+    pub fn shared_store(&self) -> &SharedStoreMetrics {
+        &self.shared
     }
 
     /// The exposition: OpenMetrics when the scraper asks for it, else Prometheus text

@@ -72,6 +72,10 @@ mod pull_containerd;
 mod pull_skopeo;
 /// Blob reads redirected to another host: followed, without credentials.
 mod redirects;
+/// Several replicas on one shared store (Azurite): one fetch serves them all, an empty
+/// replica serves the shared store with the upstream gone, a store that is down costs
+/// only its copies.
+mod replicas;
 /// A blob download whose connection drops is resumed with Range.
 mod resume;
 /// `ferry fsck` (report, repair), `max_size` eviction under concurrent pulls, `ferry gc`.

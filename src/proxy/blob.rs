@@ -5,8 +5,8 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, Method, StatusCode};
 
 use ferry_oci::Digest;
@@ -144,6 +144,8 @@ impl Proxy {
         // A fetch that is only being written to the store serves from local bytes.
         let cache = if cache == CacheStatus::Joined && fetch.is_verified() {
             CacheStatus::Hit
+        } else if cache == CacheStatus::Miss && fetch.is_from_shared() {
+            CacheStatus::Shared
         } else {
             cache
         };
@@ -213,7 +215,10 @@ impl Proxy {
     ) -> Result<Blob> {
         let (size, cache) = match self.inflight.get(&t.repo, digest) {
             Some(f) => (f.started().await?, CacheStatus::Joined),
-            None => (self.upstream_blob_size(t, digest).await?, CacheStatus::Miss),
+            None => match self.shared_blob(t, digest).await {
+                Some(size) => (size, CacheStatus::Shared),
+                None => (self.upstream_blob_size(t, digest).await?, CacheStatus::Miss),
+            },
         };
         let range = resolve(range, size)?;
         Ok(Blob {
@@ -226,7 +231,7 @@ impl Proxy {
     }
 
     /// The size the upstream reports for `digest` in `t` (a `HEAD`).
-    async fn upstream_blob_size(&self, t: &Target, digest: &Digest) -> Result<u64> {
+    pub(super) async fn upstream_blob_size(&self, t: &Target, digest: &Digest) -> Result<u64> {
         upstream_blob(t, Method::HEAD, digest)
             .await
             .map(|(_, size)| size)
@@ -236,7 +241,12 @@ impl Proxy {
     /// if and only if it verifies.
     async fn run_fetch(self: Arc<Self>, t: Target, digest: Digest, leader: Leader) {
         match self.fetch_into_store(&t, &digest, &leader).await {
-            Ok((size, file)) => leader.finish(State::Done { size, file }),
+            Ok((size, file, source)) => {
+                leader.finish(State::Done { size, file });
+                if source == Source::Upstream {
+                    self.share_blob(&t, &digest, size);
+                }
+            }
             Err(e) => {
                 // A failure before any bytes went out reaches each client as an error
                 // response, logged with its request; after that only this line tells.
@@ -253,7 +263,7 @@ impl Proxy {
         t: &Target,
         digest: &Digest,
         leader: &Leader,
-    ) -> Result<(u64, Arc<std::fs::File>)> {
+    ) -> Result<(u64, Arc<std::fs::File>, Source)> {
         let up = &t.upstream;
         let broken = |detail: String| Error::UpstreamBroken {
             upstream: up.name().to_string(),
@@ -264,17 +274,20 @@ impl Proxy {
         // broke off) is continued from its bytes rather than started over.
         let d = digest.clone();
         let mut ing = self.blocking(move |s| s.blobs.ingest_resumable(&d)).await?;
-        let (mut resp, size, mut skip) = match ing.written() {
-            0 => fresh(t, digest).await?,
-            have => match ranged(t, digest, have).await? {
-                Some((resp, skip, size)) if size >= have => (resp, size, skip),
-                // The kept bytes cannot be a prefix of this blob: start over.
-                _ => {
-                    ing.reset()?;
-                    fresh(t, digest).await?
-                }
-            },
+        let mut source = match self.shared_blob(t, digest).await {
+            Some(size) => Source::Shared { size },
+            None => Source::Upstream,
         };
+        let mut body = match self.first_body(source, &mut ing, t, digest).await {
+            Err(e) if source != Source::Upstream => {
+                self.shared_failed("reading a blob", &e);
+                source = Source::Upstream;
+                self.first_body(source, &mut ing, t, digest).await?
+            }
+            r => r?,
+        };
+        leader.reading_shared(source != Source::Upstream);
+        let size = body.size;
         ing.expect_size(size)?;
         let mut ingest = Some(ing);
         // Keeps what was downloaded for the next attempt when the upstream broke off.
@@ -292,10 +305,11 @@ impl Proxy {
         });
 
         // A dropped connection is resumed with a Range request from the bytes already
-        // written (the hash simply continues), so readers see no error.
+        // written (the hash simply continues), so readers see no error. A shared store
+        // that breaks off is not asked again: the rest comes from the upstream.
         let mut resumes = 0;
         loop {
-            let outcome = pump(resp, skip, &mut ingest, size, up.metrics(), |written| {
+            let outcome = pump(body.bytes, body.skip, &mut ingest, size, |written| {
                 // Hold the last byte back until the digest verified.
                 leader.publish(State::Receiving {
                     size,
@@ -308,7 +322,7 @@ impl Proxy {
             let reason = match outcome {
                 Ok(()) if written == size => break,
                 Ok(()) => format!("the body ended after {written} of {size} bytes"),
-                Err(Pumped::Upstream(e)) => up.body_error(&e).to_string(),
+                Err(Pumped::Source(reason)) => reason,
                 Err(Pumped::Storage(StorageError::SizeMismatch { actual, .. })) => {
                     return Err(broken(format!(
                         "sent {actual} bytes, more than its Content-Length {size}"
@@ -321,9 +335,15 @@ impl Proxy {
                 return Err(broken(format!("{reason} (after {resumes} resumptions)")));
             }
             resumes += 1;
-            tracing::warn!(upstream = up.name(), repo = %t.repo.name, %digest, written, size, error = %reason, "upstream connection broke mid-blob; resuming with a Range request");
-            match ranged(t, digest, written).await {
-                Ok(Some((r, s, total))) if total == size => (resp, skip) = (r, s),
+            if source != Source::Upstream {
+                self.shared_failed("reading a blob", &reason);
+                tracing::info!(repo = %t.repo.name, %digest, written, size, "resuming from the upstream a blob the shared store broke off");
+                source = Source::Upstream;
+            } else {
+                tracing::warn!(upstream = up.name(), repo = %t.repo.name, %digest, written, size, error = %reason, "upstream connection broke mid-blob; resuming with a Range request");
+            }
+            match self.open(source, t, digest, written).await {
+                Ok(Some(b)) if b.size == size => body = b,
                 Ok(_) => {
                     return Err(broken(format!(
                         "answered a resume from byte {written} with another blob or range"
@@ -341,6 +361,11 @@ impl Proxy {
             .await
             .map_err(|e| match e {
                 Error::Storage(se) => match &*se {
+                    StorageError::DigestMismatch { .. } if source != Source::Upstream => {
+                        // Verified when it was copied there: damaged since.
+                        tracing::error!(repo = %t.repo.name, %digest, "the shared store holds a blob that does not match its digest; nothing stored");
+                        Error::Storage(se)
+                    }
                     StorageError::DigestMismatch { .. } => {
                         up.note_digest_mismatch(digest);
                         Error::UpstreamDigestMismatch {
@@ -370,35 +395,143 @@ impl Proxy {
             s.index.flush()
         })
         .await?;
-        Ok((size, file))
+        Ok((size, file, source))
     }
+
+    /// The body a fetch starts with: from the bytes an earlier attempt kept when
+    /// `source` can continue them, else from the start.
+    async fn first_body(
+        &self,
+        source: Source,
+        ing: &mut ferry_storage::Ingest,
+        t: &Target,
+        digest: &Digest,
+    ) -> Result<Body> {
+        let have = ing.written();
+        if have > 0 {
+            match self.open(source, t, digest, have).await? {
+                Some(b) if b.size >= have => return Ok(b),
+                // The kept bytes cannot be a prefix of this blob: start over.
+                _ => ing.reset()?,
+            }
+        }
+        self.open(source, t, digest, 0)
+            .await?
+            .ok_or_else(|| Error::BlobUnknown {
+                repo: t.repo.name.to_string(),
+                digest: digest.clone(),
+            })
+    }
+
+    /// Blob `digest` from `source`, from byte `from` on; `None` when the source has
+    /// no such range (the range is unsatisfiable, or another blob answered).
+    async fn open(
+        &self,
+        source: Source,
+        t: &Target,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<Option<Body>> {
+        match source {
+            Source::Upstream => {
+                let opened = if from == 0 {
+                    let (resp, size) = upstream_blob(t, Method::GET, digest).await?;
+                    Some((resp, 0, size))
+                } else {
+                    ranged(t, digest, from).await?
+                };
+                Ok(opened.map(|(resp, skip, size)| Body {
+                    bytes: upstream_bytes(resp, t.upstream.clone()),
+                    skip,
+                    size,
+                }))
+            }
+            Source::Shared { size } => {
+                let Some(tier) = self.shared_tier() else {
+                    return Ok(None);
+                };
+                if from > size {
+                    return Ok(None);
+                }
+                let read = tier.metrics.read.clone();
+                Ok(tier
+                    .store()
+                    .read_range(digest, from, size - from)
+                    .await?
+                    .map(|bytes| Body {
+                        bytes: bytes
+                            .map_ok(move |c| {
+                                read.inc_by(c.len() as u64);
+                                c
+                            })
+                            .map_err(|e| e.to_string())
+                            .boxed(),
+                        skip: 0,
+                        size,
+                    }))
+            }
+        }
+    }
+}
+
+/// Where a fetch reads a blob from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The shared store, which holds the blob for the repository (`size` bytes).
+    Shared {
+        size: u64,
+    },
+    Upstream,
+}
+
+/// A body being read: its bytes (a failure already put in words), how many of its
+/// leading bytes to discard, and the whole blob's size.
+struct Body {
+    bytes: BoxStream<'static, Result<Bytes, String>>,
+    skip: u64,
+    size: u64,
+}
+
+/// An upstream response's body, each byte counted as fetched: discarded ones too,
+/// since they crossed the link.
+fn upstream_bytes(
+    resp: crate::upstream::Response,
+    up: Arc<crate::upstream::Client>,
+) -> BoxStream<'static, Result<Bytes, String>> {
+    resp.bytes_stream()
+        .map(move |chunk| match chunk {
+            Ok(c) => {
+                up.metrics().fetched(c.len() as u64);
+                Ok(c)
+            }
+            Err(e) => Err(up.body_error(&e).to_string()),
+        })
+        .boxed()
 }
 
 /// How a body stopped short of its end.
 enum Pumped {
-    Upstream(reqwest::Error),
+    /// The source broke off, for this reason.
+    Source(String),
     Storage(StorageError),
 }
 
 /// The piece being hashed and written on the blocking pool, with the ingest it holds.
 type Writing = tokio::task::JoinHandle<(ferry_storage::Ingest, Result<(), StorageError>)>;
 
-/// Streams `resp`'s body (after discarding its first `skip` bytes) into `ingest` in
-/// pieces of [`WRITE_CHUNK`], calling `progress` with the bytes written after each.
-/// Every byte received counts in `metrics`, discarded ones too: they crossed the link.
+/// Streams `body` (after discarding its first `skip` bytes) into `ingest` in pieces
+/// of [`WRITE_CHUNK`], calling `progress` with the bytes written after each.
 ///
 /// A piece is hashed and written on the blocking pool while the next one arrives, so
 /// that receiving and hashing run side by side rather than taking turns; pieces are
 /// still written one after the other, in order.
 async fn pump(
-    resp: crate::upstream::Response,
+    mut body: BoxStream<'static, Result<Bytes, String>>,
     mut skip: u64,
     ingest: &mut Option<ferry_storage::Ingest>,
     size: u64,
-    metrics: &crate::metrics::UpstreamMetrics,
     progress: impl Fn(u64),
 ) -> Result<(), Pumped> {
-    let mut body = resp.bytes_stream();
     let mut pending = Vec::with_capacity(WRITE_CHUNK);
     let mut writing: Option<Writing> = None;
     loop {
@@ -425,7 +558,6 @@ async fn pump(
         };
         let at_end = chunk.is_none();
         if let Some(mut chunk) = chunk {
-            metrics.fetched(chunk.len() as u64);
             let drop_now = skip.min(chunk.len() as u64);
             skip -= drop_now;
             let _ = chunk.split_to(drop_now as usize);
@@ -438,7 +570,7 @@ async fn pump(
         }
         if at_end {
             settle(&mut writing, ingest, size, &progress).await?;
-            return failure.map_or(Ok(()), |e| Err(Pumped::Upstream(e)));
+            return failure.map_or(Ok(()), |e| Err(Pumped::Source(e)));
         }
     }
 }
@@ -472,12 +604,6 @@ async fn settle(
     res.map_err(Pumped::Storage)?;
     progress(written.min(size));
     Ok(())
-}
-
-/// A whole-blob `GET`: the response, its size, and no bytes to skip.
-async fn fresh(t: &Target, digest: &Digest) -> Result<(crate::upstream::Response, u64, u64)> {
-    let (resp, size) = upstream_blob(t, Method::GET, digest).await?;
-    Ok((resp, size, 0))
 }
 
 /// A `GET` of the blob from byte `from` on: the response, how many of its leading

@@ -51,6 +51,7 @@ pub enum Joined {
 /// fetch, so followers never wait on a fetch nobody runs.
 pub struct Leader {
     tx: watch::Sender<State>,
+    fetch: Arc<Fetch>,
     key: Key,
     fetches: Fetches,
     finished: bool,
@@ -77,6 +78,8 @@ pub enum State {
 
 pub struct Fetch {
     tx: watch::Sender<State>,
+    /// Whether the bytes come from the shared store rather than the upstream.
+    from_shared: std::sync::atomic::AtomicBool,
 }
 
 impl Inflight {
@@ -107,13 +110,17 @@ impl Inflight {
             return Joined::Stored;
         }
         let (tx, _) = watch::channel(State::Starting);
-        let fetch = Arc::new(Fetch { tx: tx.clone() });
+        let fetch = Arc::new(Fetch {
+            tx: tx.clone(),
+            from_shared: Default::default(),
+        });
         fetches.insert(key.clone(), fetch.clone());
         self.running.inc();
         Joined::Leader(
-            fetch,
+            fetch.clone(),
             Leader {
                 tx,
+                fetch,
                 key,
                 fetches: self.fetches.clone(),
                 finished: false,
@@ -136,6 +143,13 @@ impl Inflight {
 impl Leader {
     pub fn publish(&self, state: State) {
         self.tx.send_replace(state);
+    }
+
+    /// Notes that the bytes come from the shared store (before publishing any).
+    pub fn reading_shared(&self, yes: bool) {
+        self.fetch
+            .from_shared
+            .store(yes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether readers have started receiving bytes (so a failure now can only cut
@@ -191,6 +205,11 @@ impl Fetch {
             State::Failed(e) => Err(e),
             State::Starting => unreachable!("waited for a state other than Starting"),
         }
+    }
+
+    /// Whether the bytes come from the shared store (known once [`Fetch::started`]).
+    pub fn is_from_shared(&self) -> bool {
+        self.from_shared.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether every byte has arrived and matched the digest: what is left is only

@@ -47,6 +47,12 @@ impl Proxy {
                 {
                     return Ok(m);
                 }
+                if self.copy_shared_manifest(t, d).await?
+                    && let Some(mut m) = self.cached_manifest(d, accept, want_body)?
+                {
+                    m.cache = CacheStatus::Shared;
+                    return Ok(m);
+                }
                 self.fetch_manifest(t, d.as_str(), Some(d), None, accept)
                     .await
             }
@@ -61,23 +67,35 @@ impl Proxy {
         want_body: bool,
     ) -> Result<ServedManifest> {
         let index = &self.store.index;
-        if let Some(rec) = index.tag(&t.repo, tag)?
+        let ttl = t.upstream.config().tag_ttl.as_secs();
+        let mut rec = index.tag(&t.repo, tag)?;
+        let mut cache = CacheStatus::Hit;
+        // Past its ttl here (or never fetched here), the tag may have been fetched
+        // since by another replica: its record, when newer, saves asking the upstream.
+        if rec
+            .as_ref()
+            .is_none_or(|r| now_secs().saturating_sub(r.fetched_at) >= ttl)
+            && let Some(newer) = self.newer_shared_tag(t, tag, rec.as_ref()).await?
+        {
+            rec = Some(newer);
+            cache = CacheStatus::Shared;
+        }
+        if let Some(rec) = rec
             && let Some(mut m) = self.cached_manifest(&rec.digest, accept, want_body)?
         {
+            m.cache = cache;
             let now = now_secs();
-            if now.saturating_sub(rec.fetched_at) < t.upstream.config().tag_ttl.as_secs() {
+            if now.saturating_sub(rec.fetched_at) < ttl {
                 return Ok(m);
             }
             match self.upstream_digest(t, tag.as_str(), accept).await {
                 Ok(Some(d)) if d == rec.digest => {
-                    index.set_tag(
-                        &t.repo,
-                        tag,
-                        &TagRecord {
-                            fetched_at: now,
-                            ..rec
-                        },
-                    )?;
+                    let rec = TagRecord {
+                        fetched_at: now,
+                        ..rec
+                    };
+                    index.set_tag(&t.repo, tag, &rec)?;
+                    self.share_tag(t, tag, rec);
                     return Ok(m);
                 }
                 // Moved, gone, or the upstream did not say: fetch it to find out.
@@ -240,32 +258,33 @@ impl Proxy {
             body.clone(),
             media_type.clone(),
         );
-        let tag = tag.cloned();
+        let record = ManifestRecord {
+            media_type: mt.clone(),
+            size: b.len() as u64,
+        };
+        let tag = tag.map(|tag| {
+            let rec = TagRecord {
+                digest: d.clone(),
+                media_type: mt,
+                fetched_at: now_secs(),
+            };
+            (tag.clone(), rec)
+        });
+        let (rec, tagged) = (record.clone(), tag.clone());
         self.blocking(move |store| {
-            let size = b.len() as u64;
             store.blobs.put(&d, &b)?;
-            let tag = tag.map(|tag| {
-                let rec = TagRecord {
-                    digest: d.clone(),
-                    media_type: mt.clone(),
-                    fetched_at: now_secs(),
-                };
-                (tag, rec)
-            });
             store.index.manifest_stored_in(
                 &repo,
                 &d,
-                &ManifestRecord {
-                    media_type: mt,
-                    size,
-                },
-                tag.as_ref().map(|(t, r)| (t, r)),
+                &rec,
+                tagged.as_ref().map(|(t, r)| (t, r)),
             )?;
             // Durable before it is served: a node that got it must find it after a
             // crash, even with the upstream gone.
             store.index.flush()
         })
         .await?;
+        self.share_manifest(t, &digest, record, body.clone(), tag);
         Ok(ServedManifest {
             digest,
             media_type,

@@ -17,12 +17,13 @@ mod ready;
 mod reconfigure;
 mod referrers;
 mod route;
+mod shared;
 mod status;
 mod tags;
 
 use std::sync::Arc;
 
-use ferry_storage::backend::{BlobStore, FsBackend};
+use ferry_storage::backend::{Backend, BlobStore, FsBackend};
 use ferry_storage::{Repo, Store};
 
 pub use blob::{Blob, ByteRange};
@@ -95,6 +96,8 @@ pub struct Proxy {
     /// The blob side of [`Proxy::store`] through the storage seam (see
     /// `ferry_storage::backend`), which warm blobs are read from.
     blob_store: Arc<dyn BlobStore>,
+    /// `[storage.shared]`: the store replicas share, behind the local one (see [`shared`]).
+    shared: Option<Arc<shared::SharedTier>>,
     settings: arc_swap::ArcSwap<Settings>,
     /// `[[pin]]` images: reported by `status`, never evicted.
     pins: Vec<crate::config::Pin>,
@@ -116,6 +119,7 @@ impl Proxy {
             .collect::<Result<_, _>>()?;
         Ok(Proxy {
             blob_store: Arc::new(FsBackend::new(store.clone())),
+            shared: None,
             store,
             settings: arc_swap::ArcSwap::from_pointee(Settings {
                 upstreams,
@@ -126,6 +130,14 @@ impl Proxy {
             metrics,
             ready: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Puts `shared` behind the local store: what the local store misses is looked for
+    /// there, and what is fetched from an upstream is copied there.
+    pub fn with_shared(mut self, shared: Arc<dyn Backend>) -> Proxy {
+        let metrics = self.metrics.shared_store().clone();
+        self.shared = Some(Arc::new(shared::SharedTier::new(shared, metrics)));
+        self
     }
 
     pub fn store(&self) -> &Store {

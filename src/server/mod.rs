@@ -32,6 +32,8 @@ pub enum ServeError {
     },
     #[error("cannot set up upstream clients: {0}")]
     Upstream(#[from] upstream::Error),
+    #[error("cannot open the shared store: {0}")]
+    SharedStore(#[from] crate::shared_store::OpenError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -79,7 +81,11 @@ pub(crate) async fn serve_and_report(
             path: config.storage_root.display().to_string(),
             error,
         })?;
-    let proxy = Arc::new(proxy::Proxy::new(&config, store)?);
+    let mut proxy = proxy::Proxy::new(&config, store)?;
+    if let Some(shared) = &config.shared {
+        proxy = proxy.with_shared(crate::shared_store::open(shared)?);
+    }
+    let proxy = Arc::new(proxy);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -104,8 +110,17 @@ pub(crate) async fn serve_and_report(
     let access = Arc::new(access::Gate::new(&config));
     on_listening(addr, access.internal_token());
     let pins = refresh_pins(pins, addr, access.internal_token());
+    // With a shared store, the local store is this replica's tier, bounded by
+    // `local_max_size`; `max_size` is the shared store's.
+    let local_quota = match config.shared {
+        Some(_) => config::Quota {
+            max_size: config.local_max_size,
+            ..config.quota
+        },
+        None => config.quota,
+    };
     let housekeeping =
-        housekeeping::Housekeeping::start(proxy.clone(), config.quota, config.scrub_rate);
+        housekeeping::Housekeeping::start(proxy.clone(), local_quota, config.scrub_rate);
     let app = api::router(proxy.clone(), access.clone());
     // One control over both listeners: one drain, one count of open connections;
     // and one tracker: one bound on them, the same timeouts.

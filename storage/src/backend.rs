@@ -86,6 +86,11 @@ use crate::{BlobRecord, Digest, ManifestRecord, Repo, Result, Tag, TagRecord};
 pub use fs::FsBackend;
 pub use object::{AzureAuth, AzureStore, ObjectBackend};
 
+/// A whole backend: blobs and records in one store (what a shared store is).
+pub trait Backend: BlobStore + MetaStore {}
+
+impl<T: BlobStore + MetaStore> Backend for T {}
+
 /// A blob's bytes as they are read.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 

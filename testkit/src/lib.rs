@@ -10,6 +10,7 @@
 //! - [`images`]: image layers (gzip'd tars of random bytes) and configs.
 //! - [`skopeo`]: skopeo as a real client.
 //! - [`ferry_config`]: Ferry's TOML config, written in one place.
+//! - [`azurite`]: Azurite, the Azure Blob Storage emulator, as a shared store.
 //!
 //! What only the tests need (Ferry as a restartable process with its log, hostile
 //! servers, containerd, podman, token servers) stays in `tests/harness/`; what only the
@@ -17,6 +18,7 @@
 //!
 //! A missing binary panics naming its Debian package: nothing here skips.
 
+pub mod azurite;
 pub mod ferry_config;
 pub mod http;
 pub mod images;

@@ -768,7 +768,9 @@ mod tests {
     fn backend() -> (Azurite, ObjectBackend) {
         let azurite = Azurite::start();
         azurite.create_container("ferry");
-        let store = azurite.store("ferry").build().unwrap();
+        let store = super::super::azurite::store(&azurite, "ferry")
+            .build()
+            .unwrap();
         let backend = ObjectBackend::new(store, "prod/").unwrap();
         (azurite, backend.with_part_size(TEST_PART))
     }
@@ -853,7 +855,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn objects_are_laid_out_under_the_prefix() {
         let (azurite, prod) = backend();
-        let store = azurite.store("ferry").build().unwrap();
+        let store = super::super::azurite::store(&azurite, "ferry")
+            .build()
+            .unwrap();
         let staging = ObjectBackend::new(store, "staging").unwrap();
         let layer = Bytes::from_static(b"layer");
         let d = Digest::sha256_of(&layer);
@@ -952,7 +956,7 @@ mod tests {
         let with = |auth| {
             let store = AzureStore {
                 auth,
-                ..azurite.store("ferry")
+                ..super::super::azurite::store(&azurite, "ferry")
             };
             ObjectBackend::new(store.build().unwrap(), "prod").unwrap()
         };

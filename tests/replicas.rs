@@ -1,0 +1,221 @@
+//! Several Ferry replicas sharing one store (`[storage.shared]`), here Azurite as Azure
+//! Blob Storage: what one replica fetched, the others serve without asking the
+//! upstream; a replica with an empty disk serves everything in the shared store with
+//! the upstream gone; the shared store holds only verified, whole objects; a shared
+//! store that is down costs only its copies.
+
+use std::path::Path;
+
+use ferry_storage::backend::{AzureAuth, AzureStore, BlobStore, ObjectBackend};
+use ferry_testkit::azurite::{ACCOUNT, Azurite, KEY};
+
+use crate::harness::faults::{FaultProxy, Mode};
+use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
+use crate::harness::images::{PushedImage, push_image};
+use crate::harness::registry::{Registry, RegistryAuth};
+use crate::support::{blob_url, get, head, manifest_url, pull_image};
+
+const CONTAINER: &str = "ferry";
+const PREFIX: &str = "test/";
+
+/// A replica: its own root and port, the shared store in Azurite's `ferry` container.
+fn replica(azurite: &Azurite, upstream_url: &str, dir: &Path, name: &str) -> Ferry {
+    let key = dir.join("azurite.key");
+    std::fs::write(&key, KEY).unwrap();
+    FerryBuilder::new()
+        .upstream(Upstream::local(upstream_url))
+        .storage_root(&dir.join(name))
+        .extra_toml(&format!(
+            "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nauth = {{ kind = \"account_key\", key_file = \"{}\" }}\n",
+            azurite.endpoint(),
+            key.display()
+        ))
+        .start()
+}
+
+/// The shared store as the tests read it: the backend Ferry itself writes through.
+fn shared(azurite: &Azurite) -> ObjectBackend {
+    let store = AzureStore {
+        account: ACCOUNT.into(),
+        container: CONTAINER.into(),
+        endpoint: Some(azurite.endpoint()),
+        auth: AzureAuth::AccountKey(KEY.into()),
+    }
+    .build()
+    .unwrap();
+    ObjectBackend::new(store, PREFIX).unwrap()
+}
+
+/// Waits (≤ 20 s) until the shared store holds every blob and the manifest of `img`:
+/// replicas copy there in the background.
+async fn wait_until_shared(store: &ObjectBackend, img: &PushedImage) {
+    let mut wanted: Vec<&str> = img.blobs().iter().map(|b| b.digest.as_str()).collect();
+    wanted.push(&img.manifest_digest);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let listed: Vec<String> = store
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        if wanted.iter().all(|w| listed.iter().any(|l| l == w)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shared store holds {listed:?}, not all of {wanted:?}, after 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Every object under `blobs/` hashes to its name: nothing partial or wrong is there.
+async fn assert_only_whole_objects(store: &ObjectBackend) {
+    use futures_util::TryStreamExt;
+    for d in store.list().await.unwrap() {
+        let size = store
+            .stat(&d)
+            .await
+            .unwrap()
+            .expect("listed blob has a size");
+        let chunks: Vec<bytes::Bytes> = store
+            .read_range(&d, 0, size)
+            .await
+            .unwrap()
+            .expect("listed blob readable")
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::harness::sha256_digest(&chunks.concat()),
+            d.to_string(),
+            "the shared store's {d} does not hash to its name"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_serve_what_one_fetched_and_an_empty_replica_serves_it_offline() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/app", "v1", &[3 << 20, 200_000]);
+    // Between the replicas and the registry: refusing, it is an upstream that is gone.
+    let link = FaultProxy::start(registry.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&azurite, &link.url(), dir.path(), "a");
+    let b = replica(&azurite, &link.url(), dir.path(), "b");
+
+    let caches = pull_image(&a.url(), &img).await;
+    assert!(
+        caches.iter().all(|c| c == "MISS"),
+        "first pull, through replica a: {caches:?}"
+    );
+    let store = shared(&azurite);
+    wait_until_shared(&store, &img).await;
+    let blob_gets: Vec<usize> = img
+        .blobs()
+        .iter()
+        .map(|bl| registry.blob_gets(&bl.digest))
+        .collect();
+    assert!(
+        blob_gets.iter().all(|&n| n == 1),
+        "upstream blob GETs: {blob_gets:?}"
+    );
+
+    // Replica b has never seen the image: everything comes from the shared store.
+    let caches = pull_image(&b.url(), &img).await;
+    assert!(
+        caches[1..].iter().all(|c| c == "SHARED"),
+        "pull through replica b: {caches:?}"
+    );
+    for bl in img.blobs() {
+        assert_eq!(
+            registry.blob_gets(&bl.digest),
+            1,
+            "replica b fetched {} from the upstream again",
+            bl.digest
+        );
+    }
+    // And now from its own disk.
+    let caches = pull_image(&b.url(), &img).await;
+    assert!(
+        caches[1..].iter().all(|c| c == "HIT"),
+        "second pull through replica b: {caches:?}"
+    );
+
+    // The upstream is gone; a new replica with an empty disk serves the image by tag
+    // and by digest, every byte verified by `pull_image`.
+    link.set_mode(Mode::Refuse);
+    let c = replica(&azurite, &link.url(), dir.path(), "c");
+    pull_image(&c.url(), &img).await;
+    let by_digest = get(
+        &manifest_url(&c, &img.repo, &img.manifest_digest),
+        &[&img.media_type],
+    )
+    .await;
+    assert_eq!(by_digest.status, 200, "{}", by_digest.text());
+    assert_eq!(by_digest.body, img.manifest);
+    // A blob the shared store does not hold is still an error, not a hang.
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let r = head(&blob_url(&c, &img.repo, &missing), &[]).await;
+    assert!(
+        r.status.as_u16() >= 400,
+        "HEAD of an unknown blob, upstream gone: {}",
+        r.status
+    );
+
+    assert_only_whole_objects(&store).await;
+}
+
+/// The shared store down: replicas still pull from the upstream (nothing is copied,
+/// one warning says so, `ferry_shared_store_up` is 0); back up, the replica uses it
+/// again after its rest (10 s), without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_store_that_is_down_costs_only_its_copies() {
+    let mut azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let first = push_image(&registry, "team/one", "v1", &[1 << 20]);
+    let second = push_image(&registry, "team/two", "v1", &[1 << 20]);
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&azurite, &registry.url(), dir.path(), "a");
+
+    azurite.stop();
+    let started = std::time::Instant::now();
+    let caches = pull_image(&a.url(), &first).await;
+    assert!(caches.iter().all(|c| c == "MISS"), "{caches:?}");
+    // The store's retries are bounded: a pull does not wait for them.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "a pull with the shared store down took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        a.log().matches("shared store failed").count(),
+        1,
+        "one warning per outage:\n{}",
+        a.log()
+    );
+    assert!(shared_store_up(&a).await == "0", "the store is down");
+
+    azurite.restart();
+    // After the replica's rest of the store (`proxy::shared::REST`, 10 s), the next
+    // miss asks it again and copies what it fetched.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    pull_image(&a.url(), &second).await;
+    wait_until_shared(&shared(&azurite), &second).await;
+    assert!(shared_store_up(&a).await == "1", "the store is back");
+}
+
+/// The value of `ferry_shared_store_up` on `ferry`'s /metrics.
+async fn shared_store_up(ferry: &Ferry) -> String {
+    let m = get(&format!("{}/metrics", ferry.url()), &[]).await;
+    let text = String::from_utf8_lossy(&m.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix("ferry_shared_store_up "))
+        .unwrap_or_else(|| panic!("no ferry_shared_store_up in /metrics:\n{text}"))
+        .to_owned()
+}
