@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Checks the deployment artefacts in docker/ without a cluster (issue 7):
 # - renders docker/kubernetes with kustomize (kubectl kustomize), as is and with each
-#   component enabled the way its comment says (workload-identity), and validates
-#   every object against Kubernetes' schemas (kubernetes-validate, strict, a fixed
-#   version);
+#   component enabled the way its comment says (workload-identity, ha for several
+#   replicas, ha with ha/workload-identity), and validates every object against
+#   Kubernetes' schemas (kubernetes-validate, strict, a fixed version);
 # - checks that the kustomizations list every file and that the objects agree (the
 #   DaemonSet's --mirror is the Service's ClusterIP, probes, mounts, names; with
 #   several replicas: the peers' headless Service, the peer port in the container, the
@@ -45,10 +45,12 @@ render() {
   done
   kubectl kustomize "$src" >"$out/$variant.yaml"
 }
-variants=(base workload-identity)
+variants=(base workload-identity ha ha-workload-identity)
 if command -v kubectl >/dev/null; then
   kubectl kustomize docker/kubernetes >"$out/base.yaml"
   render workload-identity workload-identity
+  render ha ha
+  render ha-workload-identity ha ha/workload-identity
 else
   # Without kubectl the components' patches cannot be applied: the base is rendered
   # by hand (resources, namespace, image), the other variants are not.
