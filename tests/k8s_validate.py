@@ -12,6 +12,7 @@
                                          queries must be one Ferry exposes
 """
 
+import base64
 import ipaddress
 import json
 import re
@@ -202,6 +203,10 @@ def selects(match_labels, labels):
     return bool(match_labels) and all(labels.get(k) == v for k, v in match_labels.items())
 
 
+def by_kind_objects(by_kind):
+    return [o for objects in by_kind.values() for o in objects.values()]
+
+
 def mount_of(path, ferry):
     """The volume mount a path in Ferry's container is on (the deepest one)."""
     found = None
@@ -356,7 +361,15 @@ def check_cluster(name, cluster, by_kind, deployment, ferry):
             fail(f"{name}: Service {m[1]} has no port {peer_port} to the container's peer port {port}")
 
     # NetworkPolicies add up: every rule of every policy selecting Ferry's pods that
-    # admits the peer port must admit only Ferry's own pods, and one must.
+    # admits the peer port must admit only Ferry's own pods (not the node-config
+    # DaemonSet's, which share app.kubernetes.io/name), and one must.
+    others = [pod_labels(o) for o, _ in pod_specs(by_kind_objects(by_kind)) if o is not deployment]
+
+    def only_ferry(source):
+        selector = source.get("podSelector", {}).get("matchLabels")
+        return (set(source) == {"podSelector"} and selects(selector, labels)
+                and not any(selects(selector, other) for other in others))
+
     admitted = False
     for policy in by_kind.get("NetworkPolicy", {}).values():
         if not selects(policy["spec"]["podSelector"].get("matchLabels"), labels):
@@ -368,8 +381,7 @@ def check_cluster(name, cluster, by_kind, deployment, ferry):
                 continue
             where = f"{name}: NetworkPolicy {policy['metadata']['name']}"
             sources = rule.get("from")
-            if not sources or any(set(f) != {"podSelector"} or not selects(f["podSelector"].get("matchLabels"), labels)
-                                  for f in sources):
+            if not sources or not all(only_ferry(f) for f in sources):
                 fail(f"{where} admits the peer port {port} from more than Ferry's own pods")
             else:
                 admitted = True
@@ -390,12 +402,14 @@ def write_check_config(name, out, by_kind, spec, ferry):
             continue
         base = pod / m["mountPath"].lstrip("/")
         items = {i["key"]: i["path"] for i in v["secret"].get("items", [])}
-        for key, value in secret.get("stringData", {}).items():
+        values = {k: base64.b64decode(v) for k, v in secret.get("data", {}).items()}
+        values |= {k: v.encode() for k, v in secret.get("stringData", {}).items()}
+        for key, value in values.items():
             if items and key not in items:
                 continue
             f = base / items.get(key, key)
             f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(value)
+            f.write_bytes(value)
         moved.append(m["mountPath"].rstrip("/"))
     text = (out / f"{name}.ferry.toml").read_text()
 
