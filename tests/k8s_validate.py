@@ -298,8 +298,12 @@ def check_store(name, config, by_kind, deployment, ferry):
     local_max = storage.get("local_max_size")
     if size_limit is None or local_max is None:
         fail(f"{name}: the local tier needs both a size (sizeLimit or a storage request) and [storage] local_max_size")
-    elif ferry_size_bytes(local_max) >= quantity_bytes(size_limit):
-        fail(f"{name}: local_max_size {local_max} is not below the local tier's {size_limit}")
+    else:
+        try:
+            if ferry_size_bytes(local_max) >= quantity_bytes(size_limit):
+                fail(f"{name}: local_max_size {local_max} is not below the local tier's {size_limit}")
+        except ValueError as e:
+            fail(f"{name}: {e}")
     if "cluster" not in config:
         fail(f"{name}: a shared store without [cluster]: every replica would fetch each blob from the upstream")
 
@@ -402,8 +406,8 @@ def write_check_config(name, out, by_kind, spec, ferry):
             continue
         base = pod / m["mountPath"].lstrip("/")
         items = {i["key"]: i["path"] for i in v["secret"].get("items", [])}
-        values = {k: base64.b64decode(v) for k, v in secret.get("data", {}).items()}
-        values |= {k: v.encode() for k, v in secret.get("stringData", {}).items()}
+        values = {k: base64.b64decode(encoded) for k, encoded in secret.get("data", {}).items()}
+        values |= {k: text.encode() for k, text in secret.get("stringData", {}).items()}
         for key, value in values.items():
             if items and key not in items:
                 continue
@@ -436,10 +440,10 @@ def manifests(out, version, rendered):
     # Each component's ferry.toml repeats the base's registries: they must not drift.
     checked = [(n, c) for n, c in configs.items() if c]
     for other, config in checked[1:]:
-        first = checked[0]
+        first, first_config = checked[0]
         for key in ("server", "upstream", "rule"):
-            if served(config.get(key)) != served(first[1].get(key)):
-                fail(f"{other}: the ferry.toml's {key} differs from {first[0]}'s")
+            if served(config.get(key)) != served(first_config.get(key)):
+                fail(f"{other}: the ferry.toml's {key} differs from {first}'s")
 
 
 def served(section):
