@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Checks the deployment artefacts in docker/ without a cluster (issue 7):
-# - renders docker/kubernetes with kustomize (kubectl kustomize), as is and with the
-#   workload-identity component enabled the way its comment says, and validates every
-#   object against Kubernetes' schemas (kubernetes-validate, strict, a fixed version);
+# - renders docker/kubernetes with kustomize (kubectl kustomize), as is and with each
+#   component enabled the way its comment says (workload-identity, ha for several
+#   replicas, ha with ha/workload-identity), and validates every object against
+#   Kubernetes' schemas (kubernetes-validate, strict, a fixed version);
 # - checks that the kustomizations list every file and that the objects agree (the
-#   DaemonSet's --mirror is the Service's ClusterIP, probes, mounts, names);
+#   DaemonSet's --mirror is the Service's ClusterIP, probes, mounts, names; with
+#   several replicas: the peers' headless Service, the peer port in the container, the
+#   Service and the NetworkPolicy, the local tier's size, the budget, the rollout);
 # - runs the release binary the image contains (built as docker/Dockerfile builds it):
-#   `ferry config check` on each ConfigMap's ferry.toml, `ferry node-config` with the
+#   `ferry config check` on each ConfigMap's ferry.toml (with the Secrets' files where
+#   the pod has them), `ferry node-config` with the
 #   DaemonSet's arguments (without the Secret, as on a node), and `ferry serve` on
 #   loopback to answer the probes' paths and /metrics, which must expose every metric
 #   the Grafana dashboard queries.
@@ -25,21 +29,32 @@ fi
 py="$venv/bin/python"
 rm -rf "$out"
 mkdir -p "$out"
-variants=(base workload-identity)
+# A variant: the base with these components uncommented in kustomization.yaml, in
+# the order its comment gives.
+render() {
+  local variant=$1 src="$out/$1-src" component
+  shift
+  cp -r docker/kubernetes "$src"
+  sed -i 's/^# components:$/components:/' "$src/kustomization.yaml"
+  for component in "$@"; do
+    if ! grep -q "^#   - $component\$" "$src/kustomization.yaml"; then
+      echo "tests/k8s-validate.sh: kustomization.yaml no longer has the commented $component component" >&2
+      exit 1
+    fi
+    sed -i "s|^#   - $component\$|  - $component|" "$src/kustomization.yaml"
+  done
+  kubectl kustomize "$src" >"$out/$variant.yaml"
+}
+variants=(base workload-identity ha ha-workload-identity)
 if command -v kubectl >/dev/null; then
   kubectl kustomize docker/kubernetes >"$out/base.yaml"
-  cp -r docker/kubernetes "$out/wi-src"
-  sed -i 's/^# components:$/components:/; s/^#   - workload-identity$/  - workload-identity/' \
-    "$out/wi-src/kustomization.yaml"
-  if ! grep -q '^  - workload-identity$' "$out/wi-src/kustomization.yaml"; then
-    echo "tests/k8s-validate.sh: kustomization.yaml no longer has the commented workload-identity component" >&2
-    exit 1
-  fi
-  kubectl kustomize "$out/wi-src" >"$out/workload-identity.yaml"
+  render workload-identity workload-identity
+  render ha ha
+  render ha-workload-identity ha ha/workload-identity
 else
-  # Without kubectl the component's patches cannot be applied: the base is rendered
-  # by hand (resources, namespace, image), the workload-identity variant is not.
-  echo "tests/k8s-validate.sh: no kubectl: base rendered without kustomize; workload-identity variant not checked" >&2
+  # Without kubectl the components' patches cannot be applied: the base is rendered
+  # by hand (resources, namespace, image), the other variants are not.
+  echo "tests/k8s-validate.sh: no kubectl: base rendered without kustomize; the components' variants not checked" >&2
   variants=(base)
   "$py" tests/k8s_validate.py render docker/kubernetes >"$out/base.yaml"
 fi
@@ -50,13 +65,11 @@ for variant in "${variants[@]}"; do rendered+=("$out/$variant.yaml"); done
 cargo build --release --locked --bin ferry
 ferry="${CARGO_TARGET_DIR:-target}/release/ferry"
 
-# The service principal's secret is a mounted file in the pod; here, a stand-in.
-printf 'stand-in\n' >"$out/client-secret"
-FERRY_UPSTREAM_ACR_AUTH_CLIENT_SECRET_FILE="$out/client-secret" \
-  "$ferry" config check "$out/base.ferry.toml"
-if [ -e "$out/workload-identity.ferry.toml" ]; then
-  "$ferry" config check "$out/workload-identity.ferry.toml"
-fi
+# The secrets are mounted files in the pod: the checked copy names the Secrets'
+# (stand-in) values, laid out under $out/VARIANT-pod/ as the mounts would be.
+for variant in "${variants[@]}"; do
+  "$ferry" config check "$out/$variant.check.ferry.toml"
+done
 
 # The DaemonSet's node-config, with the config and the node's directory moved here.
 for variant in "${variants[@]}"; do

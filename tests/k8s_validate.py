@@ -2,13 +2,17 @@
 
   manifests OUT K8S_VERSION RENDERED...  schema-check every rendered object (strict), check
                                          that the kustomizations list every file, that the
-                                         objects agree with each other, and write each
-                                         ConfigMap's ferry.toml and the DaemonSet's
-                                         node-config arguments to OUT
+                                         objects agree with each other (and the replicated
+                                         variants' peers, ports, volumes, budget), and
+                                         write to OUT each ConfigMap's ferry.toml, the same
+                                         with the Secrets' files laid out as in the pod
+                                         (VARIANT.check.ferry.toml, for `ferry config
+                                         check`) and the DaemonSet's node-config arguments
   dashboard DASHBOARD [METRICS_FILE]     parse the Grafana dashboard; every metric it
                                          queries must be one Ferry exposes
 """
 
+import base64
 import ipaddress
 import json
 import re
@@ -48,7 +52,7 @@ def listed_files(kustomization_dir):
 
 
 def check_listing():
-    for d in [MANIFESTS] + [p for p in MANIFESTS.iterdir() if p.is_dir()]:
+    for d in [MANIFESTS] + sorted(p for p in MANIFESTS.rglob("*") if p.is_dir()):
         if not (d / "kustomization.yaml").exists():
             fail(f"{d}: no kustomization.yaml")
             continue
@@ -137,27 +141,28 @@ def check_rendered(name, objects, version, out):
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
     if annotations.get("prometheus.io/port") != str(listen_port):
         fail(f"{name}: prometheus.io/port is not {listen_port}")
-    if deployment["spec"]["strategy"]["type"] != "Recreate":
-        fail(f"{name}: the Deployment's volume is ReadWriteOnce: strategy must be Recreate")
+    check_store(name, config, by_kind, deployment, ferry)
 
-    # Every secret file the configuration names must be mounted from a Secret, or a
+    # Every secret file the configuration names must be a key of a mounted Secret, or a
     # workload identity token must come from the webhook.
-    mounts = {m["mountPath"]: m["name"] for m in ferry.get("volumeMounts", [])}
-    secret_volumes = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
-    for up in config.get("upstream", []):
-        auth = up.get("auth", {})
+    auths = [(f"upstream {up['name']} auth", up.get("auth", {})) for up in config.get("upstream", [])]
+    shared = config.get("storage", {}).get("shared")
+    if shared:
+        auths.append(("[storage.shared] auth", shared.get("auth", {})))
+    for what, auth in auths:
         for key, value in auth.items():
             if key.endswith("_file"):
-                mount = str(Path(value).parent)
-                if mounts.get(mount) not in secret_volumes:
-                    fail(f"{name}: upstream {up['name']} auth.{key} {value}: {mount} is not a Secret mount")
+                secret_file(name, f"{what}.{key}", value, by_kind, spec, ferry)
         if auth.get("workload_identity"):
             labels = deployment["spec"]["template"]["metadata"].get("labels", {})
             sa = by_kind.get("ServiceAccount", {}).get(spec.get("serviceAccountName", ""), {})
             if labels.get("azure.workload.identity/use") != "true":
-                fail(f"{name}: workload_identity without the azure.workload.identity/use pod label")
+                fail(f"{name}: {what}: workload_identity without the azure.workload.identity/use pod label")
             if "azure.workload.identity/client-id" not in sa.get("metadata", {}).get("annotations", {}):
-                fail(f"{name}: workload_identity without a ServiceAccount with azure.workload.identity/client-id")
+                fail(f"{name}: {what}: workload_identity without a ServiceAccount with azure.workload.identity/client-id")
+    if "cluster" in config:
+        check_cluster(name, config["cluster"], by_kind, deployment, ferry)
+    write_check_config(name, out, by_kind, spec, ferry)
 
     # The nodes' mirror address is the Service's fixed ClusterIP and port.
     service = by_kind["Service"]["ferry"]
@@ -186,18 +191,266 @@ def check_rendered(name, objects, version, out):
     if host_paths.get(write_dir) != "/etc/containerd/certs.d":
         fail(f"{name}: --write {write_dir} is not the node's /etc/containerd/certs.d")
     (out / f"{name}.node-config-args.json").write_text(json.dumps(args))
+    return config
+
+
+def pod_labels(deployment):
+    return deployment["spec"]["template"]["metadata"].get("labels", {})
+
+
+def selects(match_labels, labels):
+    """Whether a matchLabels selector (non-empty) selects pods with these labels."""
+    return bool(match_labels) and all(labels.get(k) == v for k, v in match_labels.items())
+
+
+def by_kind_objects(by_kind):
+    return [o for objects in by_kind.values() for o in objects.values()]
+
+
+def mount_of(path, ferry):
+    """The volume mount a path in Ferry's container is on (the deepest one)."""
+    found = None
+    for m in ferry.get("volumeMounts", []):
+        base = m["mountPath"].rstrip("/")
+        if path == base or path.startswith(base + "/"):
+            if found is None or len(base) > len(found["mountPath"].rstrip("/")):
+                found = m
+    return found
+
+
+def volume(spec, volume_name):
+    return next((v for v in spec.get("volumes", []) if v["name"] == volume_name), None)
+
+
+def secret_file(name, what, path, by_kind, spec, ferry):
+    """A file the configuration reads must be a key of a Secret mounted in Ferry's
+    container, or Ferry refuses to start in the pod."""
+    mount = mount_of(path, ferry)
+    v = mount and volume(spec, mount["name"])
+    if not v or "secret" not in v:
+        fail(f"{name}: {what} {path} is not on a Secret mount")
+        return
+    secret = by_kind.get("Secret", {}).get(v["secret"]["secretName"])
+    if secret is None:
+        return  # reported with the volume
+    key = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+    items = {i["path"]: i["key"] for i in v["secret"].get("items", [])}
+    key = items.get(key, key if not items else None)
+    if key not in {**secret.get("data", {}), **secret.get("stringData", {})}:
+        fail(f"{name}: {what} {path}: Secret {secret['metadata']['name']} has no such key")
+
+
+# Kubernetes quantities (sizeLimit, storage requests) and Ferry's sizes (src/bytesize.rs)
+# are different grammars: "G" is 10^9 bytes to Kubernetes and 2^30 to Ferry.
+K8S_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+FERRY_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30,
+               "gib": 2**30, "t": 2**40, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9,
+               "tb": 10**12}
+
+
+def quantity_bytes(text):
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Za-z]*)", str(text))
+    if not m or m[2] not in K8S_UNITS:
+        raise ValueError(f"{text} is not a Kubernetes quantity in bytes")
+    return float(m[1]) * K8S_UNITS[m[2]]
+
+
+def ferry_size_bytes(text):
+    m = re.fullmatch(r"(\d+(?:\.\d+)?) ?([A-Za-z]*)", text.strip())
+    if not m or m[2].lower() not in FERRY_UNITS:
+        raise ValueError(f"{text} is not a Ferry size")
+    return float(m[1]) * FERRY_UNITS[m[2].lower()]
+
+
+def check_store(name, config, by_kind, deployment, ferry):
+    """One store on a claim has one writer: one replica, Recreate. A shared store has
+    several replicas, each with a local tier of its own, rolled one at a time."""
+    spec = deployment["spec"]["template"]["spec"]
+    storage = config.get("storage", {})
+    replicas = deployment["spec"].get("replicas", 1)
+    strategy = deployment["spec"].get("strategy", {})
+    root = storage.get("root", "")
+    mount = mount_of(root, ferry)
+    data = mount and volume(spec, mount["name"])
+    if not data or mount["mountPath"].rstrip("/") != root.rstrip("/"):
+        fail(f"{name}: [storage] root {root} is not a volume mounted in Ferry's container")
+        return
+    if "shared" not in storage:
+        if replicas != 1:
+            fail(f"{name}: {replicas} replicas without [storage.shared]: each would have a store of its own")
+        if "persistentVolumeClaim" in data and strategy.get("type") != "Recreate":
+            fail(f"{name}: the Deployment's volume is ReadWriteOnce: strategy must be Recreate")
+        return
+
+    if "persistentVolumeClaim" in data:
+        fail(f"{name}: the local tier {root} is a claim: each replica needs its own (emptyDir or ephemeral)")
+    for claim in by_kind.get("PersistentVolumeClaim", {}):
+        fail(f"{name}: PersistentVolumeClaim {claim} is left over: nothing mounts it with a shared store")
+    if "emptyDir" in data:
+        size_limit = data["emptyDir"].get("sizeLimit")
+    elif "ephemeral" in data:
+        template = data["ephemeral"]["volumeClaimTemplate"]["spec"]
+        size_limit = template.get("resources", {}).get("requests", {}).get("storage")
+    else:
+        fail(f"{name}: the local tier {root} is neither an emptyDir nor an ephemeral volume")
+        return
+    local_max = storage.get("local_max_size")
+    if size_limit is None or local_max is None:
+        fail(f"{name}: the local tier needs both a size (sizeLimit or a storage request) and [storage] local_max_size")
+    else:
+        try:
+            if ferry_size_bytes(local_max) >= quantity_bytes(size_limit):
+                fail(f"{name}: local_max_size {local_max} is not below the local tier's {size_limit}")
+        except ValueError as e:
+            fail(f"{name}: {e}")
+    if "cluster" not in config:
+        fail(f"{name}: a shared store without [cluster]: every replica would fetch each blob from the upstream")
+
+    if replicas < 2:
+        fail(f"{name}: {replicas} replica on a shared store: no second replica to take over")
+    rolling = strategy.get("rollingUpdate", {})
+    if strategy.get("type") != "RollingUpdate" or str(rolling.get("maxUnavailable")) not in ("0", "0%"):
+        fail(f"{name}: an upgrade must not take a replica away first: RollingUpdate with maxUnavailable 0")
+    elif str(rolling.get("maxSurge", "25%")) in ("0", "0%"):
+        fail(f"{name}: maxUnavailable 0 needs a maxSurge above 0, or a rollout cannot start")
+    labels = pod_labels(deployment)
+    pdbs = [p for p in by_kind.get("PodDisruptionBudget", {}).values()
+            if selects(p["spec"]["selector"].get("matchLabels"), labels)]
+    if len(pdbs) != 1:
+        fail(f"{name}: {len(pdbs)} PodDisruptionBudgets select Ferry's pods, not one")
+    for pdb in pdbs:
+        min_available = pdb["spec"].get("minAvailable")
+        if not isinstance(min_available, int) or not 2 <= min_available < replicas:
+            fail(f"{name}: PodDisruptionBudget minAvailable {min_available} must keep 2 and be below the {replicas} replicas, or no drain can evict a replica")
+    keys = {c["topologyKey"] for c in spec.get("topologySpreadConstraints", [])
+            if selects(c.get("labelSelector", {}).get("matchLabels"), labels)}
+    for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone"):
+        if key not in keys:
+            fail(f"{name}: Ferry's replicas are not spread over {key}")
+    anti = spec.get("affinity", {}).get("podAntiAffinity", {})
+    if not any(selects(t["podAffinityTerm"].get("labelSelector", {}).get("matchLabels"), labels)
+               for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])):
+        fail(f"{name}: no preferred podAntiAffinity between Ferry's replicas")
+
+
+def check_cluster(name, cluster, by_kind, deployment, ferry):
+    """The replicas find each other through a headless Service on the peer port, which
+    only Ferry's own pods may reach, and prove themselves with a mounted secret."""
+    spec = deployment["spec"]["template"]["spec"]
+    labels = pod_labels(deployment)
+    port = int(cluster["listen"].rsplit(":", 1)[1])
+    ports = {p["name"]: p["containerPort"] for p in ferry["ports"]}
+    if ports.get("peer") != port:
+        fail(f"{name}: container port peer {ports.get('peer')} is not [cluster] listen's {port}")
+    if "secret_file" in cluster:
+        secret_file(name, "[cluster] secret_file", cluster["secret_file"], by_kind, spec, ferry)
+    else:
+        fail(f"{name}: [cluster] without secret_file: any pod could pose as a replica")
+
+    for peer in cluster.get("peers", []):
+        host, _, peer_port = peer.rpartition(":")
+        m = re.fullmatch(r"([a-z0-9-]+)\.([a-z0-9-]+)(\.svc(\.cluster\.local)?)?", host)
+        service = m and by_kind.get("Service", {}).get(m[1])
+        if not service or service["metadata"]["namespace"] != m[2]:
+            fail(f"{name}: [cluster] peers {peer} is not the DNS name of a Service here")
+            continue
+        s = service["spec"]
+        if s.get("clusterIP") != "None" or not s.get("publishNotReadyAddresses"):
+            fail(f"{name}: Service {m[1]} must be headless (clusterIP: None) and publish not-ready addresses, so its name gives every replica")
+        if not s.get("selector") or not selects(s["selector"], labels):
+            fail(f"{name}: Service {m[1]} does not select Ferry's pods")
+        if not any(p["port"] == int(peer_port) and p.get("targetPort", p["port"]) in ("peer", port)
+                   for p in s.get("ports", [])):
+            fail(f"{name}: Service {m[1]} has no port {peer_port} to the container's peer port {port}")
+
+    # NetworkPolicies add up: every rule of every policy selecting Ferry's pods that
+    # admits the peer port must admit only Ferry's own pods (not the node-config
+    # DaemonSet's, which share app.kubernetes.io/name), and one must.
+    others = [pod_labels(o) for o, _ in pod_specs(by_kind_objects(by_kind)) if o is not deployment]
+
+    def only_ferry(source):
+        selector = source.get("podSelector", {}).get("matchLabels")
+        return (set(source) == {"podSelector"} and selects(selector, labels)
+                and not any(selects(selector, other) for other in others))
+
+    admitted = False
+    for policy in by_kind.get("NetworkPolicy", {}).values():
+        if not selects(policy["spec"]["podSelector"].get("matchLabels"), labels):
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            rule_ports = rule.get("ports")
+            if rule_ports and not any(p.get("port") in (port, "peer") and p.get("protocol", "TCP") == "TCP"
+                                      for p in rule_ports):
+                continue
+            where = f"{name}: NetworkPolicy {policy['metadata']['name']}"
+            sources = rule.get("from")
+            if not sources or not all(only_ferry(f) for f in sources):
+                fail(f"{where} admits the peer port {port} from more than Ferry's own pods")
+            else:
+                admitted = True
+    if not admitted:
+        fail(f"{name}: no NetworkPolicy admits Ferry's pods on the peer port {port}")
+
+
+def write_check_config(name, out, by_kind, spec, ferry):
+    """The ferry.toml as Ferry would read it in the pod: each Secret mounted in its
+    container laid out under OUT/NAME-pod/, and the paths under those mounts moved
+    there, for `ferry config check`."""
+    pod = (out / f"{name}-pod").resolve()
+    moved = []
+    for m in ferry.get("volumeMounts", []):
+        v = volume(spec, m["name"])
+        secret = v and "secret" in v and by_kind.get("Secret", {}).get(v["secret"]["secretName"])
+        if not secret:
+            continue
+        base = pod / m["mountPath"].lstrip("/")
+        items = {i["key"]: i["path"] for i in v["secret"].get("items", [])}
+        values = {k: base64.b64decode(encoded) for k, encoded in secret.get("data", {}).items()}
+        values |= {k: text.encode() for k, text in secret.get("stringData", {}).items()}
+        for key, value in values.items():
+            if items and key not in items:
+                continue
+            f = base / items.get(key, key)
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(value)
+        moved.append(m["mountPath"].rstrip("/"))
+    text = (out / f"{name}.ferry.toml").read_text()
+
+    def move(match):
+        path = match[1]
+        if any(path.startswith(p + "/") for p in moved):
+            return f'"{pod}{path}"'
+        return match[0]
+
+    (out / f"{name}.check.ferry.toml").write_text(re.sub(r'"(/[^"]*)"', move, text))
 
 
 def manifests(out, version, rendered):
     out = Path(out)
     check_listing()
+    configs = {}
     for path in rendered:
         objects = load_all(path)
         if not objects:
             fail(f"{path}: renders to nothing")
             continue
-        check_rendered(Path(path).stem, objects, version, out)
+        configs[Path(path).stem] = check_rendered(Path(path).stem, objects, version, out)
         print(f"k8s-validate: {path}: {len(objects)} objects valid for Kubernetes {version}")
+    # Each component's ferry.toml repeats the base's registries: they must not drift.
+    checked = [(n, c) for n, c in configs.items() if c]
+    for other, config in checked[1:]:
+        first, first_config = checked[0]
+        for key in ("server", "upstream", "rule"):
+            if served(config.get(key)) != served(first_config.get(key)):
+                fail(f"{other}: the ferry.toml's {key} differs from {first}'s")
+
+
+def served(section):
+    """What the clients see of a config section: all but the identity Ferry uses."""
+    if isinstance(section, list):
+        return [{k: v for k, v in s.items() if k != "auth"} for s in section]
+    return section
 
 
 # The names the brief fixes for /metrics (counters with their _total).
