@@ -74,6 +74,8 @@ mod fs;
 mod object;
 #[cfg(test)]
 mod suite;
+#[cfg(test)]
+mod testserver;
 
 use std::collections::BTreeSet;
 use std::io;
