@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use ferry_testkit::process::ChildGuard;
 
@@ -23,8 +24,16 @@ pub const SECRET: &str = "ferry-test-secret-access-key-0123456789";
 pub struct Moto {
     port: u16,
     // Dropped first: the process goes before its log directory.
-    _process: ChildGuard,
-    _dir: tempfile::TempDir,
+    process: Option<ChildGuard>,
+    dir: tempfile::TempDir,
+}
+
+/// `moto_server` on `port`, once it answers.
+fn spawn(port: u16, dir: &std::path::Path) -> Option<ChildGuard> {
+    let mut cmd = Command::new(binary());
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+    let url = format!("http://127.0.0.1:{port}/moto-api/");
+    spawn_answering(&format!("moto-{port}"), cmd, dir, &url)
 }
 
 fn binary() -> PathBuf {
@@ -46,17 +55,26 @@ impl Moto {
     /// Starts one and waits until it answers.
     pub fn start() -> Moto {
         let dir = ferry_testkit::temp_dir("ferry-moto");
-        let (port, process) = on_free_port("moto", |port| {
-            let mut cmd = Command::new(binary());
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-            let url = format!("http://127.0.0.1:{port}/moto-api/");
-            spawn_answering(&format!("moto-{port}"), cmd, dir.path(), &url)
-        });
+        let (port, process) = on_free_port("moto", |port| spawn(port, dir.path()));
         Moto {
             port,
-            _process: process,
-            _dir: dir,
+            process: Some(process),
+            dir,
         }
+    }
+
+    /// Stops it: the store becomes unreachable, and forgets everything.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts it again on the same port, empty (after [`Moto::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        let process = spawn(self.port, self.dir.path()).expect("moto restarts");
+        self.process = Some(process);
     }
 
     pub fn endpoint(&self) -> String {

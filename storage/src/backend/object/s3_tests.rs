@@ -248,6 +248,43 @@ async fn credentials_stay_secret_and_the_environment_gives_only_credentials() {
     }
 }
 
+/// The store stopped: calls fail soon with an error (a caller falls back to the
+/// upstream); started again, the same backend works on, without a new client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_fails_calls_and_recovers_by_itself() {
+    let (mut moto, b) = backend();
+    let layer = Bytes::from_static(b"layer");
+    let d = Digest::sha256_of(&layer);
+    put_blob(&b, &d, layer.clone()).await.unwrap();
+    moto.stop();
+    let started = Instant::now();
+    let failed = b.stat(&d).await.unwrap_err();
+    assert!(matches!(failed, Error::ObjectStore(_)), "{failed}");
+    assert!(
+        b.read_range(&d, 0, 5).await.is_err(),
+        "read from a dead store"
+    );
+    let (r, t): (Repo, Tag) = (repo(), "latest".parse().unwrap());
+    let swap = b.swap_tag(&r, &t, None, &tag_record(&d, 1)).await;
+    assert!(
+        swap.is_err(),
+        "a conditional write to a dead store: {swap:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // moto keeps nothing across a restart (S3 would): the bucket is made again.
+    moto.restart();
+    moto.create_bucket("ferry");
+    assert_eq!(b.stat(&d).await.unwrap(), None);
+    put_blob(&b, &d, layer).await.unwrap();
+    assert_eq!(b.stat(&d).await.unwrap(), Some(5));
+    let swap = b.swap_tag(&r, &t, None, &tag_record(&d, 1)).await.unwrap();
+    assert!(matches!(swap, Swap::Done(_)), "{swap:?}");
+}
+
 /// Figures against moto, printed (not asserted: a laptop's emulator is no S3):
 /// `cargo test -p ferry-storage s3_figures -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
