@@ -1152,6 +1152,15 @@ mod tests {
         }
     }
 
+    /// Figures against Azurite, printed: `cargo test -p ferry-storage figures --
+    /// --ignored --nocapture` (beside moto's).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, run by hand"]
+    async fn azurite_figures() {
+        let (_azurite, b) = backend();
+        super::figures::print("azurite", &b).await;
+    }
+
     /// The store stopped: calls fail soon with an error (a caller falls back to the
     /// upstream); started again, the same backend works on, its data intact.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1182,5 +1191,7 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+mod figures;
 #[cfg(test)]
 mod s3_tests;

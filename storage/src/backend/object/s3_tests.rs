@@ -285,57 +285,11 @@ async fn an_unreachable_store_fails_calls_and_recovers_by_itself() {
     assert!(matches!(swap, Swap::Done(_)), "{swap:?}");
 }
 
-/// Figures against moto, printed (not asserted: a laptop's emulator is no S3):
-/// `cargo test -p ferry-storage s3_figures -- --ignored --nocapture`.
+/// Figures against moto, printed: `cargo test -p ferry-storage figures -- --ignored
+/// --nocapture` (beside Azurite's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn s3_figures() {
     let (_moto, b) = backend();
-    let b = b.with_part_size(super::PART);
-    let bytes = pattern(64 << 20);
-    let d = Digest::sha256_of(&bytes);
-    let mb = bytes.len() as f64 / 1e6;
-    let started = Instant::now();
-    let mut w = b.writer(&d, Some(bytes.len() as u64)).await.unwrap();
-    for piece in bytes.chunks(64 << 10) {
-        w.write(Bytes::copy_from_slice(piece)).await.unwrap();
-    }
-    w.commit().await.unwrap();
-    let upload = started.elapsed();
-    let started = Instant::now();
-    let whole = read(&b, &d, 0, bytes.len() as u64).await.unwrap();
-    let whole_read = started.elapsed();
-    assert!(whole == bytes);
-    // Ranges of 4 MiB at odd offsets, as a client resuming would ask.
-    let started = Instant::now();
-    let mut ranged = 0;
-    for i in 0..16u64 {
-        let (start, len) = (i * (4 << 20) + 12_345, (4 << 20) - 12_345);
-        ranged += read(&b, &d, start, len).await.unwrap().len();
-    }
-    let ranged_read = started.elapsed();
-    let heads = 50;
-    let started = Instant::now();
-    for _ in 0..heads {
-        b.stat(&d).await.unwrap();
-    }
-    let head = started.elapsed() / heads;
-    let (r, t): (Repo, Tag) = (repo(), "cas".parse().unwrap());
-    let swaps = 50;
-    let started = Instant::now();
-    for i in 0..swaps {
-        super::super::update_tag(&b, &r, &t, |_| Some(tag_record(&d, i.into())))
-            .await
-            .unwrap();
-    }
-    let cas = started.elapsed() / swaps;
-    println!(
-        "moto, 64 MiB: upload {:.0} MB/s, whole read {:.0} MB/s, 16 ranged reads {:.0} MB/s, \
-         HEAD {:.2} ms, tag CAS (GET + conditional PUT) {:.2} ms",
-        mb / upload.as_secs_f64(),
-        mb / whole_read.as_secs_f64(),
-        ranged as f64 / 1e6 / ranged_read.as_secs_f64(),
-        head.as_secs_f64() * 1e3,
-        cas.as_secs_f64() * 1e3,
-    );
+    super::figures::print("moto", &b).await;
 }
