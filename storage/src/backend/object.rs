@@ -729,8 +729,17 @@ impl BlobWriter for ObjectWriter {
                 ..Default::default()
             };
             return match self.backend.store.put_opts(&self.path, payload, opts).await {
-                // Committed by another writer: the same verified bytes.
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                Ok(_) => Ok(()),
+                // Committed by another writer: the same verified bytes. But S3's `409`
+                // (reported as this) also means another conditional write of the name
+                // is only in flight, and may yet fail: done only if the blob is there.
+                Err(e @ object_store::Error::AlreadyExists { .. }) => {
+                    if self.already_stored().await? {
+                        Ok(())
+                    } else {
+                        Err(e.into())
+                    }
+                }
                 Err(e) => Err(e.into()),
             };
         };
