@@ -42,6 +42,28 @@ install_azurite() {
 }
 install_azurite
 
+# moto's server mode, the S3 emulator the shared backend's tests also run against
+# (testkit/src/moto.rs), from pip into the venv target/moto when missing.
+moto_version=5.2.6
+install_moto() {
+  target/moto/bin/python -c "import importlib.metadata as m, moto.server; \
+    assert m.version('moto') == '$moto_version'" 2>/dev/null && return
+  if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "tests/run.sh: missing python3-venv; run as root to install it with apt-get" >&2
+      exit 1
+    fi
+    echo "tests/run.sh: installing python3-venv" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+  fi
+  echo "tests/run.sh: installing moto $moto_version" >&2
+  rm -rf target/moto
+  python3 -m venv target/moto
+  target/moto/bin/pip install --quiet --disable-pip-version-check "moto[server]==$moto_version"
+}
+install_moto
+
 cargo fmt --all -- --check
 # Every crate and target (tests, benches) with the lints of Cargo.toml; a warning fails.
 cargo clippy --workspace --all-targets -- -D warnings

@@ -13,8 +13,9 @@
 //! Today's filesystem blob files and sled index are one backend ([`FsBackend`], an
 //! adapter over [`Blobs`](crate::Blobs) and [`Index`](crate::Index)); the shared
 //! backend ([`ObjectBackend`], `backend/object.rs`) keeps blobs and records as objects
-//! in Azure Blob Storage (tested against Azurite). Both pass the same backend test
-//! suite (`backend/suite.rs`), as Distribution's storage drivers do.
+//! in Azure Blob Storage ([`AzureStore`], tested against Azurite) or S3 ([`S3Store`],
+//! tested against moto). All pass the same backend test suite (`backend/suite.rs`), as
+//! Distribution's storage drivers do.
 //!
 //! # Why this shape
 //!
@@ -69,7 +70,7 @@
 //! ([`Blobs`](crate::Blobs)): they describe this process, not the store.
 
 #[cfg(test)]
-mod azurite;
+mod emulators;
 mod fs;
 mod object;
 #[cfg(test)]
@@ -84,7 +85,7 @@ use futures_util::stream::BoxStream;
 use crate::{BlobRecord, Digest, ManifestRecord, Repo, Result, Tag, TagRecord};
 
 pub use fs::FsBackend;
-pub use object::{AzureAuth, AzureStore, ObjectBackend};
+pub use object::{AzureAuth, AzureStore, ObjectBackend, S3Auth, S3Store};
 
 /// A whole backend: blobs and records in one store (what a shared store is).
 pub trait Backend: BlobStore + MetaStore {}

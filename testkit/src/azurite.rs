@@ -5,15 +5,15 @@
 //! integration tests' replicas. Each [`Azurite`] is its own process on a free port of
 //! 127.0.0.1 with its own `--location`, killed when dropped.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use crate::process::{ChildGuard, free_port, wait_for_http, without_proxy_env};
+use crate::process::ChildGuard;
 use base64::Engine as _;
 use sha2::Digest as _;
+
+use crate::testserver::{on_free_port, request, spawn_answering};
 
 /// Azurite's one account and its published development key (the same in every
 /// installation; not a secret).
@@ -29,8 +29,7 @@ pub struct Azurite {
     dir: tempfile::TempDir,
 }
 
-/// `azurite-blob` on `port` keeping its data in `dir`, once it answers; `None` if it
-/// exited (the port was taken) or never answered.
+/// `azurite-blob` on `port` keeping its data in `dir`, once it answers.
 fn spawn(port: u16, dir: &Path) -> Option<ChildGuard> {
     let mut cmd = Command::new(binary());
     cmd.arg("--blobHost")
@@ -42,20 +41,8 @@ fn spawn(port: u16, dir: &Path) -> Option<ChildGuard> {
         .args(["--skipApiVersionCheck", "--loose", "--silent"])
         // It would otherwise report to a telemetry service on the internet.
         .arg("--disableTelemetry");
-    without_proxy_env(&mut cmd);
-    let mut process = ChildGuard::spawn(&format!("azurite-{port}"), cmd, dir);
     let url = format!("http://127.0.0.1:{port}/");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && process.try_exit_status().is_none() {
-        if wait_for_http(&url, Duration::from_millis(200)).is_ok() {
-            return Some(process);
-        }
-    }
-    eprintln!(
-        "azurite on port {port} did not start:\n{}",
-        process.log_tails(20)
-    );
-    None
+    spawn_answering(&format!("azurite-{port}"), cmd, dir, &url)
 }
 
 fn binary() -> PathBuf {
@@ -77,18 +64,12 @@ impl Azurite {
     /// Starts one and waits until it answers.
     pub fn start() -> Azurite {
         let dir = crate::temp_dir("ferry-azurite");
-        // A free port may be taken again before Azurite binds it: try another.
-        for _ in 0..5 {
-            let port = free_port();
-            if let Some(process) = spawn(port, dir.path()) {
-                return Azurite {
-                    port,
-                    process: Some(process),
-                    dir,
-                };
-            }
+        let (port, process) = on_free_port("azurite", |port| spawn(port, dir.path()));
+        Azurite {
+            port,
+            process: Some(process),
+            dir,
         }
-        panic!("azurite did not start");
     }
 
     /// Stops it (SIGTERM): the store becomes unreachable. Not SIGKILL: Azurite keeps
@@ -112,6 +93,11 @@ impl Azurite {
         format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
     }
 
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// An account SAS for blobs (every container and object), signed with `key`
     /// (base64); `KEY` makes one Azurite accepts.
     pub fn account_sas(key: &str) -> String {
@@ -131,11 +117,6 @@ impl Azurite {
         format!(
             "sv={version}&ss={services}&srt={types}&sp={perms}&se={expiry}&spr={protocols}&sig={sig}"
         )
-    }
-
-    /// The port it listens on (127.0.0.1).
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     /// Creates `container` (Azure creates none on a first write).
@@ -175,25 +156,18 @@ impl Azurite {
         let b64 = base64::engine::general_purpose::STANDARD;
         let key = b64.decode(KEY).expect("base64 key");
         let signature = b64.encode(hmac_sha256(&key, to_sign.as_bytes()));
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to azurite");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        write!(
-            stream,
-            "{method} /{ACCOUNT}{path}?{query} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
-             x-ms-date: {date}\r\nx-ms-version: {version}\r\n\
-             Authorization: SharedKey {ACCOUNT}:{signature}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
+        let auth = format!("SharedKey {ACCOUNT}:{signature}");
+        let headers = [
+            ("x-ms-date", date.as_str()),
+            ("x-ms-version", version),
+            ("Authorization", auth.as_str()),
+        ];
+        request(
+            self.port,
+            method,
+            &format!("/{ACCOUNT}{path}?{query}"),
+            &headers,
         )
-        .expect("send");
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        let status = answer
-            .get(9..12)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
-        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (status, body.to_owned())
     }
 }
 

@@ -10,7 +10,8 @@
 //! - [`images`]: image layers (gzip'd tars of random bytes) and configs.
 //! - [`skopeo`]: skopeo as a real client.
 //! - [`ferry_config`]: Ferry's TOML config, written in one place.
-//! - [`azurite`]: Azurite, the Azure Blob Storage emulator, as a shared store.
+//! - [`azurite`], [`moto`]: Azurite (Azure Blob Storage) and moto (S3) as the shared
+//!   store, started by [`testserver`].
 //!
 //! What only the tests need (Ferry as a restartable process with its log, hostile
 //! servers, containerd, podman, token servers) stays in `tests/harness/`; what only the
@@ -22,9 +23,11 @@ pub mod azurite;
 pub mod ferry_config;
 pub mod http;
 pub mod images;
+pub mod moto;
 pub mod process;
 pub mod registry;
 pub mod skopeo;
+pub mod testserver;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,17 +1,19 @@
-//! The shared backend: blobs and records as objects in Azure Blob Storage, which
-//! every replica of a cluster reads and writes.
+//! The shared backend: blobs and records as objects in Azure Blob Storage or an S3
+//! bucket, which every replica of a cluster reads and writes.
 //!
 //! # Why `object_store`
 //!
 //! The client is the Apache Arrow project's [`object_store`] crate rather than Azure's
-//! `azure_storage_blob`: one API for Azure Blob Storage and S3 (an S3 backend is the
-//! same code given an `AmazonS3` store), and it does everything this backend needs
-//! against Azure and Azurite alike (checked by the backend suite against Azurite):
-//! conditional puts ([`PutMode::Create`] as `If-None-Match: *`, [`PutMode::Update`] as
-//! `If-Match: <ETag>`; Azurite's `409` for a failed create is reported as Azure's
-//! `412` is), block uploads committed by one block list, ranged GETs streamed, listing
-//! by prefix, Shared Key, SAS and Entra credentials (a token provider plugs in through
-//! `with_credentials`), and it is the crate most Rust data tools use on these stores.
+//! `azure_storage_blob`: one API for Azure Blob Storage and S3 (the S3 backend is this
+//! same code given the store [`S3Store::build`] makes), and it does everything this
+//! backend needs against both (checked by the backend suite against Azurite and
+//! moto): conditional puts ([`PutMode::Create`] as `If-None-Match: *`,
+//! [`PutMode::Update`] as `If-Match: <ETag>`), block and multipart uploads committed
+//! by one final request, ranged GETs streamed, listing by prefix, Shared Key, SAS and
+//! Entra credentials (a token provider plugs in through `with_credentials`), S3 access
+//! keys and AWS's credential chain, and it is the crate most Rust data tools use on
+//! these stores. [`AzureStore`] and [`S3Store`] only say where the store is and how to
+//! sign; both get the same HTTP timeouts and retries.
 //!
 //! # Layout, under a configurable prefix
 //!
@@ -29,30 +31,48 @@
 //! collide with one, and `r` never sees `r/sub`'s records by a shared prefix (listing is
 //! by whole path segments). The upstream name is one path segment (escaped if need be).
 //!
+//! S3 has no directories, only key prefixes: object_store lists `<dir>/`, with the
+//! slash, so whole segments hold there too.
+//!
 //! # Blobs: nothing readable before it verified
 //!
 //! A [`BlobWriter`] hashes every byte as it arrives. A blob that fits in one part
 //! ([`PART`], 8 MiB) is kept in memory and written by one `Put Blob` at the commit,
-//! after the size and digest checked. A larger one is uploaded as blocks while it
+//! after the size and digest checked. A larger one is uploaded as blocks (S3: parts) as it
 //! arrives (a write waits while two blocks are in flight: back-pressure on the
 //! upstream, about three parts, 24 MiB, held per blob being written) and becomes
-//! visible only when the commit, after the checks, puts the block list. A refused or
-//! abandoned writer commits nothing: its staged blocks are never readable and the
-//! service drops them (Azure at the next commit of that name or after a week; S3
-//! uploads are aborted).
+//! visible only when the commit, after the checks, puts the block list (Azure) or
+//! completes the multipart upload (S3). A refused or abandoned writer commits nothing:
+//! its staged blocks or uploaded parts are never readable nor listed. On Azure the
+//! service drops them (at the next commit of that name or after a week); on S3 the
+//! writer aborts its upload (dropped, in a task of its own), and an upload that a
+//! killed process left open stays until a bucket lifecycle rule
+//! (`AbortIncompleteMultipartUpload`, a day is plenty) removes its parts: invisible,
+//! but billed until then. S3 refuses parts under 5 MiB but the last: [`PART`] is
+//! 8 MiB, and a part size set with [`ObjectBackend::with_part_size`] must stay at
+//! 5 MiB or more there.
 //!
 //! Two writers of one digest (two replicas fetching the same blob) may race: on Azure
-//! the first commit discards the other's staged blocks, so the second commit fails. The
-//! object is content-addressed and was verified by whoever committed it, so a writer
-//! that finds it already there, before or after a failed commit, is done.
+//! the first commit discards the other's staged blocks, so the second commit fails;
+//! on S3 both uploads are separate and either can complete. The object is
+//! content-addressed and was verified by whoever committed it, so a writer that finds
+//! it already there, before its commit (it then aborts its upload rather than replace
+//! the object, and its ETag, under readers) or after a failed one, is done.
 //!
 //! # Records
 //!
 //! Tag records and blob records (access times) are read with their ETag and replaced
 //! with `If-Match` (created with `If-None-Match: *`): a replica that lost the race is
-//! told ([`Swap::Conflict`]) and reapplies its change, so no update is lost. Manifest
-//! records, links, tag lists and referrers answers are plain writes (immutable, or the
-//! upstream's latest word). [`MetaStore::blob_stored_in`] is two writes here: the link
+//! told ([`Swap::Conflict`]) and reapplies its change, so no update is lost. A lost
+//! race reads differently per store, all of it a conflict here: `412` (Azure, S3), `409`
+//! for a create (Azurite; S3 when two conditional writes of one key are in flight,
+//! which object_store retries for `If-Match`), `404` for `If-Match` on a removed
+//! object (S3). S3 honours these headers since 2024 (AWS; moto 5.2.6, pinned by
+//! `tests/run.sh`, does, as the tests check); a store that ignored them would lose
+//! updates silently, so the tests check the stores they use
+//! (`conditional_writes_are_honoured_by_the_store`). Manifest records, links, tag
+//! lists and referrers answers are plain writes (immutable, or the upstream's latest
+//! word). [`MetaStore::blob_stored_in`] is two writes here: the link
 //! first, then the record, so a crash between them leaves a servable blob without a
 //! record (found by a sweep of `blobs/`, as the filesystem backend finds unrecorded
 //! files) rather than a record of a blob no repository serves.
@@ -118,27 +138,15 @@ impl AzureStore {
     /// The store client; makes no request.
     pub fn build(&self) -> Result<Arc<dyn ObjectStore>> {
         use object_store::azure::MicrosoftAzureBuilder;
+        let (options, retry) = client_options(self.endpoint.as_deref());
         let mut builder = MicrosoftAzureBuilder::new()
             .with_account(&self.account)
-            .with_container_name(&self.container);
-        // Blob bodies take as long as their readers do: no limit on a whole request,
-        // but a store that stops answering is noticed, and retries end soon enough for
-        // a caller to fall back to the upstream.
-        let mut options = ClientOptions::new()
-            .with_timeout_disabled()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_read_timeout(Duration::from_secs(30));
+            .with_container_name(&self.container)
+            .with_client_options(options)
+            .with_retry(retry);
         if let Some(endpoint) = &self.endpoint {
             builder = builder.with_endpoint(endpoint.clone());
-            options = options.with_allow_http(endpoint.starts_with("http://"));
         }
-        builder = builder
-            .with_client_options(options)
-            .with_retry(RetryConfig {
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(15),
-                ..Default::default()
-            });
         builder = match &self.auth {
             AzureAuth::AccountKey(key) => builder.with_access_key(key),
             AzureAuth::Sas(token) => builder.with_config(
@@ -148,6 +156,139 @@ impl AzureStore {
         };
         Ok(Arc::new(builder.build()?))
     }
+}
+
+/// How to reach an S3 bucket (AWS, or an S3-compatible service: MinIO, Ceph, R2...).
+#[derive(Clone)]
+pub struct S3Store {
+    pub bucket: String,
+    pub region: String,
+    /// AWS's regional endpoint if `None`; else the service's URL (`http://` allowed),
+    /// addressed path-style (`<endpoint>/<bucket>/<key>`), which every S3-compatible
+    /// service understands.
+    pub endpoint: Option<String>,
+    pub auth: S3Auth,
+}
+
+/// Credentials for [`S3Store`].
+#[derive(Clone)]
+pub enum S3Auth {
+    /// An access key (a temporary one with its session token).
+    AccessKey {
+        id: String,
+        secret: String,
+        session_token: Option<String>,
+    },
+    /// AWS's standard chain, from the process's environment: `AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`), else a web identity token
+    /// (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`: EKS IRSA), else ECS / EKS Pod
+    /// Identity container credentials, else the instance metadata service.
+    Environment,
+}
+
+impl std::fmt::Debug for S3Store {
+    /// Without the credential (the key id too: it names an account).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match self.auth {
+            S3Auth::AccessKey { .. } => "access key",
+            S3Auth::Environment => "environment",
+        };
+        f.debug_struct("S3Store")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("auth", &auth)
+            .finish()
+    }
+}
+
+impl S3Store {
+    /// The store client; makes no request (the environment's credentials are fetched
+    /// at the first one).
+    pub fn build(&self) -> Result<Arc<dyn ObjectStore>> {
+        self.build_with_env(|name| std::env::var(name).ok())
+    }
+
+    /// [`S3Store::build`], with `env` as the process environment.
+    fn build_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Result<Arc<dyn ObjectStore>> {
+        use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+        let builder = match &self.auth {
+            S3Auth::Environment => {
+                let mut builder = AmazonS3Builder::new();
+                for key in CREDENTIAL_CHAIN {
+                    if let Some(value) = env(&key.as_ref().to_ascii_uppercase()) {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+                builder
+            }
+            S3Auth::AccessKey {
+                id,
+                secret,
+                session_token,
+            } => {
+                let keyed = AmazonS3Builder::new()
+                    .with_access_key_id(id)
+                    .with_secret_access_key(secret);
+                match session_token {
+                    Some(token) => keyed.with_token(token),
+                    None => keyed,
+                }
+            }
+        };
+        let (options, retry) = client_options(self.endpoint.as_deref());
+        let mut builder = builder
+            .with_bucket_name(&self.bucket)
+            .with_region(&self.region)
+            .with_virtual_hosted_style_request(false)
+            // Tag and blob records are replaced with `If-Match` and created with
+            // `If-None-Match: *` (AWS S3 since 2024, MinIO, R2, moto).
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_client_options(options)
+            .with_retry(retry);
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        Ok(Arc::new(builder.build()?))
+    }
+}
+
+/// The `AWS_*` variables of AWS's credential chain that [`S3Auth::Environment`] reads
+/// (as the AWS SDKs do). Only these: the bucket, region and endpoint are Ferry's
+/// configuration, and an `AWS_ENDPOINT` meant for another tool must not send the
+/// store's traffic elsewhere.
+const CREDENTIAL_CHAIN: [object_store::aws::AmazonS3ConfigKey; 11] = {
+    use object_store::aws::AmazonS3ConfigKey as K;
+    [
+        K::AccessKeyId,
+        K::SecretAccessKey,
+        K::Token,
+        K::WebIdentityTokenFile,
+        K::RoleArn,
+        K::RoleSessionName,
+        K::StsEndpoint,
+        K::ContainerCredentialsRelativeUri,
+        K::ContainerCredentialsFullUri,
+        K::ContainerAuthorizationTokenFile,
+        K::MetadataEndpoint,
+    ]
+};
+
+/// The HTTP client settings of every store. Blob bodies take as long as their readers
+/// do: no limit on a whole request, but a store that stops answering is noticed, and
+/// retries end soon enough for a caller to fall back to the upstream.
+fn client_options(endpoint: Option<&str>) -> (ClientOptions, RetryConfig) {
+    let options = ClientOptions::new()
+        .with_timeout_disabled()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_read_timeout(Duration::from_secs(30))
+        .with_allow_http(endpoint.is_some_and(|e| e.starts_with("http://")));
+    let retry = RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+        ..Default::default()
+    };
+    (options, retry)
 }
 
 /// Blobs and records as objects under one prefix of an object store.
@@ -357,10 +498,21 @@ impl ObjectBackend {
         }
     }
 
+    /// Deletes the object at `path`; whether it was there. S3 answers a delete of
+    /// nothing as it answers one of something (`204`), so the object is looked up first
+    /// (two replicas deleting it at once may then both say they did).
     async fn delete_path(&self, path: &Path) -> Result<bool> {
+        if !self.exists(path).await? {
+            return Ok(false);
+        }
+        self.remove(path).await?;
+        Ok(true)
+    }
+
+    /// Deletes the object at `path` if there is one.
+    async fn remove(&self, path: &Path) -> Result<()> {
         match self.store.delete(path).await {
-            Ok(()) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -577,8 +729,17 @@ impl BlobWriter for ObjectWriter {
                 ..Default::default()
             };
             return match self.backend.store.put_opts(&self.path, payload, opts).await {
-                // Committed by another writer: the same verified bytes.
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                Ok(_) => Ok(()),
+                // Committed by another writer: the same verified bytes. But S3's `409`
+                // (reported as this) also means another conditional write of the name
+                // is only in flight, and may yet fail: done only if the blob is there.
+                Err(e @ object_store::Error::AlreadyExists { .. }) => {
+                    if self.already_stored().await? {
+                        Ok(())
+                    } else {
+                        Err(e.into())
+                    }
+                }
                 Err(e) => Err(e.into()),
             };
         };
@@ -690,8 +851,7 @@ impl MetaStore for ObjectBackend {
     }
 
     async fn unlink(&self, repo: &Repo, d: &Digest) -> Result<()> {
-        self.delete_path(&self.link_path(repo, d)).await?;
-        Ok(())
+        self.remove(&self.link_path(repo, d)).await
     }
 
     async fn blob_record(&self, d: &Digest) -> Result<Option<BlobRecord>> {
@@ -758,7 +918,7 @@ impl MetaStore for ObjectBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::super::azurite::Azurite;
+    use super::super::emulators::{Azurite, AzuriteStore};
     use super::super::suite::read;
     use super::*;
 
@@ -768,9 +928,7 @@ mod tests {
     fn backend() -> (Azurite, ObjectBackend) {
         let azurite = Azurite::start();
         azurite.create_container("ferry");
-        let store = super::super::azurite::store(&azurite, "ferry")
-            .build()
-            .unwrap();
+        let store = azurite.store("ferry").build().unwrap();
         let backend = ObjectBackend::new(store, "prod/").unwrap();
         (azurite, backend.with_part_size(TEST_PART))
     }
@@ -855,9 +1013,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn objects_are_laid_out_under_the_prefix() {
         let (azurite, prod) = backend();
-        let store = super::super::azurite::store(&azurite, "ferry")
-            .build()
-            .unwrap();
+        let store = azurite.store("ferry").build().unwrap();
         let staging = ObjectBackend::new(store, "staging").unwrap();
         let layer = Bytes::from_static(b"layer");
         let d = Digest::sha256_of(&layer);
@@ -951,12 +1107,12 @@ mod tests {
     /// refused, and the error names neither the key nor the signature.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sas_and_account_key_auth_and_refused_credentials_stay_secret() {
-        use super::super::azurite::KEY;
+        use super::super::emulators::KEY;
         let (azurite, _) = backend();
         let with = |auth| {
             let store = AzureStore {
                 auth,
-                ..super::super::azurite::store(&azurite, "ferry")
+                ..azurite.store("ferry")
             };
             ObjectBackend::new(store.build().unwrap(), "prod").unwrap()
         };
@@ -1005,6 +1161,15 @@ mod tests {
         }
     }
 
+    /// Figures against Azurite, printed: `cargo test -p ferry-storage figures --
+    /// --ignored --nocapture` (beside moto's).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, run by hand"]
+    async fn azurite_figures() {
+        let (_azurite, b) = backend();
+        super::figures::print("azurite", &b).await;
+    }
+
     /// The store stopped: calls fail soon with an error (a caller falls back to the
     /// upstream); started again, the same backend works on, its data intact.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1028,9 +1193,14 @@ mod tests {
             started.elapsed()
         );
         // Nothing in the error says what the key is.
-        assert!(!failed.to_string().contains(super::super::azurite::KEY));
+        assert!(!failed.to_string().contains(super::super::emulators::KEY));
         azurite.restart();
         assert_eq!(b.stat(&d).await.unwrap(), Some(5));
         assert_eq!(b.stat(&other).await.unwrap(), None);
     }
 }
+
+#[cfg(test)]
+mod figures;
+#[cfg(test)]
+mod s3_tests;
