@@ -5,9 +5,13 @@
 //! store that is down costs only its copies.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ferry_storage::backend::{AzureAuth, AzureStore, BlobStore, ObjectBackend};
 use ferry_testkit::azurite::{ACCOUNT, Azurite, KEY};
+use ferry_testkit::process::free_port;
 
 use crate::harness::faults::{FaultProxy, Mode};
 use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
@@ -20,17 +24,98 @@ const PREFIX: &str = "test/";
 
 /// A replica: its own root and port, the shared store in Azurite's `ferry` container.
 fn replica(azurite: &Azurite, upstream_url: &str, dir: &Path, name: &str) -> Ferry {
+    replica_with(azurite, upstream_url, dir, name, "")
+}
+
+/// A replica with more configuration (`[cluster]`).
+fn replica_with(
+    azurite: &Azurite,
+    upstream_url: &str,
+    dir: &Path,
+    name: &str,
+    extra: &str,
+) -> Ferry {
     let key = dir.join("azurite.key");
     std::fs::write(&key, KEY).unwrap();
     FerryBuilder::new()
         .upstream(Upstream::local(upstream_url))
         .storage_root(&dir.join(name))
         .extra_toml(&format!(
-            "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nauth = {{ kind = \"account_key\", key_file = \"{}\" }}\n",
+            "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nauth = {{ kind = \"account_key\", key_file = \"{}\" }}\n{extra}",
             azurite.endpoint(),
             key.display()
         ))
         .start()
+}
+
+/// `n` replicas in one cluster (peer ports on 127.0.0.1, one secret), once each sees
+/// all `n` answering on the peer port.
+async fn cluster(azurite: &Azurite, upstream_url: &str, dir: &Path, n: usize) -> Vec<Ferry> {
+    let secret = dir.join("peer.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let replicas: Vec<Ferry> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let table = format!(
+                "[cluster]\npeers = [{}]\nlisten = \"127.0.0.1:{port}\"\nsecret_file = \"{}\"\n",
+                peers.join(", "),
+                secret.display()
+            );
+            replica_with(azurite, upstream_url, dir, &format!("r{i}"), &table)
+        })
+        .collect();
+    // Members are looked up every 5 s (`peers::REFRESH`).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for r in &replicas {
+        while metric(r, "ferry_peers_live").await != n.to_string() {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} does not see {n} replicas within 20 s:\n{}",
+                r.url(),
+                r.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    replicas
+}
+
+/// A GET of `url` as a client saw it: status, X-Cache, and the digest of the body,
+/// hashed as it streams (48 × 32 MiB is not kept in memory). `progress` counts bytes.
+async fn hashed_get(
+    url: String,
+    progress: Arc<AtomicU64>,
+) -> Result<(u16, String, String), String> {
+    use sha2::Digest as _;
+    let mut resp = crate::harness::http::client()
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let x_cache = resp
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mut h = sha2::Sha256::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("GET {url} ({x_cache}) body: {e}"))?
+    {
+        progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        h.update(&chunk);
+    }
+    Ok((
+        status,
+        x_cache,
+        format!("sha256:{}", hex::encode(h.finalize())),
+    ))
 }
 
 /// The shared store as the tests read it: the backend Ferry itself writes through.
@@ -212,10 +297,170 @@ async fn a_shared_store_that_is_down_costs_only_its_copies() {
 
 /// The value of `ferry_shared_store_up` on `ferry`'s /metrics.
 async fn shared_store_up(ferry: &Ferry) -> String {
+    metric(ferry, "ferry_shared_store_up").await
+}
+
+/// The value of the unlabelled metric `name` on `ferry`'s /metrics.
+async fn metric(ferry: &Ferry, name: &str) -> String {
     let m = get(&format!("{}/metrics", ferry.url()), &[]).await;
     let text = String::from_utf8_lossy(&m.body);
     text.lines()
-        .find_map(|l| l.strip_prefix("ferry_shared_store_up "))
-        .unwrap_or_else(|| panic!("no ferry_shared_store_up in /metrics:\n{text}"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
         .to_owned()
+}
+
+/// 48 clients, 16 per replica, ask three replicas at once for one uncached 32 MiB blob
+/// coming slowly from the upstream: one upstream GET in all, 48 correct bodies.
+#[tokio::test(flavor = "multi_thread")]
+async fn forty_eight_clients_on_three_replicas_cause_one_upstream_fetch() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/big", "v1", &[32 << 20]);
+    let layer = img.largest_layer().clone();
+    let slow = FaultProxy::start(registry.addr());
+    // About 3 s for the blob: every request arrives while it downloads.
+    slow.set_mode(Mode::Throttle(12 << 20));
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = cluster(&azurite, &slow.url(), dir.path(), 3).await;
+
+    let started = Instant::now();
+    let gets: Vec<_> = (0..48)
+        .map(|i| {
+            let url = blob_url(&replicas[i % 3], &img.repo, &layer.digest);
+            tokio::spawn(hashed_get(url, Arc::new(AtomicU64::new(0))))
+        })
+        .collect();
+    let mut caches = std::collections::BTreeMap::<String, usize>::new();
+    for g in gets {
+        let (status, x_cache, digest) = tokio::time::timeout(Duration::from_secs(120), g)
+            .await
+            .expect("every GET within 120 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, 200, "{x_cache}");
+        assert_eq!(digest, layer.digest, "a client got wrong bytes ({x_cache})");
+        *caches.entry(x_cache).or_default() += 1;
+    }
+    eprintln!(
+        "48 GETs of 32 MiB over 3 replicas in {:?}: {caches:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        registry.blob_gets(&layer.digest),
+        1,
+        "upstream GETs of the blob ({caches:?})"
+    );
+    assert!(
+        caches.get("PEER").copied().unwrap_or(0) >= 1,
+        "no replica streamed from the owner: {caches:?}"
+    );
+}
+
+/// The replica downloading a blob for the cluster is killed (SIGKILL) half way: the
+/// clients of the other replicas still get the whole, correct blob (each replica
+/// resumes from the upstream with Range from what it has), and the shared store
+/// holds no partial object.
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_owner_mid_download_fails_no_client_of_another_replica() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/big", "v1", &[32 << 20]);
+    let layer = img.largest_layer().clone();
+    let slow = FaultProxy::start(registry.addr());
+    // About 4 s for the blob.
+    slow.set_mode(Mode::Throttle(8 << 20));
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas = cluster(&azurite, &slow.url(), dir.path(), 3).await;
+
+    let progress: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let gets: Vec<(usize, tokio::task::JoinHandle<_>)> = (0..12)
+        .map(|i| {
+            let r = i % 3;
+            let url = blob_url(&replicas[r], &img.repo, &layer.digest);
+            (r, tokio::spawn(hashed_get(url, progress[r].clone())))
+        })
+        .collect();
+    // The owner's clients are the only ones not told PEER; which replica owns the
+    // digest is up to the rendezvous hash, so it is read from the answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress.iter().any(|p| p.load(Ordering::Relaxed) < 4 << 20) {
+        assert!(
+            Instant::now() < deadline,
+            "the download did not start within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peer_counts: Vec<f64> =
+        futures_util::future::join_all(replicas.iter().map(|r| cache_results(r, "peer"))).await;
+    let owner = peer_counts
+        .iter()
+        .position(|&n| n == 0.0)
+        .unwrap_or_else(|| panic!("every replica streamed from a peer: {peer_counts:?}"));
+    assert_eq!(
+        peer_counts.iter().filter(|&&n| n == 0.0).count(),
+        1,
+        "one owner: {peer_counts:?}"
+    );
+    let at_kill: Vec<u64> = progress
+        .iter()
+        .map(|p| p.load(Ordering::Relaxed) >> 20)
+        .collect();
+    replicas[owner].stop();
+    eprintln!(
+        "killed the owner (replica {owner}) of a 32 MiB blob with MiB received per replica's clients at {at_kill:?}"
+    );
+
+    for (r, g) in gets {
+        let outcome = tokio::time::timeout(Duration::from_secs(120), g)
+            .await
+            .expect("every GET ends within 120 s")
+            .unwrap();
+        if r == owner {
+            continue;
+        }
+        let (status, x_cache, digest) =
+            outcome.unwrap_or_else(|e| panic!("a client of replica {r}: {e}"));
+        assert_eq!(status, 200);
+        assert_eq!(
+            digest, layer.digest,
+            "a client of replica {r} got wrong bytes ({x_cache})"
+        );
+    }
+    let upstream_gets = registry.blob_gets(&layer.digest);
+    eprintln!(
+        "upstream GETs of the blob: {upstream_gets} (the owner's, then the survivors' resumptions)"
+    );
+    assert!(
+        (2..=3).contains(&upstream_gets),
+        "upstream GETs: {upstream_gets}"
+    );
+
+    let store = shared(&azurite);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .stat(&layer.digest.parse().unwrap())
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a survivor did not copy the blob to the shared store"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_only_whole_objects(&store).await;
+}
+
+/// `ferry_cache_results_total{kind="blob",result=...}` on `ferry`.
+async fn cache_results(ferry: &Ferry, result: &str) -> f64 {
+    let m = get(&format!("{}/metrics", ferry.url()), &[]).await;
+    let needle = format!("ferry_cache_results_total{{kind=\"blob\",result=\"{result}\"}} ");
+    String::from_utf8_lossy(&m.body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle)?.parse().ok())
+        .unwrap_or(0.0)
 }
