@@ -464,3 +464,170 @@ async fn cache_results(ferry: &Ferry, result: &str) -> f64 {
         .find_map(|l| l.strip_prefix(&needle)?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A rolling restart of three replicas, one at a time, while skopeo pulls in a loop
+/// through the replicas that are up (as a Service routes to ready pods): no pull fails,
+/// including those of images nobody pulled before (forwarded to an owner that may be
+/// the one stopping, or started by it and cut by its shutdown).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_fails_no_pull() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    // Enough images that pulls of ones nobody pulled before go on through all three
+    // restarts: those are forwarded to owners, which may be the replica stopping.
+    let images: Vec<PushedImage> = (0..80)
+        .map(|i| push_image(&registry, &format!("team/app{i}"), "v1", &[300_000]))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas = cluster(&azurite, &registry.url(), dir.path(), 3).await;
+
+    // The addresses a Service would route to: the replicas that are up.
+    let up = Arc::new(std::sync::Mutex::new(
+        replicas
+            .iter()
+            .map(|r| r.addr().to_owned())
+            .collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let puller = {
+        let (up, stop, images) = (up.clone(), stop.clone(), images.clone());
+        let dest_root = dir.path().join("pulled");
+        std::fs::create_dir_all(&dest_root).unwrap();
+        tokio::task::spawn_blocking(move || {
+            let (mut pulls, mut failures) = (0usize, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while !stop.load(Ordering::Relaxed) && pulls < 400 && Instant::now() < deadline {
+                let addr = {
+                    let up = up.lock().unwrap();
+                    up[pulls % up.len()].clone()
+                };
+                let img = &images[pulls % images.len()];
+                let dest = dest_root.join(pulls.to_string());
+                let mut cmd = ferry_testkit::skopeo::copy();
+                cmd.arg(format!("docker://{addr}/local/{}", img.reference()))
+                    .arg(format!("dir:{}", dest.display()));
+                let out = ferry_testkit::process::run_with_timeout(cmd, Duration::from_secs(60));
+                let whole = out.status.success()
+                    && img.blobs().iter().all(|b| {
+                        std::fs::read(dest.join(crate::harness::digest_hex(&b.digest)))
+                            .is_ok_and(|bytes| bytes == b.bytes)
+                    });
+                if !whole {
+                    failures.push(format!(
+                        "pull {pulls} of {} via {addr}: {}",
+                        img.reference(),
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                let _ = std::fs::remove_dir_all(&dest);
+                pulls += 1;
+            }
+            (pulls, failures)
+        })
+    };
+
+    for i in 0..replicas.len() {
+        // Out of the Service first (a pod going away stops being ready), then SIGTERM:
+        // what it is serving drains; then started again, and back once it sees all.
+        let addr = replicas[i].addr().to_owned();
+        up.lock().unwrap().retain(|a| *a != addr);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        replicas[i].restart();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(&replicas[i], "ferry_peers_live").await != "3" {
+            assert!(
+                Instant::now() < deadline,
+                "restarted replica {i} does not see the others"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        up.lock().unwrap().push(replicas[i].addr().to_owned());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (pulls, failures) = puller.await.unwrap();
+    eprintln!(
+        "rolling restart of 3 replicas: {pulls} skopeo pulls, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {pulls} pulls failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(pulls >= 12, "only {pulls} pulls ran during the restart");
+    let peer_served: f64 =
+        futures_util::future::join_all(replicas.iter().map(|r| cache_results(r, "peer")))
+            .await
+            .iter()
+            .sum();
+    eprintln!("blobs streamed from an owner since the last restarts: {peer_served}");
+}
+
+/// The peer port answers only replicas: without the cluster's secret, or with another,
+/// nothing is served (401 with OCI error JSON, logged), and it is not a registry.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_peer_port_refuses_whoever_lacks_the_secret() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/app", "v1", &[100_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = cluster(&azurite, &registry.url(), dir.path(), 2).await;
+    let peer_port = |r: &Ferry| -> String {
+        let log = r.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("peer port listening on http://"))
+            .expect("peer port logged");
+        let after = line.rsplit("http://").next().unwrap();
+        after.split_whitespace().next().unwrap().to_owned()
+    };
+    let port = peer_port(&replicas[0]);
+    let layer = &img.layers[0];
+    let url = format!(
+        "http://{port}/peer/v1/blobs/local/{}/team/app",
+        layer.digest
+    );
+    let client = crate::harness::http::client();
+    for auth in [
+        None,
+        Some("Bearer wrong-secret-wrong-secret-00"),
+        Some("Basic dTpw"),
+    ] {
+        let mut req = client.get(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{auth:?}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("UNAUTHORIZED"), "{auth:?}: {body}");
+    }
+    let r = client
+        .get(format!("http://{port}/peer/v1/id"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "the id is not given away either");
+    // With the secret, the client API is still not there: only replicas' paths.
+    let r = client
+        .get(format!(
+            "http://{port}/v2/local/team/app/blobs/{}",
+            layer.digest
+        ))
+        .header("authorization", "Bearer 0123456789abcdef0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // Nothing was fetched for any of it.
+    assert_eq!(registry.blob_gets(&layer.digest), 0);
+    assert!(
+        replicas[0]
+            .log()
+            .contains("request without the cluster's secret refused")
+    );
+}
