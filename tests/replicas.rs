@@ -527,22 +527,22 @@ async fn a_rolling_restart_fails_no_pull() {
         })
     };
 
-    for i in 0..replicas.len() {
+    for (i, replica) in replicas.iter_mut().enumerate() {
         // Out of the Service first (a pod going away stops being ready), then SIGTERM:
         // what it is serving drains; then started again, and back once it sees all.
-        let addr = replicas[i].addr().to_owned();
+        let addr = replica.addr().to_owned();
         up.lock().unwrap().retain(|a| *a != addr);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        replicas[i].restart();
+        replica.restart();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while metric(&replicas[i], "ferry_peers_live").await != "3" {
+        while metric(replica, "ferry_peers_live").await != "3" {
             assert!(
                 Instant::now() < deadline,
                 "restarted replica {i} does not see the others"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        up.lock().unwrap().push(replicas[i].addr().to_owned());
+        up.lock().unwrap().push(replica.addr().to_owned());
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     stop.store(true, Ordering::Relaxed);
