@@ -310,20 +310,47 @@ async fn metric(ferry: &Ferry, name: &str) -> String {
         .to_owned()
 }
 
+/// Three replicas in a cluster on Azurite, in front of an upstream that sends
+/// `rate` bytes per second and holds one image with a 32 MiB layer.
+struct SlowCluster {
+    // Dropped first: the replicas before what they use.
+    replicas: Vec<Ferry>,
+    img: PushedImage,
+    azurite: Azurite,
+    registry: Registry,
+    _link: FaultProxy,
+    _dir: tempfile::TempDir,
+}
+
+impl SlowCluster {
+    async fn start(rate: u64) -> SlowCluster {
+        let azurite = Azurite::start();
+        azurite.create_container(CONTAINER);
+        let registry = Registry::start(RegistryAuth::None);
+        let img = push_image(&registry, "team/big", "v1", &[32 << 20]);
+        let link = FaultProxy::start(registry.addr());
+        link.set_mode(Mode::Throttle(rate));
+        let dir = tempfile::tempdir().unwrap();
+        let replicas = cluster(&azurite, &link.url(), dir.path(), 3).await;
+        SlowCluster {
+            replicas,
+            img,
+            azurite,
+            registry,
+            _link: link,
+            _dir: dir,
+        }
+    }
+}
+
 /// 48 clients, 16 per replica, ask three replicas at once for one uncached 32 MiB blob
 /// coming slowly from the upstream: one upstream GET in all, 48 correct bodies.
 #[tokio::test(flavor = "multi_thread")]
 async fn forty_eight_clients_on_three_replicas_cause_one_upstream_fetch() {
-    let azurite = Azurite::start();
-    azurite.create_container(CONTAINER);
-    let registry = Registry::start(RegistryAuth::None);
-    let img = push_image(&registry, "team/big", "v1", &[32 << 20]);
-    let layer = img.largest_layer().clone();
-    let slow = FaultProxy::start(registry.addr());
     // About 3 s for the blob: every request arrives while it downloads.
-    slow.set_mode(Mode::Throttle(12 << 20));
-    let dir = tempfile::tempdir().unwrap();
-    let replicas = cluster(&azurite, &slow.url(), dir.path(), 3).await;
+    let slow = SlowCluster::start(12 << 20).await;
+    let (registry, img, replicas) = (&slow.registry, &slow.img, &slow.replicas);
+    let layer = img.largest_layer();
 
     let started = Instant::now();
     let gets: Vec<_> = (0..48)
@@ -364,16 +391,11 @@ async fn forty_eight_clients_on_three_replicas_cause_one_upstream_fetch() {
 /// holds no partial object.
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_owner_mid_download_fails_no_client_of_another_replica() {
-    let azurite = Azurite::start();
-    azurite.create_container(CONTAINER);
-    let registry = Registry::start(RegistryAuth::None);
-    let img = push_image(&registry, "team/big", "v1", &[32 << 20]);
-    let layer = img.largest_layer().clone();
-    let slow = FaultProxy::start(registry.addr());
     // About 4 s for the blob.
-    slow.set_mode(Mode::Throttle(8 << 20));
-    let dir = tempfile::tempdir().unwrap();
-    let mut replicas = cluster(&azurite, &slow.url(), dir.path(), 3).await;
+    let mut slow = SlowCluster::start(8 << 20).await;
+    let layer = slow.img.largest_layer().clone();
+    let (registry, img) = (&slow.registry, &slow.img);
+    let replicas = &mut slow.replicas;
 
     let progress: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let gets: Vec<(usize, tokio::task::JoinHandle<_>)> = (0..12)
@@ -438,7 +460,7 @@ async fn killing_the_owner_mid_download_fails_no_client_of_another_replica() {
         "upstream GETs: {upstream_gets}"
     );
 
-    let store = shared(&azurite);
+    let store = shared(&slow.azurite);
     let deadline = Instant::now() + Duration::from_secs(30);
     while store
         .stat(&layer.digest.parse().unwrap())
