@@ -35,6 +35,17 @@ fn replica_with(
     name: &str,
     extra: &str,
 ) -> Ferry {
+    replica_builder(azurite, upstream_url, dir, name, extra).start()
+}
+
+/// A replica's configuration, to start.
+fn replica_builder(
+    azurite: &Azurite,
+    upstream_url: &str,
+    dir: &Path,
+    name: &str,
+    extra: &str,
+) -> FerryBuilder {
     let key = dir.join("azurite.key");
     std::fs::write(&key, KEY).unwrap();
     FerryBuilder::new()
@@ -45,7 +56,6 @@ fn replica_with(
             azurite.endpoint(),
             key.display()
         ))
-        .start()
 }
 
 /// `n` replicas in one cluster (peer ports on 127.0.0.1, one secret), once each sees
@@ -652,4 +662,52 @@ async fn the_peer_port_refuses_whoever_lacks_the_secret() {
             .log()
             .contains("request without the cluster's secret refused")
     );
+}
+
+/// The local tier is a bounded cache of the shared store: a replica keeps at most
+/// `local_max_size` on its disk, and what it evicted it serves again from the shared
+/// store, with the upstream gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_tier_stays_within_local_max_size_and_refills_from_the_shared_store() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let images: Vec<PushedImage> = (0..4)
+        .map(|i| push_image(&registry, &format!("team/app{i}"), "v1", &[900_000]))
+        .collect();
+    let link = FaultProxy::start(registry.addr());
+    let dir = tempfile::tempdir().unwrap();
+    // `[storage]` is the builder's table: the bound comes from the environment.
+    let a = replica_builder(&azurite, &link.url(), dir.path(), "a", "")
+        .env("FERRY_STORAGE_LOCAL_MAX_SIZE", "2MiB")
+        .start();
+    for img in &images {
+        pull_image(&a.url(), img).await;
+    }
+    let store = shared(&azurite);
+    for img in &images {
+        wait_until_shared(&store, img).await;
+    }
+    let limit = 2 << 20;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let used: u64 = metric(&a, "ferry_store_bytes").await.parse().unwrap();
+        if used <= limit {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the local tier holds {used} bytes, over local_max_size {limit}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    link.set_mode(Mode::Refuse);
+    for img in &images {
+        let caches = pull_image(&a.url(), img).await;
+        assert!(
+            caches[1..].iter().all(|c| c == "HIT" || c == "SHARED"),
+            "{}: {caches:?}",
+            img.reference()
+        );
+    }
 }

@@ -113,7 +113,7 @@ impl Proxy {
     pub fn new(config: &Config, store: Store) -> Result<Proxy, upstream::Error> {
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new(store.clone()));
-        metrics.set_store_max(config.quota.max_size);
+        metrics.set_store_max(config.local_quota().max_size);
         let upstreams = config
             .upstreams
             .iter()

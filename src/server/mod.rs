@@ -138,17 +138,8 @@ pub(crate) async fn serve_and_report(
     let access = Arc::new(access::Gate::new(&config));
     on_listening(addr, access.internal_token());
     let pins = refresh_pins(pins, addr, access.internal_token());
-    // With a shared store, the local store is this replica's tier, bounded by
-    // `local_max_size`; `max_size` is the shared store's.
-    let local_quota = match config.shared {
-        Some(_) => config::Quota {
-            max_size: config.local_max_size,
-            ..config.quota
-        },
-        None => config.quota,
-    };
     let housekeeping =
-        housekeeping::Housekeeping::start(proxy.clone(), local_quota, config.scrub_rate);
+        housekeeping::Housekeeping::start(proxy.clone(), config.local_quota(), config.scrub_rate);
     let app = api::router(proxy.clone(), access.clone());
     // One control over both listeners: one drain, one count of open connections;
     // and one tracker: one bound on them, the same timeouts.
