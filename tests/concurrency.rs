@@ -176,3 +176,37 @@ async fn time_to_first_byte_cold_blob() {
         layer.size
     );
 }
+
+/// 24 clients ask at once for a tag nobody pulled, from an upstream slow to answer:
+/// one upstream manifest GET in all (a rollout's thousand nodes do not become a
+/// thousand registry requests); every client gets the same, correct manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_asking_for_one_tag_at_once_cause_one_upstream_manifest_get() {
+    const CLIENTS: usize = 24;
+    // A manifest of a few hundred bytes takes about a second at 512 bytes/s.
+    let (registry, proxy, ferry) = throttled_setup(512);
+    proxy.set_mode(Mode::Pass);
+    let img = push_image(&registry, "team/app", "v1", &[1000]);
+    proxy.set_mode(Mode::Throttle(512));
+    let before = registry.count_requests("GET", "/manifests/v1");
+    let url = crate::support::manifest_url(&ferry, "team/app", "v1");
+    let gets: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (url, accept) = (url.clone(), img.media_type.clone());
+            tokio::spawn(async move { crate::support::get(&url, &[accept.as_str()]).await })
+        })
+        .collect();
+    let mut caches = std::collections::BTreeMap::<String, usize>::new();
+    for g in gets {
+        let m = tokio::time::timeout(Duration::from_secs(60), g)
+            .await
+            .expect("every GET within 60 s")
+            .unwrap();
+        assert_eq!(m.status, 200, "{}", m.text());
+        assert_eq!(m.body, img.manifest, "manifest bytes");
+        *caches.entry(m.x_cache().to_owned()).or_default() += 1;
+    }
+    let upstream_gets = registry.count_requests("GET", "/manifests/v1") - before;
+    assert_eq!(upstream_gets, 1, "upstream manifest GETs ({caches:?})");
+    assert_eq!(caches.get("MISS"), Some(&1), "{caches:?}");
+}

@@ -190,8 +190,23 @@ impl Proxy {
     }
 
     /// Fetches a manifest, verifies it, and stores it as known in `t.repo` (and as
-    /// what `tag` points to, when fetched by tag).
+    /// what `tag` points to, when fetched by tag): once for all the requests that ask
+    /// at the same time (see [`super::flights`]).
     async fn fetch_manifest(
+        &self,
+        t: &Target,
+        reference: &str,
+        expected: Option<&Digest>,
+        tag: Option<&Tag>,
+        accept: &Accept,
+    ) -> Result<ServedManifest> {
+        let fetch = self.fetch_manifest_now(t, reference, expected, tag, accept);
+        self.flights
+            .once(&t.repo, reference, &accept.upstream_header(), fetch)
+            .await
+    }
+
+    async fn fetch_manifest_now(
         &self,
         t: &Target,
         reference: &str,

@@ -10,6 +10,7 @@
 
 mod blob;
 mod error;
+mod flights;
 mod inflight;
 mod manifest;
 mod pins;
@@ -104,6 +105,7 @@ pub struct Proxy {
     /// `[[pin]]` images: reported by `status`, never evicted.
     pins: Vec<crate::config::Pin>,
     inflight: inflight::Inflight,
+    flights: flights::Flights,
     metrics: Arc<Metrics>,
     /// Whether the store was writable at the last readiness check (see [`ready`]).
     ready: std::sync::atomic::AtomicBool,
@@ -130,6 +132,7 @@ impl Proxy {
             }),
             pins: config.pins.clone(),
             inflight: inflight::Inflight::new(metrics.inflight().clone()),
+            flights: flights::Flights::default(),
             metrics,
             ready: std::sync::atomic::AtomicBool::new(true),
         })
