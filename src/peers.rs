@@ -80,6 +80,8 @@ pub enum PeerError {
     },
     #[error("peer {addr} answered {status}")]
     Status { addr: SocketAddr, status: u16 },
+    #[error("peer {addr} sent more than {limit} bytes")]
+    TooLarge { addr: SocketAddr, limit: usize },
 }
 
 impl Peers {
@@ -143,11 +145,17 @@ impl Peers {
     /// The replica that owns `d`, when it is another one; `None` when this replica owns
     /// it (or sees no other).
     pub fn owner(&self, d: &Digest) -> Option<SocketAddr> {
+        self.owner_of(d.as_str())
+    }
+
+    /// The replica that owns `key` (a digest, a repository's reference), when it is
+    /// another one; `None` when this replica owns it (or sees no other).
+    pub fn owner_of(&self, key: &str) -> Option<SocketAddr> {
         let others = self.others.load();
         let weight = |id: &str| {
             let mut h = Sha256::new();
             h.update(id.as_bytes());
-            h.update(d.as_str().as_bytes());
+            h.update(key.as_bytes());
             h.finalize()
         };
         let mine = weight(&self.id);
@@ -234,12 +242,62 @@ impl Peers {
         d: &Digest,
         from: u64,
     ) -> Result<reqwest::Response, PeerError> {
-        let mut req = self.authorized(
-            self.http
-                .get(format!("http://{addr}/peer/v1/blobs/{upstream}/{d}/{repo}")),
-        );
-        if from > 0 {
-            req = req.header(http::header::RANGE, format!("bytes={from}-"));
+        let range = (from > 0).then(|| (http::header::RANGE, format!("bytes={from}-")));
+        self.get(addr, &format!("blobs/{upstream}/{d}/{repo}"), range)
+            .await
+    }
+
+    /// Manifest `reference` of `repo` at `upstream` from the replica at `addr`, asked
+    /// with `accept`: its `Content-Type`, `Docker-Content-Digest` and bytes (at most
+    /// `limit` of them).
+    pub async fn manifest(
+        &self,
+        addr: SocketAddr,
+        upstream: &str,
+        repo: &str,
+        reference: &str,
+        accept: &str,
+        limit: usize,
+    ) -> Result<(Option<String>, Option<String>, bytes::Bytes), PeerError> {
+        let accept = (http::header::ACCEPT, accept.to_owned());
+        let mut resp = self
+            .get(
+                addr,
+                &format!("manifests/{upstream}/{reference}/{repo}"),
+                Some(accept),
+            )
+            .await?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (content_type, digest) = (header("content-type"), header("docker-content-digest"));
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|source| PeerError::Http { addr, source })?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(PeerError::TooLarge { addr, limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((content_type, digest, body.into()))
+    }
+
+    /// `GET /peer/v1/<path>` at `addr` with the secret (and `header`): a 200 or 206.
+    async fn get(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        header: Option<(http::HeaderName, String)>,
+    ) -> Result<reqwest::Response, PeerError> {
+        let mut req = self.authorized(self.http.get(format!("http://{addr}/peer/v1/{path}")));
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
         }
         let resp = req
             .send()

@@ -39,12 +39,7 @@ pub fn parse(rest: &str) -> Result<Endpoint, ApiError> {
         "tags" if last == "list" => Ok(Endpoint::Tags(name(n - 2)?)),
         "manifests" => {
             let name = name(n - 2)?;
-            let reference = if last.contains(':') {
-                Reference::Digest(last.parse()?)
-            } else {
-                Reference::Tag(last.parse()?)
-            };
-            Ok(Endpoint::Manifest(name, reference))
+            Ok(Endpoint::Manifest(name, reference(last)?))
         }
         "blobs" => {
             let name = name(n - 2)?;
@@ -56,6 +51,15 @@ pub fn parse(rest: &str) -> Result<Endpoint, ApiError> {
         }
         _ => Err(ApiError::UnknownEndpoint),
     }
+}
+
+/// A manifest reference in a path: a digest (it has a `:`) or a tag.
+pub fn reference(segment: &str) -> Result<Reference, ApiError> {
+    Ok(if segment.contains(':') {
+        Reference::Digest(segment.parse()?)
+    } else {
+        Reference::Tag(segment.parse()?)
+    })
 }
 
 #[cfg(test)]

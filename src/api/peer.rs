@@ -5,6 +5,8 @@
 //! - `GET /peer/v1/id`: this replica's id, how replicas learn who is up.
 //! - `GET /peer/v1/blobs/<upstream>/<digest>/<repository>` (with `Range`): the blob, as
 //!   [`Proxy::blob_for_peer`] gives it: from this replica's store, or its one fetch.
+//! - `GET /peer/v1/manifests/<upstream>/<reference>/<repository>` (with `Accept`): the
+//!   manifest, as [`Proxy::manifest_for_peer`] gives it.
 
 use std::sync::Arc;
 
@@ -17,7 +19,10 @@ use http::HeaderMap;
 
 use ferry_oci::{Digest, RepoName};
 
-use super::{ApiError, blobs};
+use axum::body::Body;
+
+use super::{ApiError, blobs, build, content_headers};
+use crate::image::Accept;
 use crate::metrics::Kind;
 use crate::proxy::Proxy;
 
@@ -26,6 +31,10 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
     Router::new()
         .route("/peer/v1/id", get(id))
         .route("/peer/v1/blobs/{upstream}/{digest}/{*repo}", get(blob))
+        .route(
+            "/peer/v1/manifests/{upstream}/{reference}/{*repo}",
+            get(manifest),
+        )
         .fallback(|| async { ApiError::UnknownEndpoint })
         .layer(middleware::from_fn_with_state(proxy.clone(), admit))
         .with_state(proxy)
@@ -68,4 +77,29 @@ async fn blob(
         .inspect_err(|e| tracing::warn!(%upstream, repo = %target.repo.name, %digest, error = %e, "peer port: could not give a blob"))?;
     proxy.metrics().cache_result(Kind::Blob, blob.cache);
     Ok(blobs::respond(&proxy, blob, false))
+}
+
+async fn manifest(
+    State(proxy): State<Arc<Proxy>>,
+    Path((upstream, reference, repo)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let reference = super::path::reference(&reference)?;
+    let repo: RepoName = repo.parse()?;
+    let target = proxy.target_of(&upstream, repo)?;
+    let accept = Accept::from_headers(&headers);
+    let m = proxy
+        .manifest_for_peer(&target, &reference, &accept)
+        .await
+        .inspect_err(|e| tracing::warn!(%upstream, repo = %target.repo.name, %reference, error = %e, "peer port: could not give a manifest"))?;
+    proxy.metrics().cache_result(Kind::Manifest, m.cache);
+    let b = content_headers(
+        Response::builder().status(http::StatusCode::OK),
+        &m.digest,
+        m.size,
+        m.cache,
+        None,
+    )
+    .header(http::header::CONTENT_TYPE, &m.media_type);
+    Ok(build(b, Body::from(m.bytes)))
 }

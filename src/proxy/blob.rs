@@ -15,7 +15,7 @@ use ferry_oci::Digest;
 use ferry_storage::Error as StorageError;
 
 use super::inflight::{Joined, Leader, State, Via};
-use super::{CacheStatus, Error, Proxy, Result, Target};
+use super::{Asker, CacheStatus, Error, Proxy, Result, Target};
 
 /// How many times one blob download is resumed after its connection broke.
 const MAX_RESUMES: u32 = 5;
@@ -578,14 +578,6 @@ impl Source {
             Source::Upstream => CacheStatus::Miss,
         }
     }
-}
-
-/// Who asks for a blob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Asker {
-    Client,
-    /// Another replica, which sees this one as the owner.
-    Peer,
 }
 
 impl Proxy {

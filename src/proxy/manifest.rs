@@ -13,7 +13,7 @@ use ferry_oci::{Digest, Reference, Tag};
 use ferry_storage::index::now_secs;
 use ferry_storage::{ManifestRecord, TagRecord};
 
-use super::{CacheStatus, Error, Proxy, Result, Target, served_from_cache};
+use super::{Asker, CacheStatus, Error, Proxy, Result, Target, served_from_cache};
 use crate::image::{self, Accept};
 
 /// A manifest ready to serve.
@@ -39,8 +39,32 @@ impl Proxy {
         accept: &Accept,
         want_body: bool,
     ) -> Result<ServedManifest> {
+        self.manifest_as(Asker::Client, t, reference, accept, want_body)
+            .await
+    }
+
+    /// [`Proxy::manifest`] for another replica, which sees this one as the owner: a
+    /// miss is fetched from the shared store or the upstream, never from a replica.
+    pub async fn manifest_for_peer(
+        &self,
+        t: &Target,
+        reference: &Reference,
+        accept: &Accept,
+    ) -> Result<ServedManifest> {
+        self.manifest_as(Asker::Peer, t, reference, accept, true)
+            .await
+    }
+
+    async fn manifest_as(
+        &self,
+        asker: Asker,
+        t: &Target,
+        reference: &Reference,
+        accept: &Accept,
+        want_body: bool,
+    ) -> Result<ServedManifest> {
         match reference {
-            Reference::Tag(tag) => self.manifest_by_tag(t, tag, accept, want_body).await,
+            Reference::Tag(tag) => self.manifest_by_tag(asker, t, tag, accept, want_body).await,
             Reference::Digest(d) => {
                 if self.store.index.is_linked(&t.repo, d)?
                     && let Some(m) = self.cached_manifest(d, accept, want_body)?
@@ -53,7 +77,7 @@ impl Proxy {
                     m.cache = CacheStatus::Shared;
                     return Ok(m);
                 }
-                self.fetch_manifest(t, d.as_str(), Some(d), None, accept)
+                self.fetch_manifest(asker, t, d.as_str(), Some(d), None, accept)
                     .await
             }
         }
@@ -61,6 +85,7 @@ impl Proxy {
 
     async fn manifest_by_tag(
         &self,
+        asker: Asker,
         t: &Target,
         tag: &Tag,
         accept: &Accept,
@@ -118,7 +143,7 @@ impl Proxy {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.fetch_manifest(t, tag.as_str(), None, Some(tag), accept)
+        self.fetch_manifest(asker, t, tag.as_str(), None, Some(tag), accept)
             .await
     }
 
@@ -191,16 +216,45 @@ impl Proxy {
 
     /// Fetches a manifest, verifies it, and stores it as known in `t.repo` (and as
     /// what `tag` points to, when fetched by tag): once for all the requests that ask
-    /// at the same time (see [`super::flights`]).
+    /// at the same time (see [`super::flights`]), and, in a cluster, from the replica
+    /// that owns the reference (which fetches it once for all replicas) unless that
+    /// one fails to give it.
     async fn fetch_manifest(
         &self,
+        asker: Asker,
         t: &Target,
         reference: &str,
         expected: Option<&Digest>,
         tag: Option<&Tag>,
         accept: &Accept,
     ) -> Result<ServedManifest> {
-        let fetch = self.fetch_manifest_now(t, reference, expected, tag, accept);
+        let owner = match (asker, &self.peers) {
+            (Asker::Client, Some(peers)) => {
+                peers.owner_of(&format!("{}/{}:{reference}", t.repo.upstream, t.repo.name))
+            }
+            _ => None,
+        };
+        let fetch = async {
+            // A fetch that ended between this request's look at the store and now
+            // stored what it asks for: no second fetch.
+            if let Some(m) = self.stored_meanwhile(t, expected, tag, accept)? {
+                return Ok(m);
+            }
+            if let Some(addr) = owner {
+                match self
+                    .manifest_from_peer(addr, t, reference, expected, tag, accept)
+                    .await
+                {
+                    Ok(m) => return Ok(m),
+                    Err(e) => {
+                        self.metrics.peer_error();
+                        tracing::warn!(peer = %addr, repo = %t.repo.name, %reference, error = %e, "the owning replica could not give the manifest; fetching from the upstream");
+                    }
+                }
+            }
+            self.fetch_manifest_now(t, reference, expected, tag, accept)
+                .await
+        };
         self.flights
             .once(&t.repo, reference, &accept.upstream_header(), fetch)
             .await
@@ -267,25 +321,64 @@ impl Proxy {
             })?
             .0
             .to_string();
-        let (repo, d, b, mt) = (
-            t.repo.clone(),
-            digest.clone(),
-            body.clone(),
-            media_type.clone(),
-        );
-        let record = ManifestRecord {
-            media_type: mt.clone(),
-            size: b.len() as u64,
+        let m = self
+            .store_manifest(t, digest, media_type, body, tag)
+            .await?;
+        self.share_manifest(t, &m.digest, m.record(), m.bytes.clone(), m.tag_record(tag));
+        Ok(m)
+    }
+
+    /// The manifest a request for `expected` (by digest) or `tag` finds in the store
+    /// now: by digest if linked to `t.repo`, by tag if fetched within `tag_ttl`.
+    fn stored_meanwhile(
+        &self,
+        t: &Target,
+        expected: Option<&Digest>,
+        tag: Option<&Tag>,
+        accept: &Accept,
+    ) -> Result<Option<ServedManifest>> {
+        let index = &self.store.index;
+        let digest = match (expected, tag) {
+            (Some(d), _) if index.is_linked(&t.repo, d)? => d.clone(),
+            (None, Some(tag)) => match index.tag(&t.repo, tag)? {
+                Some(rec)
+                    if now_secs().saturating_sub(rec.fetched_at)
+                        < t.upstream.config().tag_ttl.as_secs() =>
+                {
+                    rec.digest
+                }
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
         };
-        let tag = tag.map(|tag| {
-            let rec = TagRecord {
-                digest: d.clone(),
-                media_type: mt,
-                fetched_at: now_secs(),
-            };
-            (tag.clone(), rec)
-        });
-        let (rec, tagged) = (record.clone(), tag.clone());
+        self.cached_manifest(&digest, accept, true)
+    }
+
+    /// Stores a verified manifest as known in `t.repo` (and as what `tag` points to),
+    /// durably, and answers with it as a [`CacheStatus::Miss`].
+    async fn store_manifest(
+        &self,
+        t: &Target,
+        digest: Digest,
+        media_type: String,
+        body: Bytes,
+        tag: Option<&Tag>,
+    ) -> Result<ServedManifest> {
+        let m = ServedManifest {
+            digest,
+            media_type,
+            size: body.len() as u64,
+            bytes: body,
+            cache: CacheStatus::Miss,
+            warning: None,
+        };
+        let (repo, rec, tagged, d, b) = (
+            t.repo.clone(),
+            m.record(),
+            m.tag_record(tag),
+            m.digest.clone(),
+            m.bytes.clone(),
+        );
         self.blocking(move |store| {
             store.blobs.put(&d, &b)?;
             store.index.manifest_stored_in(
@@ -299,14 +392,80 @@ impl Proxy {
             store.index.flush()
         })
         .await?;
-        self.share_manifest(t, &digest, record, body.clone(), tag);
-        Ok(ServedManifest {
-            digest,
-            media_type,
-            size: body.len() as u64,
-            bytes: body,
-            cache: CacheStatus::Miss,
-            warning: None,
+        Ok(m)
+    }
+
+    /// Manifest `reference` of `t` from the replica at `addr`, which owns it: checked
+    /// as an upstream's would be (its digest, its type), then stored here. The owner
+    /// copies it to the shared store; this replica does not again.
+    async fn manifest_from_peer(
+        &self,
+        addr: std::net::SocketAddr,
+        t: &Target,
+        reference: &str,
+        expected: Option<&Digest>,
+        tag: Option<&Tag>,
+        accept: &Accept,
+    ) -> Result<ServedManifest> {
+        let peers = self
+            .peers
+            .as_ref()
+            .ok_or_else(|| Error::Peer("no cluster".into()))?;
+        let (content_type, header_digest, body) = peers
+            .manifest(
+                addr,
+                t.upstream.name(),
+                t.repo.name.as_str(),
+                reference,
+                &accept.upstream_header(),
+                MAX_MANIFEST_SIZE,
+            )
+            .await
+            .map_err(|e| Error::Peer(e.to_string()))?;
+        let digest = match (expected, header_digest) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => d
+                .parse()
+                .map_err(|_| Error::Peer(format!("peer {addr} sent an invalid digest")))?,
+            (None, None) => return Err(Error::Peer(format!("peer {addr} sent no digest"))),
+        };
+        if !digest.verify(&body) {
+            return Err(Error::Peer(format!(
+                "peer {addr} sent bytes that do not match {digest}"
+            )));
+        }
+        let content_type = content_type.map(|v| image::media_type(&v).to_ascii_lowercase());
+        let media_type = Manifest::check(content_type.as_deref(), &body)
+            .map_err(|reason| {
+                Error::Peer(format!("peer {addr} sent an invalid manifest: {reason}"))
+            })?
+            .0
+            .to_string();
+        let mut m = self
+            .store_manifest(t, digest, media_type, body, tag)
+            .await?;
+        m.cache = CacheStatus::Peer;
+        Ok(m)
+    }
+}
+
+impl ServedManifest {
+    fn record(&self) -> ManifestRecord {
+        ManifestRecord {
+            media_type: self.media_type.clone(),
+            size: self.size,
+        }
+    }
+
+    /// The record of `tag` pointing here, fetched now.
+    fn tag_record(&self, tag: Option<&Tag>) -> Option<(Tag, TagRecord)> {
+        tag.map(|tag| {
+            let rec = TagRecord {
+                digest: self.digest.clone(),
+                media_type: self.media_type.clone(),
+                fetched_at: now_secs(),
+            };
+            (tag.clone(), rec)
         })
     }
 }

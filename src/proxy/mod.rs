@@ -63,6 +63,14 @@ fn served_from_cache(t: &Target) -> String {
     )
 }
 
+/// Who asks: a client, or another replica that sees this one as the owner of what it
+/// asks for (which is then never forwarded again: see `crate::peers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asker {
+    Client,
+    Peer,
+}
+
 /// A request resolved to an upstream and the repository name there.
 #[derive(Debug, Clone)]
 pub struct Target {
