@@ -1,13 +1,14 @@
-//! Several Ferry replicas sharing one store (`[storage.shared]`), here Azurite as Azure
-//! Blob Storage: what one replica fetched, the others serve without asking the
+//! Several Ferry replicas sharing one store (`[storage.shared]`), Azurite as Azure
+//! Blob Storage or moto as S3: what one replica fetched, the others serve without asking the
 //! upstream; a replica with an empty disk serves everything in the shared store with
 //! the upstream gone; the shared store holds only verified, whole objects; a shared
 //! store that is down costs only its copies.
 
 use std::path::Path;
 
-use ferry_storage::backend::{AzureAuth, AzureStore, BlobStore, ObjectBackend};
+use ferry_storage::backend::{AzureAuth, AzureStore, BlobStore, ObjectBackend, S3Auth, S3Store};
 use ferry_testkit::azurite::{ACCOUNT, Azurite, KEY};
+use ferry_testkit::moto::{self, Moto};
 
 use crate::harness::faults::{FaultProxy, Mode};
 use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
@@ -18,32 +19,92 @@ use crate::support::{blob_url, get, head, manifest_url, pull_image};
 const CONTAINER: &str = "ferry";
 const PREFIX: &str = "test/";
 
-/// A replica: its own root and port, the shared store in Azurite's `ferry` container.
-fn replica(azurite: &Azurite, upstream_url: &str, dir: &Path, name: &str) -> Ferry {
+/// A store emulator replicas share: Azurite (Azure Blob Storage) or moto (S3).
+trait Emulator {
+    /// A replica's `[storage.shared]` table, with its credential in a file in `dir`.
+    fn table(&self, dir: &Path) -> String;
+    /// The shared store as the tests read it: the backend Ferry itself writes through.
+    fn backend(&self) -> ObjectBackend;
+}
+
+impl Emulator for Azurite {
+    fn table(&self, dir: &Path) -> String {
+        azure_table(&self.endpoint(), dir)
+    }
+
+    fn backend(&self) -> ObjectBackend {
+        let store = AzureStore {
+            account: ACCOUNT.into(),
+            container: CONTAINER.into(),
+            endpoint: Some(self.endpoint()),
+            auth: AzureAuth::AccountKey(KEY.into()),
+            http: None,
+        }
+        .build()
+        .unwrap();
+        ObjectBackend::new(store, PREFIX).unwrap()
+    }
+}
+
+impl Emulator for Moto {
+    fn table(&self, dir: &Path) -> String {
+        let secret = dir.join("moto.secret");
+        std::fs::write(&secret, moto::SECRET).unwrap();
+        format!(
+            "[storage.shared]\nkind = \"s3\"\nbucket = \"{CONTAINER}\"\nregion = \"us-east-1\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nauth = {{ kind = \"access_key\", access_key_id = \"{}\", secret_access_key_file = \"{}\" }}\n",
+            self.endpoint(),
+            moto::KEY_ID,
+            secret.display()
+        )
+    }
+
+    fn backend(&self) -> ObjectBackend {
+        let store = S3Store {
+            bucket: CONTAINER.into(),
+            region: "us-east-1".into(),
+            endpoint: Some(self.endpoint()),
+            auth: S3Auth::AccessKey {
+                id: moto::KEY_ID.into(),
+                secret: moto::SECRET.into(),
+                session_token: None,
+            },
+            http: None,
+        }
+        .build()
+        .unwrap();
+        ObjectBackend::new(store, PREFIX).unwrap()
+    }
+}
+
+/// `[storage.shared]` for Azurite's `ferry` container at `endpoint`, with the account
+/// key in a file in `dir`.
+fn azure_table(endpoint: &str, dir: &Path) -> String {
     let key = dir.join("azurite.key");
     std::fs::write(&key, KEY).unwrap();
+    format!(
+        "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{endpoint}\"\nauth = {{ kind = \"account_key\", key_file = \"{}\" }}\n",
+        key.display()
+    )
+}
+
+/// A replica: its own root and port, the shared store in the emulator's `ferry`
+/// container (bucket).
+fn replica(store: &impl Emulator, upstream_url: &str, dir: &Path, name: &str) -> Ferry {
+    replica_with(&store.table(dir), upstream_url, dir, name)
+}
+
+/// A replica with `table` as its `[storage.shared]`.
+fn replica_with(table: &str, upstream_url: &str, dir: &Path, name: &str) -> Ferry {
     FerryBuilder::new()
         .upstream(Upstream::local(upstream_url))
         .storage_root(&dir.join(name))
-        .extra_toml(&format!(
-            "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nauth = {{ kind = \"account_key\", key_file = \"{}\" }}\n",
-            azurite.endpoint(),
-            key.display()
-        ))
+        .extra_toml(table)
         .start()
 }
 
-/// The shared store as the tests read it: the backend Ferry itself writes through.
-fn shared(azurite: &Azurite) -> ObjectBackend {
-    let store = AzureStore {
-        account: ACCOUNT.into(),
-        container: CONTAINER.into(),
-        endpoint: Some(azurite.endpoint()),
-        auth: AzureAuth::AccountKey(KEY.into()),
-    }
-    .build()
-    .unwrap();
-    ObjectBackend::new(store, PREFIX).unwrap()
+/// The shared store as the tests read it.
+fn shared(store: &impl Emulator) -> ObjectBackend {
+    store.backend()
 }
 
 /// Waits (≤ 20 s) until the shared store holds every blob and the manifest of `img`:
@@ -100,20 +161,35 @@ async fn assert_only_whole_objects(store: &ObjectBackend) {
 async fn replicas_serve_what_one_fetched_and_an_empty_replica_serves_it_offline() {
     let azurite = Azurite::start();
     azurite.create_container(CONTAINER);
+    serve_what_one_fetched(&azurite).await;
+}
+
+/// The same on S3 (moto), signed with an access key whose secret is in a file.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_on_s3_serve_what_one_fetched_and_an_empty_replica_serves_it_offline() {
+    let moto = Moto::start();
+    moto.create_bucket(CONTAINER);
+    serve_what_one_fetched(&moto).await;
+}
+
+/// Replica a pulls an image, replica b serves it from the shared store (`SHARED`, no
+/// second upstream GET), then from its disk; with the upstream gone, a new replica
+/// with an empty disk serves it whole; the store holds only whole objects.
+async fn serve_what_one_fetched(emulator: &impl Emulator) {
     let registry = Registry::start(RegistryAuth::None);
     let img = push_image(&registry, "team/app", "v1", &[3 << 20, 200_000]);
     // Between the replicas and the registry: refusing, it is an upstream that is gone.
     let link = FaultProxy::start(registry.addr());
     let dir = tempfile::tempdir().unwrap();
-    let a = replica(&azurite, &link.url(), dir.path(), "a");
-    let b = replica(&azurite, &link.url(), dir.path(), "b");
+    let a = replica(emulator, &link.url(), dir.path(), "a");
+    let b = replica(emulator, &link.url(), dir.path(), "b");
 
     let caches = pull_image(&a.url(), &img).await;
     assert!(
         caches.iter().all(|c| c == "MISS"),
         "first pull, through replica a: {caches:?}"
     );
-    let store = shared(&azurite);
+    let store = shared(emulator);
     wait_until_shared(&store, &img).await;
     let blob_gets: Vec<usize> = img
         .blobs()
@@ -149,7 +225,7 @@ async fn replicas_serve_what_one_fetched_and_an_empty_replica_serves_it_offline(
     // The upstream is gone; a new replica with an empty disk serves the image by tag
     // and by digest, every byte verified by `pull_image`.
     link.set_mode(Mode::Refuse);
-    let c = replica(&azurite, &link.url(), dir.path(), "c");
+    let c = replica(emulator, &link.url(), dir.path(), "c");
     pull_image(&c.url(), &img).await;
     let by_digest = get(
         &manifest_url(&c, &img.repo, &img.manifest_digest),
@@ -168,6 +244,31 @@ async fn replicas_serve_what_one_fetched_and_an_empty_replica_serves_it_offline(
     );
 
     assert_only_whole_objects(&store).await;
+}
+
+/// `resolve` pins the store's name to an address, as for a private endpoint without
+/// private DNS: a replica reaches Azurite by a name of the account's own shape
+/// (`<account>.blob.store.example`, which no resolver knows; Azurite reads the account
+/// from it) and copies what it fetched there.
+#[tokio::test(flavor = "multi_thread")]
+async fn resolve_pins_the_shared_stores_name() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/app", "v1", &[300_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let host = format!("{ACCOUNT}.blob.store.example");
+    let endpoint = format!("http://{host}:{}", azurite.port());
+    let table = azure_table(&endpoint, dir.path())
+        + &format!("resolve = {{ \"{host}\" = \"127.0.0.1\" }}\n");
+    let a = replica_with(&table, &registry.url(), dir.path(), "a");
+    pull_image(&a.url(), &img).await;
+    wait_until_shared(&shared(&azurite), &img).await;
+    assert!(
+        !a.log().contains("shared store failed"),
+        "the store was reached:\n{}",
+        a.log()
+    );
 }
 
 /// The shared store down: replicas still pull from the upstream (nothing is copied,

@@ -52,6 +52,46 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How Ferry reaches a service over HTTP: an upstream registry, or the shared store.
+pub struct Reach<'a> {
+    /// Fixed addresses for host names; TLS still verifies against the names.
+    pub resolve: &'a [(String, IpAddr)],
+    /// Extra CA certificates (PEM) to trust.
+    pub ca_pem: Option<&'a [u8]>,
+    /// An explicit HTTP(S) proxy; without one, `HTTPS_PROXY`/`NO_PROXY` apply.
+    pub proxy: Option<&'a Url>,
+    pub connect_timeout: Duration,
+    /// How long the service may stay silent in the middle of an answer.
+    pub read_timeout: Duration,
+}
+
+/// The HTTP client every outbound connection of Ferry is made with: `reach`'s pins,
+/// CAs and proxy, redirects left to the caller (to control where credentials go),
+/// and no name resolving to a link-local address. On error, which key is wrong.
+pub fn http_builder(reach: Reach<'_>) -> Result<reqwest::ClientBuilder, String> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(reach.connect_timeout)
+        .read_timeout(reach.read_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(NoLinkLocal))
+        .pool_idle_timeout(Duration::from_secs(90));
+    for (host, ip) in reach.resolve {
+        // Port 0: keep the URL's port. TLS still checks the certificate for `host`.
+        builder = builder.resolve(host, SocketAddr::new(*ip, 0));
+    }
+    if let Some(pem) = reach.ca_pem {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    if let Some(proxy) = reach.proxy {
+        builder =
+            builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("proxy: {e}"))?);
+    }
+    Ok(builder)
+}
+
 impl Client {
     pub fn new(config: config::Upstream, metrics: &Metrics) -> Result<Client, Error> {
         let metrics = metrics.upstream(&config.name);
@@ -59,28 +99,14 @@ impl Client {
             upstream: config.name.clone(),
             detail,
         };
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            // Redirects are followed by hand, to control where credentials go.
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(NoLinkLocal))
-            .pool_idle_timeout(std::time::Duration::from_secs(90));
-        for (host, ip) in &config.resolve {
-            // Port 0: keep the URL's port. TLS still checks the certificate for `host`.
-            builder = builder.resolve(host, std::net::SocketAddr::new(*ip, 0));
-        }
-        if let Some(pem) = &config.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| setup(format!("ca_file: {e}")))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        if let Some(proxy) = &config.proxy {
-            builder = builder.proxy(
-                reqwest::Proxy::all(proxy.as_str()).map_err(|e| setup(format!("proxy: {e}")))?,
-            );
-        }
+        let mut builder = http_builder(Reach {
+            resolve: &config.resolve,
+            ca_pem: config.ca_pem.as_deref(),
+            proxy: config.proxy.as_ref(),
+            connect_timeout: config.connect_timeout,
+            read_timeout: config.read_timeout,
+        })
+        .map_err(setup)?;
         if config.insecure_skip_verify {
             tracing::warn!(upstream = %config.name, "TLS certificate verification is DISABLED for this upstream (insecure_skip_verify)");
             builder = builder.tls_danger_accept_invalid_certs(true);
