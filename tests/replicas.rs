@@ -10,10 +10,14 @@ use ferry_storage::backend::{AzureAuth, AzureStore, BlobStore, ObjectBackend, S3
 use ferry_testkit::azurite::{ACCOUNT, Azurite, KEY};
 use ferry_testkit::moto::{self, Moto};
 
+use crate::harness::acr::entra::STORAGE_SCOPE;
+use crate::harness::acr::tls::TestCa;
+use crate::harness::acr::{AcrEmulator, Endpoint};
 use crate::harness::faults::{FaultProxy, Mode};
 use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
 use crate::harness::images::{PushedImage, push_image};
 use crate::harness::registry::{Registry, RegistryAuth};
+use crate::promises::CountingProxy;
 use crate::support::{blob_url, get, head, manifest_url, pull_image};
 
 const CONTAINER: &str = "ferry";
@@ -33,16 +37,7 @@ impl Emulator for Azurite {
     }
 
     fn backend(&self) -> ObjectBackend {
-        let store = AzureStore {
-            account: ACCOUNT.into(),
-            container: CONTAINER.into(),
-            endpoint: Some(self.endpoint()),
-            auth: AzureAuth::AccountKey(KEY.into()),
-            http: None,
-        }
-        .build()
-        .unwrap();
-        ObjectBackend::new(store, PREFIX).unwrap()
+        ObjectBackend::new(azure_store(self).build().unwrap(), PREFIX).unwrap()
     }
 }
 
@@ -269,6 +264,138 @@ async fn resolve_pins_the_shared_stores_name() {
         "the store was reached:\n{}",
         a.log()
     );
+}
+
+/// Azurite on HTTPS (`--oauth basic`: it also takes Entra tokens) with a certificate
+/// for 127.0.0.1 from a CA of its own, the `ferry` container in it; the CA's PEM.
+fn tls_azurite(dir: &Path) -> (Azurite, String) {
+    let ca = TestCa::generate(dir);
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    let (cert, key) = (dir.join("azurite.crt"), dir.join("azurite.key.pem"));
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    let key_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", leaf.key_pkcs8_der.clone()));
+    std::fs::write(&key, key_pem).unwrap();
+    let azurite = Azurite::start_tls(&cert, &key, &[CONTAINER]);
+    (azurite, ca.pem().to_owned())
+}
+
+/// The shared store on a TLS Azurite as the tests read it (account key, its CA).
+fn tls_shared(azurite: &Azurite, ca_pem: &str) -> ObjectBackend {
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .no_proxy()
+        .build()
+        .unwrap();
+    let store = AzureStore {
+        http: Some(http),
+        ..azure_store(azurite)
+    };
+    ObjectBackend::new(store.build().unwrap(), PREFIX).unwrap()
+}
+
+fn azure_store(azurite: &Azurite) -> AzureStore {
+    AzureStore {
+        account: ACCOUNT.into(),
+        container: CONTAINER.into(),
+        endpoint: Some(azurite.endpoint()),
+        auth: AzureAuth::AccountKey(KEY.into()),
+        http: None,
+    }
+}
+
+/// An Entra identity (client secret) for the shared store, as on AKS with a private
+/// storage account: each replica asks the configured authority for a token of the
+/// storage scope, once (azure_identity keeps it until it nears expiry), and Azurite,
+/// on HTTPS checking the token's issuer, audience and lifetime, takes it for every
+/// request; `ca_file` (the store's CA and the authority's in one bundle) is trusted
+/// for both. What one replica fetched, the other serves; the secret and the token
+/// are in no log.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entra_identity_signs_in_to_the_shared_store() {
+    let acr = AcrEmulator::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (azurite, ca_pem) = tls_azurite(dir.path());
+    let bundle = dir.path().join("cas.pem");
+    let acr_ca = std::fs::read_to_string(acr.ca_file()).unwrap();
+    std::fs::write(&bundle, format!("{ca_pem}\n{acr_ca}")).unwrap();
+    let secret = dir.path().join("entra.secret");
+    std::fs::write(&secret, &acr.ids().sp_client_secret).unwrap();
+    let table = format!(
+        "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nca_file = \"{}\"\nauth = {{ kind = \"entra\", tenant_id = \"{}\", client_id = \"{}\", client_secret_file = \"{}\", authority_host = \"{}\" }}\n",
+        azurite.endpoint(),
+        bundle.display(),
+        acr.ids().tenant_id,
+        acr.ids().sp_client_id,
+        secret.display(),
+        acr.authority_host(),
+    );
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/app", "v1", &[3 << 20, 200_000]);
+    let a = replica_with(&table, &registry.url(), dir.path(), "a");
+    let b = replica_with(&table, &registry.url(), dir.path(), "b");
+
+    pull_image(&a.url(), &img).await;
+    wait_until_shared(&tls_shared(&azurite, &ca_pem), &img).await;
+    let caches = pull_image(&b.url(), &img).await;
+    assert!(
+        caches[1..].iter().all(|c| c == "SHARED"),
+        "pull through replica b: {caches:?}"
+    );
+    for r in [&a, &b] {
+        assert!(!r.log().contains("shared store failed"), "{}", r.log());
+    }
+    let tokens: Vec<_> = acr
+        .records_of(Endpoint::Entra)
+        .into_iter()
+        .filter(|r| r.scopes.iter().any(|s| s == STORAGE_SCOPE))
+        .collect();
+    assert_eq!(
+        tokens.len(),
+        2,
+        "one storage token per replica, kept for every request: {tokens:?}"
+    );
+    assert!(tokens.iter().all(|t| t.status == 200), "{tokens:?}");
+    acr.assert_no_leaks(&[
+        ("replica a's log", a.log().as_bytes()),
+        ("replica b's log", b.log().as_bytes()),
+    ]);
+}
+
+/// `proxy`: every request to the store goes through it (HTTPS: a `CONNECT` tunnel),
+/// with the store's certificate verified against `ca_file`; a proxy in the
+/// environment sees nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxy_key_carries_the_shared_stores_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (azurite, ca_pem) = tls_azurite(dir.path());
+    let ca = dir.path().join("store-ca.pem");
+    std::fs::write(&ca, &ca_pem).unwrap();
+    let proxy = CountingProxy::start(&[]);
+    let from_env = CountingProxy::start(&[]);
+    let table = azure_table(&azurite.endpoint(), dir.path())
+        + &format!(
+            "ca_file = \"{}\"\nproxy = \"{}\"\n",
+            ca.display(),
+            proxy.url()
+        );
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/app", "v1", &[300_000]);
+    let a = FerryBuilder::new()
+        .upstream(Upstream::local(&registry.url()))
+        .storage_root(&dir.path().join("a"))
+        .extra_toml(&table)
+        .env("HTTPS_PROXY", &from_env.url())
+        .start();
+    pull_image(&a.url(), &img).await;
+    wait_until_shared(&tls_shared(&azurite, &ca_pem), &img).await;
+    let tunnel = format!("CONNECT 127.0.0.1:{} ", azurite.port());
+    let seen = proxy.seen();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|l| l.starts_with(&tunnel)),
+        "the store's requests, and only they, went through the proxy: {seen:?}"
+    );
+    assert_eq!(from_env.connections(), 0, "{:?}", from_env.seen());
+    assert!(!a.log().contains("shared store failed"), "{}", a.log());
 }
 
 /// The shared store down: replicas still pull from the upstream (nothing is copied,

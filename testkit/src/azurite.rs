@@ -27,10 +27,12 @@ pub struct Azurite {
     // Dropped first: the process goes before its data directory.
     process: Option<ChildGuard>,
     dir: tempfile::TempDir,
+    /// HTTPS with this certificate and key (PEM files), and Entra bearer tokens.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// `azurite-blob` on `port` keeping its data in `dir`, once it answers.
-fn spawn(port: u16, dir: &Path) -> Option<ChildGuard> {
+fn spawn(port: u16, dir: &Path, tls: Option<&(PathBuf, PathBuf)>) -> Option<ChildGuard> {
     let mut cmd = Command::new(binary());
     cmd.arg("--blobHost")
         .arg("127.0.0.1")
@@ -41,8 +43,30 @@ fn spawn(port: u16, dir: &Path) -> Option<ChildGuard> {
         .args(["--skipApiVersionCheck", "--loose", "--silent"])
         // It would otherwise report to a telemetry service on the internet.
         .arg("--disableTelemetry");
-    let url = format!("http://127.0.0.1:{port}/");
-    spawn_answering(&format!("azurite-{port}"), cmd, dir, &url)
+    let name = format!("azurite-{port}");
+    let Some((cert, key)) = tls else {
+        let url = format!("http://127.0.0.1:{port}/");
+        return spawn_answering(&name, cmd, dir, &url);
+    };
+    // `basic`: a bearer token's issuer, audience and lifetime are checked, not its
+    // signature (Azurite cannot know the tenant's keys); HTTPS only.
+    cmd.arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args(["--oauth", "basic"]);
+    crate::process::without_proxy_env(&mut cmd);
+    let mut process = ChildGuard::spawn(&name, cmd, dir);
+    // The HTTP probe cannot speak TLS: listening is enough (Azurite listens once ready).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline && process.try_exit_status().is_none() {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(process);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{name} did not start:\n{}", process.log_tails(20));
+    None
 }
 
 fn binary() -> PathBuf {
@@ -64,12 +88,28 @@ impl Azurite {
     /// Starts one and waits until it answers.
     pub fn start() -> Azurite {
         let dir = crate::temp_dir("ferry-azurite");
-        let (port, process) = on_free_port("azurite", |port| spawn(port, dir.path()));
+        let (port, process) = on_free_port("azurite", |port| spawn(port, dir.path(), None));
         Azurite {
             port,
             process: Some(process),
             dir,
+            tls: None,
         }
+    }
+
+    /// Starts one with `containers`, then serves it over HTTPS with `cert` and `key`
+    /// (PEM files) and also takes Entra bearer tokens (Azurite's `--oauth basic`). The
+    /// helpers that sign requests here ([`Azurite::create_container`]...) speak plain
+    /// HTTP: they do not work on it.
+    pub fn start_tls(cert: &Path, key: &Path, containers: &[&str]) -> Azurite {
+        let mut azurite = Azurite::start();
+        for container in containers {
+            azurite.create_container(container);
+        }
+        azurite.stop();
+        azurite.tls = Some((cert.to_owned(), key.to_owned()));
+        azurite.restart();
+        azurite
     }
 
     /// Stops it (SIGTERM): the store becomes unreachable. Not SIGKILL: Azurite keeps
@@ -84,13 +124,15 @@ impl Azurite {
     /// Starts it again on the same port and data (after [`Azurite::stop`]).
     pub fn restart(&mut self) {
         self.stop();
-        let process = spawn(self.port, self.dir.path()).expect("azurite restarts");
+        let process =
+            spawn(self.port, self.dir.path(), self.tls.as_ref()).expect("azurite restarts");
         self.process = Some(process);
     }
 
     /// The account's endpoint (path style: the account is the first segment).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/{ACCOUNT}", self.port)
     }
 
     /// The port it listens on (127.0.0.1).
