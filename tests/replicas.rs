@@ -398,6 +398,120 @@ async fn the_proxy_key_carries_the_shared_stores_requests() {
     assert!(!a.log().contains("shared store failed"), "{}", a.log());
 }
 
+/// No credential of the store shows: four replicas, one per kind of secret (Azure
+/// account key; a SAS token Azurite refuses, whose signature would ride in request
+/// URLs; an S3 secret access key; an Entra client secret the authority refuses), pull
+/// through the store (the refused ones fail and log why); their logs (debug), status
+/// page, `/_ferry/status`, `/metrics` and `ferry config check` of their configuration
+/// hold none of the secrets.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_credentials_are_in_no_log_status_or_config_check() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let moto = Moto::start();
+    moto.create_bucket(CONTAINER);
+    let acr = AcrEmulator::start();
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/app", "v1", &[200_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = |name: &str, secret: &str| {
+        let path = dir.path().join(format!("{name}.secret"));
+        std::fs::write(&path, secret).unwrap();
+        path.display().to_string()
+    };
+    let azure = |auth: &str| {
+        format!(
+            "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nca_file = \"{}\"\nauth = {auth}\n",
+            azurite.endpoint(),
+            acr.ca_file().display()
+        )
+    };
+    // Signed with another key: Azurite refuses it (403).
+    let other_key =
+        base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 64]);
+    let sas = Azurite::account_sas(&other_key);
+    let sig = sas.rsplit_once("sig=").unwrap().1.to_owned();
+    let sig_decoded = sig
+        .replace("%2B", "+")
+        .replace("%2F", "/")
+        .replace("%3D", "=");
+    let entra_secret = "Wr8Q~ferry.store-entra-secret_0123456789";
+    let configs = [
+        (
+            "account key",
+            azure(&format!(
+                "{{ kind = \"account_key\", key_file = \"{}\" }}",
+                secret_file("key", KEY)
+            )),
+        ),
+        (
+            "sas",
+            azure(&format!(
+                "{{ kind = \"sas\", token_file = \"{}\" }}",
+                secret_file("sas", &sas)
+            )),
+        ),
+        ("s3", moto.table(dir.path())),
+        (
+            "entra",
+            azure(&format!(
+                "{{ kind = \"entra\", tenant_id = \"{}\", client_id = \"{}\", client_secret_file = \"{}\", authority_host = \"{}\" }}",
+                acr.ids().tenant_id,
+                acr.ids().sp_client_id,
+                secret_file("entra", entra_secret),
+                acr.authority_host()
+            )),
+        ),
+    ];
+    let secrets = [
+        KEY,
+        other_key.as_str(),
+        sig.as_str(),
+        sig_decoded.as_str(),
+        moto::SECRET,
+        entra_secret,
+    ];
+    for (kind, table) in configs {
+        let root = format!("replica-{}", kind.replace(' ', "-"));
+        let r = replica_with(&table, &registry.url(), dir.path(), &root);
+        pull_image(&r.url(), &img).await;
+        let mut shown = Vec::new();
+        for path in ["/", "/_ferry/status", "/metrics"] {
+            let page = get(&format!("{}{path}", r.url()), &[]).await;
+            shown.push((path.to_owned(), page.text()));
+        }
+        let mut check = Ferry::cli_command();
+        check.args(["config", "check"]).arg(r.config_path());
+        let out =
+            crate::harness::process::run_with_timeout(check, std::time::Duration::from_secs(20));
+        assert!(out.status.success(), "{kind}: config check: {out:?}");
+        shown.push((
+            "config check".to_owned(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ));
+        shown.push(("log".to_owned(), r.log()));
+        for (what, text) in &shown {
+            for secret in secrets {
+                assert!(
+                    !text.contains(secret),
+                    "{kind}: a credential ({secret}) is in {what}:\n{text}"
+                );
+            }
+        }
+        if kind == "sas" || kind == "entra" {
+            assert!(
+                r.log().contains("shared store failed"),
+                "{kind}: the refused credential was used and its failure logged:\n{}",
+                r.log()
+            );
+        }
+    }
+}
+
 /// The shared store down: replicas still pull from the upstream (nothing is copied,
 /// one warning says so, `ferry_shared_store_up` is 0); back up, the replica uses it
 /// again after its rest (10 s), without a restart.
