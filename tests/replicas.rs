@@ -512,6 +512,35 @@ async fn store_credentials_are_in_no_log_status_or_config_check() {
     }
 }
 
+/// A rotated key file is used without a restart: a replica whose key file holds a key
+/// Azurite refuses copies nothing (and says so); once the file holds the right key,
+/// the next miss after the replica's rest of the store (10 s) is copied there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_key_file_is_used_without_a_restart() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let first = push_image(&registry, "team/one", "v1", &[200_000]);
+    let second = push_image(&registry, "team/two", "v1", &[200_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let table = azure_table(&azurite.endpoint(), dir.path());
+    let key_file = dir.path().join("azurite.key");
+    let other_key =
+        base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 64]);
+    std::fs::write(&key_file, &other_key).unwrap();
+    let a = replica_with(&table, &registry.url(), dir.path(), "a");
+    pull_image(&a.url(), &first).await;
+    assert!(
+        a.log().contains("403 Forbidden"),
+        "the wrong key was refused:\n{}",
+        a.log()
+    );
+    std::fs::write(&key_file, KEY).unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    pull_image(&a.url(), &second).await;
+    wait_until_shared(&shared(&azurite), &second).await;
+}
+
 /// The shared store down: replicas still pull from the upstream (nothing is copied,
 /// one warning says so, `ferry_shared_store_up` is 0); back up, the replica uses it
 /// again after its rest (10 s), without a restart.

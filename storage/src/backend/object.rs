@@ -123,9 +123,9 @@ pub enum AzureAuth {
     AccountKey(String),
     /// A SAS token (the query string, with or without its `?`).
     Sas(String),
-    /// Bearer tokens (Entra ID) from a provider, asked before each request: the
-    /// provider caches and refreshes them.
-    Token(object_store::azure::AzureCredentialProvider),
+    /// Credentials from a provider, asked before each request: Entra ID tokens (the
+    /// provider caches and refreshes them), or a key or SAS token that follows a file.
+    Provider(object_store::azure::AzureCredentialProvider),
 }
 
 impl std::fmt::Debug for AzureStore {
@@ -158,7 +158,7 @@ impl AzureStore {
                 object_store::azure::AzureConfigKey::SasKey,
                 token.trim_start_matches('?'),
             ),
-            AzureAuth::Token(provider) => builder.with_credentials(provider.clone()),
+            AzureAuth::Provider(provider) => builder.with_credentials(provider.clone()),
         };
         if let Some(http) = &self.http {
             builder = builder.with_http_connector(Prebuilt(http.clone()));
@@ -195,6 +195,9 @@ pub enum S3Auth {
     /// (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`: EKS IRSA), else ECS / EKS Pod
     /// Identity container credentials, else the instance metadata service.
     Environment,
+    /// Credentials from a provider, asked before each request (an access key that
+    /// follows a file).
+    Provider(object_store::aws::AwsCredentialProvider),
 }
 
 impl std::fmt::Debug for S3Store {
@@ -203,6 +206,7 @@ impl std::fmt::Debug for S3Store {
         let auth = match self.auth {
             S3Auth::AccessKey { .. } => "access key",
             S3Auth::Environment => "environment",
+            S3Auth::Provider(_) => "provider",
         };
         f.debug_struct("S3Store")
             .field("bucket", &self.bucket)
@@ -246,6 +250,7 @@ impl S3Store {
                     None => keyed,
                 }
             }
+            S3Auth::Provider(provider) => AmazonS3Builder::new().with_credentials(provider.clone()),
         };
         let (options, retry) = client_options(self.endpoint.as_deref());
         let mut builder = builder
