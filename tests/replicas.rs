@@ -303,45 +303,84 @@ fn azure_store(azurite: &Azurite) -> AzureStore {
     }
 }
 
-/// An Entra identity (client secret) for the shared store, as on AKS with a private
-/// storage account: each replica asks the configured authority for a token of the
-/// storage scope, once (azure_identity keeps it until it nears expiry), and Azurite,
-/// on HTTPS checking the token's issuer, audience and lifetime, takes it for every
-/// request; `ca_file` (the store's CA and the authority's in one bundle) is trusted
-/// for both. What one replica fetched, the other serves; the secret and the token
-/// are in no log.
+/// Entra identities for the shared store, as on AKS with a private storage account:
+/// each replica (client secret, certificate, workload identity) asks the configured
+/// authority for a token of the storage scope, once (azure_identity keeps it until it
+/// nears expiry), and Azurite, on HTTPS checking the token's issuer, audience and
+/// lifetime, takes it for every request; `ca_file` (the store's CA and the
+/// authority's in one bundle) is trusted for both. What one replica fetched, the
+/// others serve; no secret, assertion or token is in a log.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_entra_identity_signs_in_to_the_shared_store() {
+async fn entra_identities_sign_in_to_the_shared_store() {
     let acr = AcrEmulator::start();
+    let ids = acr.ids().clone();
     let dir = tempfile::tempdir().unwrap();
     let (azurite, ca_pem) = tls_azurite(dir.path());
     let bundle = dir.path().join("cas.pem");
     let acr_ca = std::fs::read_to_string(acr.ca_file()).unwrap();
     std::fs::write(&bundle, format!("{ca_pem}\n{acr_ca}")).unwrap();
     let secret = dir.path().join("entra.secret");
-    std::fs::write(&secret, &acr.ids().sp_client_secret).unwrap();
-    let table = format!(
-        "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nca_file = \"{}\"\nauth = {{ kind = \"entra\", tenant_id = \"{}\", client_id = \"{}\", client_secret_file = \"{}\", authority_host = \"{}\" }}\n",
-        azurite.endpoint(),
-        bundle.display(),
-        acr.ids().tenant_id,
-        acr.ids().sp_client_id,
-        secret.display(),
-        acr.authority_host(),
-    );
+    std::fs::write(&secret, &ids.sp_client_secret).unwrap();
+    let federated = dir.path().join("federated.token");
+    std::fs::write(&federated, &ids.federated_token).unwrap();
+    let table = |identity: String| {
+        format!(
+            "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nca_file = \"{}\"\nauth = {{ kind = \"entra\", {identity}, authority_host = \"{}\" }}\n",
+            azurite.endpoint(),
+            bundle.display(),
+            acr.authority_host(),
+        )
+    };
+    let (tenant, sp) = (&ids.tenant_id, &ids.sp_client_id);
+    let identities = [
+        (
+            "client secret",
+            format!(
+                "tenant_id = \"{tenant}\", client_id = \"{sp}\", client_secret_file = \"{}\"",
+                secret.display()
+            ),
+        ),
+        (
+            "certificate",
+            format!(
+                "tenant_id = \"{tenant}\", client_id = \"{sp}\", certificate_file = \"{}\"",
+                acr.client_cert_file().display()
+            ),
+        ),
+        (
+            "federated token",
+            format!(
+                "tenant_id = \"{tenant}\", client_id = \"{}\", workload_identity = true, token_file = \"{}\"",
+                ids.wi_client_id,
+                federated.display()
+            ),
+        ),
+    ];
     let registry = Registry::start(RegistryAuth::None);
     let img = push_image(&registry, "team/app", "v1", &[3 << 20, 200_000]);
-    let a = replica_with(&table, &registry.url(), dir.path(), "a");
-    let b = replica_with(&table, &registry.url(), dir.path(), "b");
+    let replicas: Vec<Ferry> = identities
+        .iter()
+        .enumerate()
+        .map(|(i, (_, identity))| {
+            replica_with(
+                &table(identity.clone()),
+                &registry.url(),
+                dir.path(),
+                &format!("r{i}"),
+            )
+        })
+        .collect();
 
-    pull_image(&a.url(), &img).await;
+    pull_image(&replicas[0].url(), &img).await;
     wait_until_shared(&tls_shared(&azurite, &ca_pem), &img).await;
-    let caches = pull_image(&b.url(), &img).await;
-    assert!(
-        caches[1..].iter().all(|c| c == "SHARED"),
-        "pull through replica b: {caches:?}"
-    );
-    for r in [&a, &b] {
+    for (r, (kind, _)) in replicas[1..].iter().zip(&identities[1..]) {
+        let caches = pull_image(&r.url(), &img).await;
+        assert!(
+            caches[1..].iter().all(|c| c == "SHARED"),
+            "pull through the replica with a {kind}: {caches:?}"
+        );
+    }
+    for r in &replicas {
         assert!(!r.log().contains("shared store failed"), "{}", r.log());
     }
     let tokens: Vec<_> = acr
@@ -349,16 +388,21 @@ async fn an_entra_identity_signs_in_to_the_shared_store() {
         .into_iter()
         .filter(|r| r.scopes.iter().any(|s| s == STORAGE_SCOPE))
         .collect();
+    let mut how: Vec<&str> = tokens.iter().map(|t| t.detail.as_str()).collect();
+    how.sort();
+    let mut kinds: Vec<&str> = identities.iter().map(|(k, _)| *k).collect();
+    kinds.sort();
     assert_eq!(
-        tokens.len(),
-        2,
+        how, kinds,
         "one storage token per replica, kept for every request: {tokens:?}"
     );
     assert!(tokens.iter().all(|t| t.status == 200), "{tokens:?}");
-    acr.assert_no_leaks(&[
-        ("replica a's log", a.log().as_bytes()),
-        ("replica b's log", b.log().as_bytes()),
-    ]);
+    let logs: Vec<String> = replicas.iter().map(|r| r.log()).collect();
+    let logs: Vec<(&str, &[u8])> = logs
+        .iter()
+        .map(|l| ("a replica's log", l.as_bytes()))
+        .collect();
+    acr.assert_no_leaks(&logs);
 }
 
 /// `proxy`: every request to the store goes through it (HTTPS: a `CONNECT` tunnel),
