@@ -86,8 +86,13 @@ pub fn http_builder(reach: Reach<'_>) -> Result<reqwest::ClientBuilder, String> 
         builder = builder.tls_certs_merge(certs);
     }
     if let Some(proxy) = reach.proxy {
-        builder =
-            builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("proxy: {e}"))?);
+        // Cloud metadata endpoints (Azure's and AWS's managed identities, ECS and EKS
+        // Pod Identity credentials) answer only on the node itself: never through
+        // the proxy. No other request goes to a link-local address (`NoLinkLocal`).
+        let metadata =
+            reqwest::NoProxy::from_string("169.254.0.0/16,fe80::/10,fd00:ec2::254,fd00:ec2::23");
+        let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("proxy: {e}"))?;
+        builder = builder.proxy(proxy.no_proxy(metadata));
     }
     Ok(builder)
 }
@@ -523,6 +528,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(ferry_storage::Store::open(dir.path()).unwrap());
         Client::new(config.upstreams[0].clone(), &Metrics::new(store)).unwrap();
+    }
+
+    /// With an explicit proxy, a request to a metadata endpoint (a link-local address)
+    /// is not sent to the proxy; any other is.
+    #[tokio::test]
+    async fn metadata_endpoints_bypass_the_proxy() {
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", proxy.local_addr().unwrap())).unwrap();
+        let http = http_builder(Reach {
+            resolve: &[],
+            ca_pem: None,
+            proxy: Some(&url),
+            connect_timeout: Duration::from_millis(300),
+            read_timeout: Duration::from_millis(300),
+        })
+        .unwrap()
+        .build()
+        .unwrap();
+        let proxied = async |target: &str| {
+            let request = http.get(target).send();
+            let accepted = tokio::time::timeout(Duration::from_secs(1), proxy.accept());
+            let (_, accepted) = tokio::join!(request, accepted);
+            accepted.is_ok()
+        };
+        assert!(proxied("http://example.test/").await);
+        assert!(!proxied("http://169.254.169.254/metadata/identity/oauth2/token").await);
+        assert!(!proxied("http://169.254.170.2/v2/credentials").await);
     }
 
     #[test]
