@@ -13,7 +13,7 @@ use crate::process::ChildGuard;
 use base64::Engine as _;
 use sha2::Digest as _;
 
-use crate::testserver::{on_free_port, request, spawn_answering};
+use crate::testserver::{Restartable, request, spawn_answering};
 
 /// Azurite's one account and its published development key (the same in every
 /// installation; not a secret).
@@ -23,37 +23,27 @@ pub const KEY: &str =
 
 /// A running `azurite-blob`.
 pub struct Azurite {
-    port: u16,
-    // Dropped first: the process goes before its data directory.
-    process: Option<ChildGuard>,
-    dir: tempfile::TempDir,
-    /// HTTPS with this certificate and key (PEM files), and Entra bearer tokens.
-    tls: Option<(PathBuf, PathBuf)>,
+    server: Restartable,
+    /// On HTTPS, taking Entra bearer tokens ([`Azurite::start_tls`]).
+    tls: bool,
 }
 
 /// `azurite-blob` on `port` keeping its data in `dir`, once it answers.
-fn spawn(port: u16, dir: &Path, tls: Option<&(PathBuf, PathBuf)>) -> Option<ChildGuard> {
-    let mut cmd = Command::new(binary());
-    cmd.arg("--blobHost")
-        .arg("127.0.0.1")
-        .arg("--blobPort")
-        .arg(port.to_string())
-        .arg("--location")
-        .arg(dir.join("data"))
-        .args(["--skipApiVersionCheck", "--loose", "--silent"])
-        // It would otherwise report to a telemetry service on the internet.
-        .arg("--disableTelemetry");
+fn spawn(port: u16, dir: &Path) -> Option<ChildGuard> {
+    let url = format!("http://127.0.0.1:{port}/");
+    spawn_answering(&format!("azurite-{port}"), command(port, dir), dir, &url)
+}
+
+/// [`spawn`], serving HTTPS with `dir/tls.crt` and `dir/tls.key` and taking Entra
+/// bearer tokens: `--oauth basic` checks a token's issuer, audience and lifetime, not
+/// its signature (Azurite cannot know the tenant's keys), and only over HTTPS.
+fn spawn_tls(port: u16, dir: &Path) -> Option<ChildGuard> {
     let name = format!("azurite-{port}");
-    let Some((cert, key)) = tls else {
-        let url = format!("http://127.0.0.1:{port}/");
-        return spawn_answering(&name, cmd, dir, &url);
-    };
-    // `basic`: a bearer token's issuer, audience and lifetime are checked, not its
-    // signature (Azurite cannot know the tenant's keys); HTTPS only.
+    let mut cmd = command(port, dir);
     cmd.arg("--cert")
-        .arg(cert)
+        .arg(dir.join("tls.crt"))
         .arg("--key")
-        .arg(key)
+        .arg(dir.join("tls.key"))
         .args(["--oauth", "basic"]);
     crate::process::without_proxy_env(&mut cmd);
     let mut process = ChildGuard::spawn(&name, cmd, dir);
@@ -67,6 +57,21 @@ fn spawn(port: u16, dir: &Path, tls: Option<&(PathBuf, PathBuf)>) -> Option<Chil
     }
     eprintln!("{name} did not start:\n{}", process.log_tails(20));
     None
+}
+
+/// The `azurite-blob` command on `port` with its data in `dir`.
+fn command(port: u16, dir: &Path) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.arg("--blobHost")
+        .arg("127.0.0.1")
+        .arg("--blobPort")
+        .arg(port.to_string())
+        .arg("--location")
+        .arg(dir.join("data"))
+        .args(["--skipApiVersionCheck", "--loose", "--silent"])
+        // It would otherwise report to a telemetry service on the internet.
+        .arg("--disableTelemetry");
+    cmd
 }
 
 fn binary() -> PathBuf {
@@ -87,13 +92,9 @@ fn binary() -> PathBuf {
 impl Azurite {
     /// Starts one and waits until it answers.
     pub fn start() -> Azurite {
-        let dir = crate::temp_dir("ferry-azurite");
-        let (port, process) = on_free_port("azurite", |port| spawn(port, dir.path(), None));
         Azurite {
-            port,
-            process: Some(process),
-            dir,
-            tls: None,
+            server: Restartable::start("azurite", spawn),
+            tls: false,
         }
     }
 
@@ -106,9 +107,11 @@ impl Azurite {
         for container in containers {
             azurite.create_container(container);
         }
-        azurite.stop();
-        azurite.tls = Some((cert.to_owned(), key.to_owned()));
-        azurite.restart();
+        let dir = azurite.server.dir();
+        std::fs::copy(cert, dir.join("tls.crt")).expect("copy the certificate");
+        std::fs::copy(key, dir.join("tls.key")).expect("copy the key");
+        azurite.server.restart_with(spawn_tls);
+        azurite.tls = true;
         azurite
     }
 
@@ -116,28 +119,23 @@ impl Azurite {
     /// its metadata in a database it saves every few seconds, so a killed Azurite
     /// forgets writes it acknowledged (Azure itself does not).
     pub fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.terminate(Duration::from_secs(10));
-        }
+        self.server.stop();
     }
 
     /// Starts it again on the same port and data (after [`Azurite::stop`]).
     pub fn restart(&mut self) {
-        self.stop();
-        let process =
-            spawn(self.port, self.dir.path(), self.tls.as_ref()).expect("azurite restarts");
-        self.process = Some(process);
+        self.server.restart();
     }
 
     /// The account's endpoint (path style: the account is the first segment).
     pub fn endpoint(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}/{ACCOUNT}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/{ACCOUNT}", self.server.port())
     }
 
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// An account SAS for blobs (every container and object), signed with `key`
@@ -205,7 +203,7 @@ impl Azurite {
             ("Authorization", auth.as_str()),
         ];
         request(
-            self.port,
+            self.server.port(),
             method,
             &format!("/{ACCOUNT}{path}?{query}"),
             &headers,
