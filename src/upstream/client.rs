@@ -52,6 +52,51 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How Ferry reaches a service over HTTP: an upstream registry, or the shared store.
+pub struct Reach<'a> {
+    /// Fixed addresses for host names; TLS still verifies against the names.
+    pub resolve: &'a [(String, IpAddr)],
+    /// Extra CA certificates (PEM) to trust.
+    pub ca_pem: Option<&'a [u8]>,
+    /// An explicit HTTP(S) proxy; without one, `HTTPS_PROXY`/`NO_PROXY` apply.
+    pub proxy: Option<&'a Url>,
+    pub connect_timeout: Duration,
+    /// How long the service may stay silent in the middle of an answer.
+    pub read_timeout: Duration,
+}
+
+/// The HTTP client every outbound connection of Ferry is made with: `reach`'s pins,
+/// CAs and proxy, redirects left to the caller (to control where credentials go),
+/// and no name resolving to a link-local address. On error, which key is wrong.
+pub fn http_builder(reach: Reach<'_>) -> Result<reqwest::ClientBuilder, String> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(reach.connect_timeout)
+        .read_timeout(reach.read_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(NoLinkLocal))
+        .pool_idle_timeout(Duration::from_secs(90));
+    for (host, ip) in reach.resolve {
+        // Port 0: keep the URL's port. TLS still checks the certificate for `host`.
+        builder = builder.resolve(host, SocketAddr::new(*ip, 0));
+    }
+    if let Some(pem) = reach.ca_pem {
+        let certs =
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    if let Some(proxy) = reach.proxy {
+        // Cloud metadata endpoints (Azure's and AWS's managed identities, ECS and EKS
+        // Pod Identity credentials) answer only on the node itself: never through
+        // the proxy. No other request goes to a link-local address (`NoLinkLocal`).
+        let metadata =
+            reqwest::NoProxy::from_string("169.254.0.0/16,fe80::/10,fd00:ec2::254,fd00:ec2::23");
+        let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("proxy: {e}"))?;
+        builder = builder.proxy(proxy.no_proxy(metadata));
+    }
+    Ok(builder)
+}
+
 impl Client {
     pub fn new(config: config::Upstream, metrics: &Metrics) -> Result<Client, Error> {
         let metrics = metrics.upstream(&config.name);
@@ -59,28 +104,14 @@ impl Client {
             upstream: config.name.clone(),
             detail,
         };
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            // Redirects are followed by hand, to control where credentials go.
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(NoLinkLocal))
-            .pool_idle_timeout(std::time::Duration::from_secs(90));
-        for (host, ip) in &config.resolve {
-            // Port 0: keep the URL's port. TLS still checks the certificate for `host`.
-            builder = builder.resolve(host, std::net::SocketAddr::new(*ip, 0));
-        }
-        if let Some(pem) = &config.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| setup(format!("ca_file: {e}")))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        if let Some(proxy) = &config.proxy {
-            builder = builder.proxy(
-                reqwest::Proxy::all(proxy.as_str()).map_err(|e| setup(format!("proxy: {e}")))?,
-            );
-        }
+        let mut builder = http_builder(Reach {
+            resolve: &config.resolve,
+            ca_pem: config.ca_pem.as_deref(),
+            proxy: config.proxy.as_ref(),
+            connect_timeout: config.connect_timeout,
+            read_timeout: config.read_timeout,
+        })
+        .map_err(setup)?;
         if config.insecure_skip_verify {
             tracing::warn!(upstream = %config.name, "TLS certificate verification is DISABLED for this upstream (insecure_skip_verify)");
             builder = builder.tls_danger_accept_invalid_certs(true);
@@ -497,6 +528,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(ferry_storage::Store::open(dir.path()).unwrap());
         Client::new(config.upstreams[0].clone(), &Metrics::new(store)).unwrap();
+    }
+
+    /// With an explicit proxy, a request to a metadata endpoint (a link-local address)
+    /// is not sent to the proxy; any other is.
+    #[tokio::test]
+    async fn metadata_endpoints_bypass_the_proxy() {
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", proxy.local_addr().unwrap())).unwrap();
+        let http = http_builder(Reach {
+            resolve: &[],
+            ca_pem: None,
+            proxy: Some(&url),
+            connect_timeout: Duration::from_millis(300),
+            read_timeout: Duration::from_millis(300),
+        })
+        .unwrap()
+        .build()
+        .unwrap();
+        let proxied = async |target: &str| {
+            let request = http.get(target).send();
+            let accepted = tokio::time::timeout(Duration::from_secs(1), proxy.accept());
+            let (_, accepted) = tokio::join!(request, accepted);
+            accepted.is_ok()
+        };
+        assert!(proxied("http://example.test/").await);
+        assert!(!proxied("http://169.254.169.254/metadata/identity/oauth2/token").await);
+        assert!(!proxied("http://169.254.170.2/v2/credentials").await);
     }
 
     #[test]

@@ -8,11 +8,11 @@ mod acr;
 mod auth;
 mod body;
 mod client;
-mod entra;
+pub(crate) mod entra;
 mod error;
 mod health;
 mod redact;
 mod token;
 
-pub use client::{Client, Response};
+pub use client::{Client, Reach, Response, http_builder};
 pub use error::Error;

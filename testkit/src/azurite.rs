@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::process::ChildGuard;
 use base64::Engine as _;
@@ -24,10 +24,43 @@ pub const KEY: &str =
 /// A running `azurite-blob`.
 pub struct Azurite {
     server: Restartable,
+    /// On HTTPS, taking Entra bearer tokens ([`Azurite::start_tls`]).
+    tls: bool,
 }
 
 /// `azurite-blob` on `port` keeping its data in `dir`, once it answers.
 fn spawn(port: u16, dir: &Path) -> Option<ChildGuard> {
+    let url = format!("http://127.0.0.1:{port}/");
+    spawn_answering(&format!("azurite-{port}"), command(port, dir), dir, &url)
+}
+
+/// [`spawn`], serving HTTPS with `dir/tls.crt` and `dir/tls.key` and taking Entra
+/// bearer tokens: `--oauth basic` checks a token's issuer, audience and lifetime, not
+/// its signature (Azurite cannot know the tenant's keys), and only over HTTPS.
+fn spawn_tls(port: u16, dir: &Path) -> Option<ChildGuard> {
+    let name = format!("azurite-{port}");
+    let mut cmd = command(port, dir);
+    cmd.arg("--cert")
+        .arg(dir.join("tls.crt"))
+        .arg("--key")
+        .arg(dir.join("tls.key"))
+        .args(["--oauth", "basic"]);
+    crate::process::without_proxy_env(&mut cmd);
+    let mut process = ChildGuard::spawn(&name, cmd, dir);
+    // The HTTP probe cannot speak TLS: listening is enough (Azurite listens once ready).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline && process.try_exit_status().is_none() {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(process);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{name} did not start:\n{}", process.log_tails(20));
+    None
+}
+
+/// The `azurite-blob` command on `port` with its data in `dir`.
+fn command(port: u16, dir: &Path) -> Command {
     let mut cmd = Command::new(binary());
     cmd.arg("--blobHost")
         .arg("127.0.0.1")
@@ -38,8 +71,7 @@ fn spawn(port: u16, dir: &Path) -> Option<ChildGuard> {
         .args(["--skipApiVersionCheck", "--loose", "--silent"])
         // It would otherwise report to a telemetry service on the internet.
         .arg("--disableTelemetry");
-    let url = format!("http://127.0.0.1:{port}/");
-    spawn_answering(&format!("azurite-{port}"), cmd, dir, &url)
+    cmd
 }
 
 fn binary() -> PathBuf {
@@ -62,7 +94,25 @@ impl Azurite {
     pub fn start() -> Azurite {
         Azurite {
             server: Restartable::start("azurite", spawn),
+            tls: false,
         }
+    }
+
+    /// Starts one with `containers`, then serves it over HTTPS with `cert` and `key`
+    /// (PEM files) and also takes Entra bearer tokens (Azurite's `--oauth basic`). The
+    /// helpers that sign requests here ([`Azurite::create_container`]...) speak plain
+    /// HTTP: they do not work on it.
+    pub fn start_tls(cert: &Path, key: &Path, containers: &[&str]) -> Azurite {
+        let mut azurite = Azurite::start();
+        for container in containers {
+            azurite.create_container(container);
+        }
+        let dir = azurite.server.dir();
+        std::fs::copy(cert, dir.join("tls.crt")).expect("copy the certificate");
+        std::fs::copy(key, dir.join("tls.key")).expect("copy the key");
+        azurite.server.restart_with(spawn_tls);
+        azurite.tls = true;
+        azurite
     }
 
     /// Stops it (SIGTERM): the store becomes unreachable. Not SIGKILL: Azurite keeps
@@ -79,7 +129,8 @@ impl Azurite {
 
     /// The account's endpoint (path style: the account is the first segment).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/{ACCOUNT}", self.server.port())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/{ACCOUNT}", self.server.port())
     }
 
     /// The port it listens on (127.0.0.1).

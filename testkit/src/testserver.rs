@@ -92,6 +92,17 @@ impl Restartable {
         }
     }
 
+    /// Its directory (logs, data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts it again on the same port and directory with `spawn`, from now on.
+    pub fn restart_with(&mut self, spawn: fn(u16, &Path) -> Option<ChildGuard>) {
+        self.spawn = spawn;
+        self.restart();
+    }
+
     /// Starts it again on the same port and directory.
     pub fn restart(&mut self) {
         self.stop();

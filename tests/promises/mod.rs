@@ -116,7 +116,7 @@ impl Drop for ReadOnly {
 /// whose connection it pipes to `host:port` as is (Distribution, like any Go server,
 /// takes the absolute form). It resolves the names it is given itself, as an egress
 /// proxy in front of a private network does. Stops when dropped.
-struct CountingProxy {
+pub(crate) struct CountingProxy {
     server: Hostile,
     /// The first request line of every connection made through it.
     seen: Arc<Mutex<Vec<String>>>,
@@ -125,7 +125,7 @@ struct CountingProxy {
 
 impl CountingProxy {
     /// A proxy that connects to the hosts it is asked for, `resolve` (host, IP) first.
-    fn start(resolve: &[(&str, &str)]) -> CountingProxy {
+    pub(crate) fn start(resolve: &[(&str, &str)]) -> CountingProxy {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let (s, c) = (seen.clone(), connections.clone());
@@ -150,15 +150,15 @@ impl CountingProxy {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.server.url()
     }
 
-    fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 
-    fn seen(&self) -> Vec<String> {
+    pub(crate) fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
 }

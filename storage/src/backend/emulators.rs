@@ -19,6 +19,7 @@ impl AzuriteStore for Azurite {
             container: container.into(),
             endpoint: Some(self.endpoint()),
             auth: AzureAuth::AccountKey(KEY.into()),
+            http: None,
         }
     }
 }
@@ -39,6 +40,7 @@ impl MotoStore for Moto {
                 secret: SECRET.into(),
                 session_token: None,
             },
+            http: None,
         }
     }
 }

@@ -110,17 +110,22 @@ pub struct AzureStore {
     /// segment there).
     pub endpoint: Option<String>,
     pub auth: AzureAuth,
+    /// The HTTP client to reach the store with (Ferry's: address pins, trusted CAs, a
+    /// proxy), built with [`CONNECT_TIMEOUT`] and [`READ_TIMEOUT`] and no limit on a
+    /// whole request; `None`: object_store's own.
+    pub http: Option<reqwest::Client>,
 }
 
-/// Credentials for [`AzureStore`]. Entra identities are given to
-/// [`object_store::azure::MicrosoftAzureBuilder::with_credentials`] as a token
-/// provider and the built store to [`ObjectBackend::new`].
+/// Credentials for [`AzureStore`].
 #[derive(Clone)]
 pub enum AzureAuth {
     /// The account's Shared Key (base64).
     AccountKey(String),
     /// A SAS token (the query string, with or without its `?`).
     Sas(String),
+    /// Credentials from a provider, asked before each request: Entra ID tokens (the
+    /// provider caches and refreshes them), or a key or SAS token that follows a file.
+    Provider(object_store::azure::AzureCredentialProvider),
 }
 
 impl std::fmt::Debug for AzureStore {
@@ -153,7 +158,11 @@ impl AzureStore {
                 object_store::azure::AzureConfigKey::SasKey,
                 token.trim_start_matches('?'),
             ),
+            AzureAuth::Provider(provider) => builder.with_credentials(provider.clone()),
         };
+        if let Some(http) = &self.http {
+            builder = builder.with_http_connector(Prebuilt(http.clone()));
+        }
         Ok(Arc::new(builder.build()?))
     }
 }
@@ -168,6 +177,8 @@ pub struct S3Store {
     /// service understands.
     pub endpoint: Option<String>,
     pub auth: S3Auth,
+    /// As [`AzureStore::http`].
+    pub http: Option<reqwest::Client>,
 }
 
 /// Credentials for [`S3Store`].
@@ -184,6 +195,9 @@ pub enum S3Auth {
     /// (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`: EKS IRSA), else ECS / EKS Pod
     /// Identity container credentials, else the instance metadata service.
     Environment,
+    /// Credentials from a provider, asked before each request (an access key that
+    /// follows a file).
+    Provider(object_store::aws::AwsCredentialProvider),
 }
 
 impl std::fmt::Debug for S3Store {
@@ -192,6 +206,7 @@ impl std::fmt::Debug for S3Store {
         let auth = match self.auth {
             S3Auth::AccessKey { .. } => "access key",
             S3Auth::Environment => "environment",
+            S3Auth::Provider(_) => "provider",
         };
         f.debug_struct("S3Store")
             .field("bucket", &self.bucket)
@@ -235,6 +250,7 @@ impl S3Store {
                     None => keyed,
                 }
             }
+            S3Auth::Provider(provider) => AmazonS3Builder::new().with_credentials(provider.clone()),
         };
         let (options, retry) = client_options(self.endpoint.as_deref());
         let mut builder = builder
@@ -249,7 +265,21 @@ impl S3Store {
         if let Some(endpoint) = &self.endpoint {
             builder = builder.with_endpoint(endpoint.clone());
         }
+        if let Some(http) = &self.http {
+            builder = builder.with_http_connector(Prebuilt(http.clone()));
+        }
         Ok(Arc::new(builder.build()?))
+    }
+}
+
+/// A client built by the caller (with the timeouts of [`client_options`]), used for
+/// every request of the store, the credential requests (AWS's chain) included.
+#[derive(Debug)]
+struct Prebuilt(reqwest::Client);
+
+impl object_store::client::HttpConnector for Prebuilt {
+    fn connect(&self, _: &ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
+        Ok(object_store::client::HttpClient::new(self.0.clone()))
     }
 }
 
@@ -274,14 +304,19 @@ const CREDENTIAL_CHAIN: [object_store::aws::AmazonS3ConfigKey; 11] = {
     ]
 };
 
+/// How long a connection to the store may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the store may stay silent in the middle of an answer.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The HTTP client settings of every store. Blob bodies take as long as their readers
 /// do: no limit on a whole request, but a store that stops answering is noticed, and
 /// retries end soon enough for a caller to fall back to the upstream.
 fn client_options(endpoint: Option<&str>) -> (ClientOptions, RetryConfig) {
     let options = ClientOptions::new()
         .with_timeout_disabled()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_read_timeout(Duration::from_secs(30))
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_read_timeout(READ_TIMEOUT)
         .with_allow_http(endpoint.is_some_and(|e| e.starts_with("http://")));
     let retry = RetryConfig {
         max_retries: 3,

@@ -37,10 +37,19 @@ fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) ->
 
 /// Mints an Entra access token for ACR.
 pub(super) fn mint_entra(emu: &Emu, app_id: &str, oid: &str, lifetime: u64) -> String {
+    mint_entra_for(emu, ACR_RESOURCE, app_id, oid, lifetime)
+}
+
+/// The scope of Azure Blob Storage (the shared store), which the token endpoint also
+/// grants: a token for it has the storage audience, so ACR refuses it.
+pub const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
+
+/// Mints an Entra access token with audience `resource`.
+fn mint_entra_for(emu: &Emu, resource: &str, app_id: &str, oid: &str, lifetime: u64) -> String {
     let now = now_secs();
     let tid = &emu.ids.tenant_id;
     let claims = json!({
-        "aud": ACR_RESOURCE,
+        "aud": resource,
         "iss": format!("https://sts.windows.net/{tid}/"),
         "iat": now,
         "nbf": now.saturating_sub(1),
@@ -235,13 +244,14 @@ pub(super) async fn token(State(emu): State<Arc<Emu>>, req: Request) -> Response
                 ),
             ));
         }
-        if first(&pairs, "scope") != Some(ACR_SCOPE) {
+        let scope = first(&pairs, "scope");
+        if scope != Some(ACR_SCOPE) && scope != Some(STORAGE_SCOPE) {
             return Err((
                 StatusCode::BAD_REQUEST,
                 "invalid_scope",
                 1002012,
                 format!(
-                    "The provided value for scope {:?} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI); expected exactly {ACR_SCOPE}.",
+                    "The provided value for scope {:?} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI); expected {ACR_SCOPE} or {STORAGE_SCOPE}.",
                     first(&pairs, "scope")
                 ),
             ));
@@ -329,7 +339,11 @@ pub(super) async fn token(State(emu): State<Arc<Emu>>, req: Request) -> Response
     let resp = match result {
         Ok((app, how)) => {
             let lifetime = emu.lifetimes().entra;
-            let token = mint_entra(&emu, app, &oid_for(app), lifetime);
+            // The scope was checked: one of the two.
+            let resource = first(&pairs, "scope")
+                .unwrap_or(ACR_SCOPE)
+                .trim_end_matches("/.default");
+            let token = mint_entra_for(&emu, resource, app, &oid_for(app), lifetime);
             rec.detail = how.to_owned();
             json_response(
                 StatusCode::OK,
