@@ -86,7 +86,10 @@ use futures_util::stream::BoxStream;
 use crate::{BlobRecord, Digest, ManifestRecord, Repo, Result, Tag, TagRecord};
 
 pub use fs::FsBackend;
-pub use object::{AzureAuth, AzureStore, ObjectBackend, S3Auth, S3Store};
+pub use object::{
+    AzureAuth, AzureStore, EVICTION_GRACE, ObjectBackend, S3Auth, S3Store, SharedEvictReport,
+    SharedFsckReport, SharedUsage,
+};
 
 /// A whole backend: blobs and records in one store (what a shared store is).
 pub trait Backend: BlobStore + MetaStore {}

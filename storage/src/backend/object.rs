@@ -1268,5 +1268,7 @@ mod tests {
 
 #[cfg(test)]
 mod figures;
+mod maintenance;
+pub use maintenance::{EVICTION_GRACE, SharedEvictReport, SharedFsckReport, SharedUsage};
 #[cfg(test)]
 mod s3_tests;
