@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ferry_storage::backend::{AzureAuth, AzureStore, Backend, ObjectBackend};
+use ferry_storage::backend::{AzureAuth, AzureStore, ObjectBackend};
 
 use crate::config::{AzureCredential, SharedStore, StoreLocation};
 
@@ -20,7 +20,7 @@ pub enum OpenError {
 
 /// The configured shared store. Makes no request: an unreachable store is found, and
 /// reported, when it is first used.
-pub fn open(cfg: &SharedStore) -> Result<Arc<dyn Backend>, OpenError> {
+pub fn open(cfg: &SharedStore) -> Result<Arc<ObjectBackend>, OpenError> {
     let store = match &cfg.location {
         StoreLocation::Azure {
             account,

@@ -186,6 +186,19 @@ fn validate_store(
         src,
         files,
     )?;
+    let eviction_grace = match r.eviction_grace {
+        None => ferry_storage::backend::EVICTION_GRACE,
+        Some(g) => humantime::parse_duration(g.get_ref()).map_err(|e| {
+            src.error(
+                Some(g.span()),
+                format!(
+                    "{}: `{}` is not a duration like 10m ({e})",
+                    here("eviction_grace"),
+                    g.get_ref()
+                ),
+            )
+        })?,
+    };
     Ok(SharedStore {
         location,
         prefix,
@@ -193,6 +206,7 @@ fn validate_store(
         resolve,
         ca_pem: None,
         proxy,
+        eviction_grace,
     })
 }
 

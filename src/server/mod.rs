@@ -6,6 +6,7 @@
 pub mod connections;
 pub mod housekeeping;
 pub mod reload;
+pub mod shared_maintenance;
 pub mod shutdown;
 pub mod signals;
 pub mod tls;
@@ -82,8 +83,11 @@ pub(crate) async fn serve_and_report(
             error,
         })?;
     let mut proxy = proxy::Proxy::new(&config, store)?;
+    let mut shared_store = None;
     if let Some(shared) = &config.shared {
-        proxy = proxy.with_shared(crate::shared_store::open(shared)?);
+        let opened = crate::shared_store::open(shared)?;
+        proxy = proxy.with_shared(opened.clone());
+        shared_store = Some((opened, shared.eviction_grace));
     }
     let proxy = Arc::new(proxy);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -119,8 +123,21 @@ pub(crate) async fn serve_and_report(
         },
         None => config.quota,
     };
-    let housekeeping =
-        housekeeping::Housekeeping::start(proxy.clone(), local_quota, config.scrub_rate);
+    // `max_size` bounds the shared store, kept by one replica at a time.
+    let shared_maintenance = shared_store.map(|(store, grace)| {
+        Arc::new(shared_maintenance::SharedMaintenance::new(
+            store,
+            config.quota.max_size,
+            grace,
+            proxy.metrics().shared_store().clone(),
+        ))
+    });
+    let housekeeping = housekeeping::Housekeeping::start(
+        proxy.clone(),
+        local_quota,
+        config.scrub_rate,
+        shared_maintenance,
+    );
     let app = api::router(proxy.clone(), access.clone());
     // One control over both listeners: one drain, one count of open connections;
     // and one tracker: one bound on them, the same timeouts.
