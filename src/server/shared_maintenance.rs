@@ -211,3 +211,59 @@ fn now_nanos() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use ferry_storage::backend::{AzureAuth, AzureStore, EVICTION_GRACE, put_blob};
+    use ferry_testkit::azurite::{ACCOUNT, Azurite, KEY};
+
+    use super::*;
+
+    fn metrics() -> SharedStoreMetrics {
+        SharedStoreMetrics {
+            up: Default::default(),
+            errors: Default::default(),
+            read: Default::default(),
+            written: Default::default(),
+            evictions: Default::default(),
+            evicted_bytes: Default::default(),
+            lease_held: Default::default(),
+        }
+    }
+
+    /// A replica's uses reach the shared records: later times only (another replica's
+    /// later use stays), and only for blobs the shared store holds (no record without
+    /// an object).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uses_reach_the_shared_records_forward_only_for_what_it_holds() {
+        let azurite = Azurite::start();
+        azurite.create_container("ferry");
+        let store = AzureStore {
+            account: ACCOUNT.into(),
+            container: "ferry".into(),
+            endpoint: Some(azurite.endpoint()),
+            auth: AzureAuth::AccountKey(KEY.into()),
+        }
+        .build()
+        .unwrap();
+        let shared = Arc::new(ObjectBackend::new(store, "t").unwrap());
+        let held = Digest::sha256_of(b"held");
+        put_blob(&*shared, &held, Bytes::from_static(b"held"))
+            .await
+            .unwrap();
+        shared.record_access(&held, 4, 100).await.unwrap();
+        let absent = Digest::sha256_of(b"absent");
+        let m = SharedMaintenance::new(shared.clone(), None, EVICTION_GRACE, metrics());
+
+        m.record_access(vec![(held.clone(), 4, 200), (absent.clone(), 6, 200)])
+            .await;
+        let rec = shared.blob_record(&held).await.unwrap().unwrap();
+        assert_eq!((rec.size, rec.last_access), (4, 200));
+        assert_eq!(shared.blob_record(&absent).await.unwrap(), None);
+        // An older use (this replica's flush after another replica's) changes nothing.
+        m.record_access(vec![(held.clone(), 4, 150)]).await;
+        let rec = shared.blob_record(&held).await.unwrap().unwrap();
+        assert_eq!(rec.last_access, 200);
+    }
+}
