@@ -336,6 +336,31 @@ mod tests {
         ));
     }
 
+    /// `eviction_grace`: ten minutes unless set; a duration, or refused by name.
+    #[test]
+    fn eviction_grace() {
+        let s3 = "[storage.shared]\nkind = \"s3\"\nbucket = \"ferry\"\n";
+        let c = parse(&format!("{s3}{UP}")).unwrap();
+        let grace = c.shared.as_ref().unwrap().eviction_grace;
+        assert_eq!(grace, ferry_storage::backend::EVICTION_GRACE);
+        assert!(
+            c.describe().contains("eviction grace 10m"),
+            "{}",
+            c.describe()
+        );
+        let c = parse(&format!("{s3}eviction_grace = \"90s\"\n{UP}")).unwrap();
+        assert_eq!(
+            c.shared.unwrap().eviction_grace,
+            std::time::Duration::from_secs(90)
+        );
+        let e = parse(&format!("{s3}eviction_grace = \"soon\"\n{UP}")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("storage.shared: eviction_grace: `soon`"),
+            "{e}"
+        );
+    }
+
     /// Each mistake is refused with the key and the line of the table it is in.
     #[test]
     fn mistakes_are_named() {
