@@ -33,8 +33,11 @@ use crate::server::housekeeping::{RETRY_MAX, RETRY_MIN};
 
 /// How often a replica checks the lease and the shared store's quota.
 pub const TICK: Duration = Duration::from_secs(10);
-/// How long a lease lasts unless renewed: long enough for a pass over a large store,
-/// short enough that a dead holder is replaced within a couple of minutes.
+/// How long a lease lasts unless renewed (it is renewed before each pass): long enough
+/// for a pass over a large store, short enough that a dead holder is replaced within a
+/// couple of minutes. A pass that outlasts it may overlap the next holder's; the worst
+/// that does is evict more than needed (each pass still spares content other images
+/// hold and whatever was used within the grace period).
 pub const LEASE_TTL: Duration = Duration::from_secs(120);
 /// Access records written to the shared store at once.
 const RECORDS_IN_FLIGHT: usize = 8;

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
 
@@ -45,6 +45,10 @@ use crate::{Digest, Error, Result, TagRecord};
 /// ten minutes covers the flush and a long read. Deleting a blob under a reader would
 /// cut its client off mid-body.
 pub const EVICTION_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// Records read at once by a pass or a check: a pass reads every blob record of the
+/// store, which one at a time would take minutes on a large one.
+const READS_IN_FLIGHT: usize = 16;
 
 /// How long an object may go without its record before the check reports it: a
 /// replica writes the record right after the object it copied.
@@ -147,15 +151,12 @@ impl ObjectBackend {
     /// Every tag record and every repository link (path, digest).
     async fn tags_and_links(&self) -> Result<(Vec<TagAt>, Vec<(Path, Digest)>)> {
         let dir = self.path(["meta", "repos"].map(object_store::path::PathPart::from));
-        let (mut tags, mut links) = (Vec::new(), Vec::new());
+        let (mut tag_paths, mut links) = (Vec::new(), Vec::new());
         for path in self.names_under(&dir).await? {
             let parts: Vec<_> = path.parts().collect();
             let n = parts.len();
             if n >= 2 && parts[n - 2].as_ref() == "_tags" {
-                // A record that went away or does not parse leads nowhere: skipped.
-                if let Ok(Some((record, _))) = self.get_json::<TagRecord>(&path).await {
-                    tags.push(TagAt { path, record });
-                }
+                tag_paths.push(path);
             } else if n >= 3
                 && parts[n - 3].as_ref() == "_links"
                 && let Ok(d) =
@@ -164,6 +165,18 @@ impl ObjectBackend {
                 links.push((path, d));
             }
         }
+        let tags = futures_util::stream::iter(tag_paths)
+            .map(|path| async move {
+                // A record that went away or does not parse leads nowhere: skipped.
+                match self.get_json::<TagRecord>(&path).await {
+                    Ok(Some((record, _))) => Some(TagAt { path, record }),
+                    _ => None,
+                }
+            })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .filter_map(|t| async move { t })
+            .collect()
+            .await;
         Ok((tags, links))
     }
 
@@ -199,8 +212,13 @@ impl ObjectBackend {
         let recent_since = now_ms.saturating_sub(grace.as_millis() as u64);
         // Last access by the records replicas flushed, in milliseconds.
         let mut access: HashMap<Digest, u64> = HashMap::new();
-        for d in self.recorded("blobs").await? {
-            match self.blob_record(&d).await {
+        let records = futures_util::stream::iter(self.recorded("blobs").await?)
+            .map(|d| async move { (self.blob_record(&d).await, d) })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+        for (rec, d) in records {
+            match rec {
                 Ok(Some(r)) => {
                     access.insert(d, r.last_access.saturating_mul(1000));
                 }
