@@ -530,19 +530,55 @@ mod tests {
     use bytes::Bytes;
     use object_store::ObjectStoreExt;
 
-    use super::super::super::emulators::{Azurite, AzuriteStore};
+    use super::super::super::emulators::{Azurite, AzuriteStore, Moto, MotoStore};
     use super::super::super::put_blob;
     use super::*;
     use crate::{ManifestRecord, Repo, Tag, now_millis};
 
     const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-    fn backend() -> (Azurite, ObjectBackend) {
+    fn azurite() -> (Azurite, ObjectBackend) {
         let azurite = Azurite::start();
         azurite.create_container("ferry");
         let store = azurite.store("ferry").build().unwrap();
         (azurite, ObjectBackend::new(store, "prod/").unwrap())
     }
+
+    fn moto() -> (Moto, ObjectBackend) {
+        let moto = Moto::start();
+        moto.create_bucket("ferry");
+        let store = moto.store("ferry").build().unwrap();
+        (moto, ObjectBackend::new(store, "prod/").unwrap())
+    }
+
+    /// Each case against Azurite and moto.
+    macro_rules! on_both {
+        ($($case:ident),*) => {
+            mod on_azurite {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $case() {
+                        let (_keep, b) = super::azurite();
+                        super::$case(&b).await;
+                    }
+                )*
+            }
+            mod on_moto {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $case() {
+                        let (_keep, b) = super::moto();
+                        super::$case(&b).await;
+                    }
+                )*
+            }
+        };
+    }
+
+    on_both!(
+        eviction_takes_least_recently_used_images_and_spares_recent_and_shared_content,
+        the_check_finds_missing_corrupted_and_resized_objects
+    );
 
     fn repo() -> Repo {
         Repo {
@@ -594,14 +630,14 @@ mod tests {
     /// Least recently used images go first, as units; a layer another image holds
     /// stays; an image used within the grace period stays, whatever the quota says;
     /// what is evicted leaves no tag, record or link behind.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn eviction_takes_least_recently_used_images_and_spares_recent_and_shared_content() {
-        let (_azurite, b) = backend();
-        let base = blob(&b, &[1u8; 3000]).await;
-        let (ca, la) = (blob(&b, b"config a").await, blob(&b, &[2u8; 2000]).await);
-        let (cb, lb) = (blob(&b, b"config b").await, blob(&b, &[3u8; 2000]).await);
-        let a = image(&b, "a", &[ca.clone(), base.clone(), la.clone()]).await;
-        let bm = image(&b, "b", &[cb.clone(), base.clone(), lb.clone()]).await;
+    async fn eviction_takes_least_recently_used_images_and_spares_recent_and_shared_content(
+        b: &ObjectBackend,
+    ) {
+        let base = blob(b, &[1u8; 3000]).await;
+        let (ca, la) = (blob(b, b"config a").await, blob(b, &[2u8; 2000]).await);
+        let (cb, lb) = (blob(b, b"config b").await, blob(b, &[3u8; 2000]).await);
+        let a = image(b, "a", &[ca.clone(), base.clone(), la.clone()]).await;
+        let bm = image(b, "b", &[cb.clone(), base.clone(), lb.clone()]).await;
         // As seen an hour from now: everything was written long ago. Image a was
         // last pulled 30 minutes before, b 20.
         let now = now_millis() + 3600 * 1000;
@@ -667,15 +703,13 @@ mod tests {
     /// The check reads a clean store as clean, then finds a deleted object, bytes that
     /// do not match their digest (same size: only re-hashing sees it) and an object
     /// of another size than its record.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_check_finds_missing_corrupted_and_resized_objects() {
-        let (_azurite, b) = backend();
+    async fn the_check_finds_missing_corrupted_and_resized_objects(b: &ObjectBackend) {
         let (x, y, z) = (
-            blob(&b, &[4u8; 5000]).await,
-            blob(&b, &[5u8; 5000]).await,
-            blob(&b, &[6u8; 5000]).await,
+            blob(b, &[4u8; 5000]).await,
+            blob(b, &[5u8; 5000]).await,
+            blob(b, &[6u8; 5000]).await,
         );
-        let m = image(&b, "v1", &[x.clone(), y.clone()]).await;
+        let m = image(b, "v1", &[x.clone(), y.clone()]).await;
         let now = now_millis();
         let clean = b.fsck_shared(true, now).await.unwrap();
         assert!(clean.is_clean(), "{clean}");
