@@ -238,20 +238,23 @@ impl ObjectBackend {
             tags_of.entry(&t.record.digest).or_default().push(t);
         }
         // What each stored manifest contains.
-        let mut refs = HashMap::new();
-        for (d, s) in &stored {
-            let is_manifest = manifest_records.contains(d) || tags_of.contains_key(d);
-            if !is_manifest || s.size > ferry_oci::manifest::MAX_MANIFEST_SIZE as u64 {
-                continue;
-            }
-            let Some(body) = self.read_range(d, 0, s.size).await? else {
-                continue;
-            };
-            let chunks: Vec<bytes::Bytes> = body.try_collect().await?;
-            if let Ok(r) = ferry_oci::refs::Refs::parse(&chunks.concat()) {
-                refs.insert(d.clone(), r);
-            }
-        }
+        let manifests = stored.iter().filter(|(d, s)| {
+            (manifest_records.contains(*d) || tags_of.contains_key(*d))
+                && s.size <= ferry_oci::manifest::MAX_MANIFEST_SIZE as u64
+        });
+        let read = futures_util::stream::iter(manifests)
+            .map(|(d, s)| async move {
+                let Some(body) = self.read_range(d, 0, s.size).await? else {
+                    return Ok(None);
+                };
+                let chunks: Vec<bytes::Bytes> = body.try_collect().await?;
+                let parsed = ferry_oci::refs::Refs::parse(&chunks.concat()).ok();
+                Ok::<_, Error>(parsed.map(|r| (d.clone(), r)))
+            })
+            .buffer_unordered(READS_IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let refs: HashMap<Digest, ferry_oci::refs::Refs> = read.into_iter().flatten().collect();
         let children: HashSet<&Digest> = refs.values().flat_map(|r| &r.manifests).collect();
         let mut units = Vec::new();
         let mut contained = HashSet::new();
