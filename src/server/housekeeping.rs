@@ -115,7 +115,9 @@ impl Housekeeping {
             tracing::info!(rate = %format!("{}/s", Human(scrub_rate)), "scrub: re-hashing stored blobs in the background");
             tokio::spawn(scrub(proxy.clone(), scrub_rate, stopped.clone()))
         });
-        let shared_task = shared.clone().and_then(|s| s.start(stopped.clone()));
+        let shared_task = shared
+            .clone()
+            .and_then(|s| s.start(proxy.clone(), stopped.clone()));
         let task = tokio::spawn(run(proxy, quota, wake, stopped, shared));
         Housekeeping {
             stop,

@@ -22,13 +22,14 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use ferry_oci::Digest;
+use ferry_oci::{Digest, Tag};
 use ferry_storage::backend::{BlobStore, MetaStore, ObjectBackend};
-use ferry_storage::now_millis;
+use ferry_storage::{Repo, now_millis};
 
 use crate::bytesize::Human;
 use crate::config::Quota;
 use crate::metrics::SharedStoreMetrics;
+use crate::proxy::Proxy;
 use crate::server::housekeeping::{RETRY_MAX, RETRY_MIN};
 
 /// How often a replica checks the lease and the shared store's quota.
@@ -109,12 +110,22 @@ impl SharedMaintenance {
 
     /// Starts the lease and quota task; it stops (giving the lease up) when `stopped`
     /// changes.
-    pub fn start(self: Arc<Self>, stopped: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+    /// `proxy` says which images are pinned (`[[pin]]`): never evicted.
+    pub fn start(
+        self: Arc<Self>,
+        proxy: Arc<Proxy>,
+        stopped: watch::Receiver<bool>,
+    ) -> Option<JoinHandle<()>> {
         let max_size = self.max_size?;
-        Some(tokio::spawn(self.run(max_size, stopped)))
+        Some(tokio::spawn(self.run(proxy, max_size, stopped)))
     }
 
-    async fn run(self: Arc<Self>, max_size: u64, mut stopped: watch::Receiver<bool>) {
+    async fn run(
+        self: Arc<Self>,
+        proxy: Arc<Proxy>,
+        max_size: u64,
+        mut stopped: watch::Receiver<bool>,
+    ) {
         let quota = Quota {
             max_size: Some(max_size),
             min_free: None,
@@ -150,7 +161,7 @@ impl SharedMaintenance {
                 self.metrics.lease_held.set(i64::from(held));
             }
             if held && Instant::now() >= next_pass {
-                if self.pass(&quota, now).await {
+                if self.pass(&proxy, &quota, now).await {
                     retry = RETRY_MIN;
                 } else {
                     next_pass = Instant::now() + retry;
@@ -168,10 +179,11 @@ impl SharedMaintenance {
 
     /// One quota check and, over it, one eviction pass; whether the store is within
     /// its quota now.
-    async fn pass(&self, quota: &Quota, now: u64) -> bool {
+    async fn pass(&self, proxy: &Proxy, quota: &Quota, now: u64) -> bool {
+        let pinned = |d: &Digest, tags: &[(Repo, Tag)]| proxy.is_pinned(d, tags);
         match self
             .store
-            .evict_shared(|used| quota.to_free(used, None), self.grace, now)
+            .evict_shared(|used| quota.to_free(used, None), &pinned, self.grace, now)
             .await
         {
             Ok(r) if r.goal == 0 => true,
@@ -188,6 +200,7 @@ impl SharedMaintenance {
                     after = %Human(after),
                     max_size = %Human(quota.max_size.unwrap_or(0)),
                     kept_recent = r.kept_recent,
+                    pinned = r.pinned,
                     stale_records = r.stale_records,
                     "shared store eviction: evicted least recently used images"
                 );

@@ -1269,6 +1269,6 @@ mod tests {
 #[cfg(test)]
 mod figures;
 mod maintenance;
-pub use maintenance::{EVICTION_GRACE, SharedEvictReport, SharedFsckReport, SharedUsage};
+pub use maintenance::{EVICTION_GRACE, Pinned, SharedEvictReport, SharedFsckReport, SharedUsage};
 #[cfg(test)]
 mod s3_tests;

@@ -37,7 +37,7 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 
 use super::{BlobStore, MetaStore, ObjectBackend};
-use crate::{Digest, Error, Result, TagRecord};
+use crate::{Digest, Error, Repo, Result, Tag, TagRecord};
 
 /// How long after its last use (or its upload) content in the shared store is never
 /// evicted. A replica reads a blob from the shared store while it streams it to a
@@ -61,6 +61,9 @@ pub struct SharedUsage {
     pub bytes: u64,
 }
 
+/// Whether an image (its top manifest, its tags) must stay: `[[pin]]` images.
+pub type Pinned<'a> = dyn Fn(&Digest, &[(Repo, Tag)]) -> bool + Sync + 'a;
+
 /// What a shared eviction pass did.
 #[derive(Debug, Default)]
 pub struct SharedEvictReport {
@@ -74,6 +77,8 @@ pub struct SharedEvictReport {
     pub blobs_deleted: usize,
     /// Units left because some of their content was used within the grace period.
     pub kept_recent: usize,
+    /// Units left because the `pinned` hook kept them.
+    pub pinned: usize,
     /// Records without objects (a pass or a writer that stopped half way) dropped.
     pub stale_records: usize,
 }
@@ -96,11 +101,13 @@ struct Stored {
 struct TagAt {
     path: Path,
     record: TagRecord,
+    /// The repository and tag its path names (`None`: a name this cannot read back).
+    named: Option<(Repo, Tag)>,
 }
 
 struct Unit {
     root: Digest,
-    tags: Vec<Path>,
+    tags: Vec<(Path, Option<(Repo, Tag)>)>,
     /// The root first, then what it contains that is stored, each once.
     members: Vec<Digest>,
     last_used_ms: u64,
@@ -148,6 +155,24 @@ impl ObjectBackend {
             .collect())
     }
 
+    /// The repository and tag of a tag record at `path`, under `meta/repos` (`dir`):
+    /// `<upstream>/<name>/_tags/<tag>`.
+    fn tag_named(dir: &Path, path: &Path) -> Option<(Repo, Tag)> {
+        let parts: Vec<_> = path.prefix_match(dir)?.collect();
+        let [upstream, name @ .., marker, tag] = parts.as_slice() else {
+            return None;
+        };
+        if marker.as_ref() != "_tags" || name.is_empty() {
+            return None;
+        }
+        let name: Vec<&str> = name.iter().map(|p| p.as_ref()).collect();
+        let repo = Repo {
+            upstream: upstream.as_ref().to_owned(),
+            name: name.join("/").parse().ok()?,
+        };
+        Some((repo, tag.as_ref().parse().ok()?))
+    }
+
     /// Every tag record and every repository link (path, digest).
     async fn tags_and_links(&self) -> Result<(Vec<TagAt>, Vec<(Path, Digest)>)> {
         let dir = self.path(["meta", "repos"].map(object_store::path::PathPart::from));
@@ -165,11 +190,19 @@ impl ObjectBackend {
                 links.push((path, d));
             }
         }
+        let dir = &dir;
         let tags = futures_util::stream::iter(tag_paths)
             .map(|path| async move {
                 // A record that went away or does not parse leads nowhere: skipped.
                 match self.get_json::<TagRecord>(&path).await {
-                    Ok(Some((record, _))) => Some(TagAt { path, record }),
+                    Ok(Some((record, _))) => {
+                        let named = Self::tag_named(dir, &path);
+                        Some(TagAt {
+                            path,
+                            record,
+                            named,
+                        })
+                    }
                     _ => None,
                 }
             })
@@ -190,12 +223,14 @@ impl ObjectBackend {
     }
 
     /// One eviction pass (see the module doc). `goal` gets the bytes stored and says
-    /// how many to free; content used or written since `now_ms - grace` stays.
+    /// how many to free; content used or written since `now_ms - grace` stays, and so
+    /// does an image `pinned` says is (given its digest and tags: `[[pin]]` images).
     /// Run it only under the maintenance lease: two passes at once would each count
     /// the other's deletes as their own progress.
     pub async fn evict_shared(
         &self,
         goal: impl FnOnce(u64) -> u64,
+        pinned: &Pinned<'_>,
         grace: Duration,
         now_ms: u64,
     ) -> Result<SharedEvictReport> {
@@ -238,18 +273,23 @@ impl ObjectBackend {
             tags_of.entry(&t.record.digest).or_default().push(t);
         }
         // What each stored manifest contains.
-        let manifests = stored.iter().filter(|(d, s)| {
-            (manifest_records.contains(*d) || tags_of.contains_key(*d))
-                && s.size <= ferry_oci::manifest::MAX_MANIFEST_SIZE as u64
-        });
+        // Owned (not borrowed from the maps): the stream lives across awaits.
+        let manifests: Vec<(Digest, u64)> = stored
+            .iter()
+            .filter(|(d, s)| {
+                (manifest_records.contains(*d) || tags_of.contains_key(*d))
+                    && s.size <= ferry_oci::manifest::MAX_MANIFEST_SIZE as u64
+            })
+            .map(|(d, s)| (d.clone(), s.size))
+            .collect();
         let read = futures_util::stream::iter(manifests)
-            .map(|(d, s)| async move {
-                let Some(body) = self.read_range(d, 0, s.size).await? else {
+            .map(|(d, size)| async move {
+                let Some(body) = self.read_range(&d, 0, size).await? else {
                     return Ok(None);
                 };
                 let chunks: Vec<bytes::Bytes> = body.try_collect().await?;
                 let parsed = ferry_oci::refs::Refs::parse(&chunks.concat()).ok();
-                Ok::<_, Error>(parsed.map(|r| (d.clone(), r)))
+                Ok::<_, Error>(parsed.map(|r| (d, r)))
             })
             .buffer_unordered(READS_IN_FLIGHT)
             .try_collect::<Vec<_>>()
@@ -288,7 +328,10 @@ impl ObjectBackend {
             contained.extend(members.iter().cloned());
             units.push(Unit {
                 root: root.clone(),
-                tags: root_tags.iter().map(|t| t.path.clone()).collect(),
+                tags: root_tags
+                    .iter()
+                    .map(|t| (t.path.clone(), t.named.clone()))
+                    .collect(),
                 members,
                 last_used_ms: last,
                 recent,
@@ -320,7 +363,12 @@ impl ObjectBackend {
                 report.kept_recent += 1;
                 continue;
             }
-            for path in &u.tags {
+            let named: Vec<(Repo, Tag)> = u.tags.iter().filter_map(|(_, n)| n.clone()).collect();
+            if pinned(&u.root, &named) {
+                report.pinned += 1;
+                continue;
+            }
+            for (path, _) in &u.tags {
                 // Only if it still points here: a replica may have moved it since.
                 if let Some((rec, _)) = self.get_json::<TagRecord>(path).await?
                     && rec.digest == u.root
@@ -650,7 +698,10 @@ mod tests {
         let before = b.usage().await.unwrap();
         assert_eq!(before.blobs, 7);
 
-        let r = b.evict_shared(|_| 1, EVICTION_GRACE, now).await.unwrap();
+        let r = b
+            .evict_shared(|_| 1, &|_, _| false, EVICTION_GRACE, now)
+            .await
+            .unwrap();
         assert_eq!(r.evicted, vec![a.clone()]);
         assert_eq!(r.blobs_deleted, 3, "a's manifest, config and own layer");
         for gone in [&a, &ca.0, &la.0] {
@@ -684,16 +735,25 @@ mod tests {
         // image stays, though the quota wants everything gone.
         b.record_access(&lb.0, 0, secs(1)).await.unwrap();
         let r = b
-            .evict_shared(|used| used, EVICTION_GRACE, now)
+            .evict_shared(|used| used, &|_, _| false, EVICTION_GRACE, now)
             .await
             .unwrap();
         assert_eq!((r.evicted.len(), r.kept_recent, r.freed), (0, 1, 0));
         assert!(!r.reached_goal());
         assert_eq!(b.usage().await.unwrap().blobs, 4);
-        // Past the grace period, it goes too.
+        // Past the grace period, it goes too, unless pinned (by its tag: the hook is
+        // given the repository and tag the record's path names).
         let later = now + EVICTION_GRACE.as_millis() as u64;
+        let pin = |_: &Digest, tags: &[(Repo, Tag)]| {
+            tags.iter().any(|(r, t)| *r == repo() && t.as_str() == "b")
+        };
         let r = b
-            .evict_shared(|used| used, EVICTION_GRACE, later)
+            .evict_shared(|used| used, &pin, EVICTION_GRACE, later)
+            .await
+            .unwrap();
+        assert_eq!((r.evicted.len(), r.pinned, r.freed), (0, 1, 0));
+        let r = b
+            .evict_shared(|used| used, &|_, _| false, EVICTION_GRACE, later)
             .await
             .unwrap();
         assert_eq!(r.evicted, vec![bm.clone()]);
