@@ -87,8 +87,8 @@ use crate::{BlobRecord, Digest, ManifestRecord, Repo, Result, Tag, TagRecord};
 
 pub use fs::FsBackend;
 pub use object::{
-    AzureAuth, AzureStore, EVICTION_GRACE, ObjectBackend, S3Auth, S3Store, SharedEvictReport,
-    SharedFsckReport, SharedUsage,
+    AzureAuth, AzureStore, EVICTION_GRACE, ObjectBackend, Pinned, S3Auth, S3Store,
+    SharedEvictReport, SharedFsckReport, SharedUsage,
 };
 
 /// A whole backend: blobs and records in one store (what a shared store is).
