@@ -66,8 +66,13 @@
 //!   the recorded time and the new one, so replicas flushing their in-memory stamps in
 //!   any order keep least-recently-used order right.
 //!
-//! Leases, in-memory access stamps and the byte count stay where they are
-//! ([`Blobs`](crate::Blobs)): they describe this process, not the store.
+//! - **One maintainer at a time.** Quota and eviction of a store several processes
+//!   share run in one of them at a time: the one holding the store's maintenance lease
+//!   ([`MetaStore::take_maintenance_lease`], a conditional write with an expiry; a
+//!   filesystem store, which one process opens, grants it always).
+//!
+//! Leases on blobs being served, in-memory access stamps and the byte count stay where
+//! they are ([`Blobs`](crate::Blobs)): they describe this process, not the store.
 
 #[cfg(test)]
 mod emulators;
