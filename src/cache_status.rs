@@ -9,6 +9,8 @@ pub enum CacheStatus {
     Hit,
     /// Not in this replica's store: copied from the shared store replicas share.
     Shared,
+    /// Not in this replica's store: streamed from the replica that owns the digest.
+    Peer,
     /// Fetched from the upstream by this request.
     Miss,
     /// Joined a fetch another request had started.
@@ -24,6 +26,7 @@ impl CacheStatus {
         match self {
             CacheStatus::Hit => "HIT",
             CacheStatus::Shared => "SHARED",
+            CacheStatus::Peer => "PEER",
             CacheStatus::Miss => "MISS",
             CacheStatus::Joined => "JOINED",
             CacheStatus::Stale => "STALE",

@@ -35,6 +35,7 @@ mod filestamp;
 pub mod image;
 pub mod metrics;
 pub mod ops;
+pub mod peers;
 pub mod proxy;
 pub mod secret;
 pub mod server;

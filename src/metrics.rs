@@ -108,9 +108,10 @@ impl UpstreamErrorKind {
     }
 }
 
-const RESULTS: [CacheStatus; 6] = [
+const RESULTS: [CacheStatus; 7] = [
     CacheStatus::Hit,
     CacheStatus::Shared,
+    CacheStatus::Peer,
     CacheStatus::Miss,
     CacheStatus::Joined,
     CacheStatus::Stale,
@@ -121,10 +122,11 @@ fn result_index(c: CacheStatus) -> usize {
     match c {
         CacheStatus::Hit => 0,
         CacheStatus::Shared => 1,
-        CacheStatus::Miss => 2,
-        CacheStatus::Joined => 3,
-        CacheStatus::Stale => 4,
-        CacheStatus::Offline => 5,
+        CacheStatus::Peer => 2,
+        CacheStatus::Miss => 3,
+        CacheStatus::Joined => 4,
+        CacheStatus::Stale => 5,
+        CacheStatus::Offline => 6,
     }
 }
 
@@ -132,6 +134,7 @@ fn result_label(c: CacheStatus) -> &'static str {
     match c {
         CacheStatus::Hit => "hit",
         CacheStatus::Shared => "shared",
+        CacheStatus::Peer => "peer",
         CacheStatus::Miss => "miss",
         CacheStatus::Joined => "joined",
         CacheStatus::Stale => "stale",
@@ -207,6 +210,9 @@ pub struct Metrics {
     scrub_dropped: Counter,
     pulls: Pulls,
     shared: SharedStoreMetrics,
+    peer_bytes: Counter,
+    peer_errors: Counter,
+    peers_live: Gauge,
 }
 
 /// The shared store's health and traffic (`[storage.shared]`), as this replica sees it.
@@ -263,7 +269,7 @@ impl Metrics {
         let cache_family = Family::<CacheLabels, Counter>::default();
         r.register(
             "ferry_cache_results",
-            "Manifest and blob requests by what the cache did: hit, miss (fetched), joined (a fetch in flight), stale or offline (served from cache, upstream unavailable)",
+            "Manifest and blob requests by what the cache did: hit, shared (from the shared store), peer (from the replica owning it), miss (fetched), joined (a fetch in flight), stale or offline (served from cache, upstream unavailable)",
             cache_family.clone(),
         );
         let cache_results = ["manifest", "blob"].map(|kind| {
@@ -409,6 +415,25 @@ impl Metrics {
             "Failed reads from and copies to the shared store",
             shared.errors.clone(),
         );
+        let peer_bytes = Counter::default();
+        r.register_with_unit(
+            "ferry_peer_received",
+            "Blob bytes streamed from the replica owning them",
+            Unit::Bytes,
+            peer_bytes.clone(),
+        );
+        let peer_errors = Counter::default();
+        r.register(
+            "ferry_peer_errors",
+            "Blobs the owning replica could not give (fetched from the upstream instead)",
+            peer_errors.clone(),
+        );
+        let peers_live = Gauge::default();
+        r.register(
+            "ferry_peers_live",
+            "Replicas this one sees answering on the peer port, itself included (0: no [cluster])",
+            peers_live.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -435,7 +460,25 @@ impl Metrics {
             scrub_dropped,
             pulls: Pulls::default(),
             shared,
+            peer_bytes,
+            peer_errors,
+            peers_live,
         }
+    }
+
+    /// Bytes received from owning replicas, to add to as they arrive.
+    pub fn peer_bytes(&self) -> &Counter {
+        &self.peer_bytes
+    }
+
+    /// A blob the owning replica could not give.
+    pub fn peer_error(&self) {
+        self.peer_errors.inc();
+    }
+
+    /// The gauge of live replicas, which `crate::peers` keeps.
+    pub fn peers_live(&self) -> &Gauge {
+        &self.peers_live
     }
 
     /// The shared store's health and traffic counters.

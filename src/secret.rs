@@ -17,6 +17,18 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `given` is this secret, compared in constant time (a caller learns
+    /// nothing from how long a wrong guess took).
+    pub fn matches(&self, given: &[u8]) -> bool {
+        let ours = self.0.as_bytes();
+        ours.len() == given.len()
+            && ours
+                .iter()
+                .zip(given)
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+    }
 }
 
 impl fmt::Debug for Secret {

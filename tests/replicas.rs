@@ -5,9 +5,13 @@
 //! store that is down costs only its copies.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ferry_storage::backend::{AzureAuth, AzureStore, BlobStore, ObjectBackend};
 use ferry_testkit::azurite::{ACCOUNT, Azurite, KEY};
+use ferry_testkit::process::free_port;
 
 use crate::harness::faults::{FaultProxy, Mode};
 use crate::harness::ferry::{Ferry, FerryBuilder, Upstream};
@@ -20,16 +24,27 @@ const PREFIX: &str = "test/";
 
 /// A replica: its own root and port, the shared store in Azurite's `ferry` container.
 fn replica(azurite: &Azurite, upstream_url: &str, dir: &Path, name: &str) -> Ferry {
-    replica_builder(azurite, upstream_url, dir, name, "").start()
+    replica_with(azurite, upstream_url, dir, name, "")
 }
 
-/// [`replica`], not started yet, with `shared_extra` lines in `[storage.shared]`.
+/// A replica with more configuration (`[cluster]`).
+fn replica_with(
+    azurite: &Azurite,
+    upstream_url: &str,
+    dir: &Path,
+    name: &str,
+    extra: &str,
+) -> Ferry {
+    replica_builder(azurite, upstream_url, dir, name, extra).start()
+}
+
+/// A replica's configuration, to start.
 fn replica_builder(
     azurite: &Azurite,
     upstream_url: &str,
     dir: &Path,
     name: &str,
-    shared_extra: &str,
+    extra: &str,
 ) -> FerryBuilder {
     let key = dir.join("azurite.key");
     std::fs::write(&key, KEY).unwrap();
@@ -37,10 +52,80 @@ fn replica_builder(
         .upstream(Upstream::local(upstream_url))
         .storage_root(&dir.join(name))
         .extra_toml(&format!(
-            "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nauth = {{ kind = \"account_key\", key_file = \"{}\" }}\n{shared_extra}",
+            "[storage.shared]\nkind = \"azure\"\naccount = \"{ACCOUNT}\"\ncontainer = \"{CONTAINER}\"\nprefix = \"{PREFIX}\"\nendpoint = \"{}\"\nauth = {{ kind = \"account_key\", key_file = \"{}\" }}\n{extra}",
             azurite.endpoint(),
             key.display()
         ))
+}
+
+/// `n` replicas in one cluster (peer ports on 127.0.0.1, one secret), once each sees
+/// all `n` answering on the peer port.
+async fn cluster(azurite: &Azurite, upstream_url: &str, dir: &Path, n: usize) -> Vec<Ferry> {
+    let secret = dir.join("peer.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let replicas: Vec<Ferry> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let table = format!(
+                "[cluster]\npeers = [{}]\nlisten = \"127.0.0.1:{port}\"\nsecret_file = \"{}\"\n",
+                peers.join(", "),
+                secret.display()
+            );
+            replica_with(azurite, upstream_url, dir, &format!("r{i}"), &table)
+        })
+        .collect();
+    // Members are looked up every 5 s (`peers::REFRESH`).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for r in &replicas {
+        while metric(r, "ferry_peers_live").await != n.to_string() {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} does not see {n} replicas within 20 s:\n{}",
+                r.url(),
+                r.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    replicas
+}
+
+/// A GET of `url` as a client saw it: status, X-Cache, and the digest of the body,
+/// hashed as it streams (48 × 32 MiB is not kept in memory). `progress` counts bytes.
+async fn hashed_get(
+    url: String,
+    progress: Arc<AtomicU64>,
+) -> Result<(u16, String, String), String> {
+    use sha2::Digest as _;
+    let mut resp = crate::harness::http::client()
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let x_cache = resp
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mut h = sha2::Sha256::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("GET {url} ({x_cache}) body: {e}"))?
+    {
+        progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        h.update(&chunk);
+    }
+    Ok((
+        status,
+        x_cache,
+        format!("sha256:{}", hex::encode(h.finalize())),
+    ))
 }
 
 /// The shared store as the tests read it: the backend Ferry itself writes through.
@@ -222,21 +307,15 @@ async fn a_shared_store_that_is_down_costs_only_its_copies() {
 
 /// The value of `ferry_shared_store_up` on `ferry`'s /metrics.
 async fn shared_store_up(ferry: &Ferry) -> String {
-    let m = get(&format!("{}/metrics", ferry.url()), &[]).await;
-    let text = String::from_utf8_lossy(&m.body);
-    text.lines()
-        .find_map(|l| l.strip_prefix("ferry_shared_store_up "))
-        .unwrap_or_else(|| panic!("no ferry_shared_store_up in /metrics:\n{text}"))
-        .to_owned()
+    metric(ferry, "ferry_shared_store_up").await
 }
 
-/// The value of metric `name` on `ferry`'s /metrics.
+/// The value of the unlabelled metric `name` on `ferry`'s /metrics.
 async fn metric(ferry: &Ferry, name: &str) -> String {
     let m = get(&format!("{}/metrics", ferry.url()), &[]).await;
     let text = String::from_utf8_lossy(&m.body);
-    let prefix = format!("{name} ");
     text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
         .to_owned()
 }
@@ -445,4 +524,396 @@ async fn replicas_keep_the_shared_store_within_its_quota_one_at_a_time() {
         !ok && err.contains("does not run on the shared store"),
         "{err}"
     );
+}
+
+/// Three replicas in a cluster on Azurite, in front of an upstream that sends
+/// `rate` bytes per second and holds one image with a 32 MiB layer.
+struct SlowCluster {
+    // Dropped first: the replicas before what they use.
+    replicas: Vec<Ferry>,
+    img: PushedImage,
+    azurite: Azurite,
+    registry: Registry,
+    _link: FaultProxy,
+    _dir: tempfile::TempDir,
+}
+
+impl SlowCluster {
+    async fn start(rate: u64) -> SlowCluster {
+        let azurite = Azurite::start();
+        azurite.create_container(CONTAINER);
+        let registry = Registry::start(RegistryAuth::None);
+        let img = push_image(&registry, "team/big", "v1", &[32 << 20]);
+        let link = FaultProxy::start(registry.addr());
+        link.set_mode(Mode::Throttle(rate));
+        let dir = tempfile::tempdir().unwrap();
+        let replicas = cluster(&azurite, &link.url(), dir.path(), 3).await;
+        SlowCluster {
+            replicas,
+            img,
+            azurite,
+            registry,
+            _link: link,
+            _dir: dir,
+        }
+    }
+}
+
+/// 48 clients, 16 per replica, ask three replicas at once for one uncached 32 MiB blob
+/// coming slowly from the upstream: one upstream GET in all, 48 correct bodies.
+#[tokio::test(flavor = "multi_thread")]
+async fn forty_eight_clients_on_three_replicas_cause_one_upstream_fetch() {
+    // About 3 s for the blob: every request arrives while it downloads.
+    let slow = SlowCluster::start(12 << 20).await;
+    let (registry, img, replicas) = (&slow.registry, &slow.img, &slow.replicas);
+    let layer = img.largest_layer();
+
+    let started = Instant::now();
+    let gets: Vec<_> = (0..48)
+        .map(|i| {
+            let url = blob_url(&replicas[i % 3], &img.repo, &layer.digest);
+            tokio::spawn(hashed_get(url, Arc::new(AtomicU64::new(0))))
+        })
+        .collect();
+    let mut caches = std::collections::BTreeMap::<String, usize>::new();
+    for g in gets {
+        let (status, x_cache, digest) = tokio::time::timeout(Duration::from_secs(120), g)
+            .await
+            .expect("every GET within 120 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, 200, "{x_cache}");
+        assert_eq!(digest, layer.digest, "a client got wrong bytes ({x_cache})");
+        *caches.entry(x_cache).or_default() += 1;
+    }
+    eprintln!(
+        "48 GETs of 32 MiB over 3 replicas in {:?}: {caches:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        registry.blob_gets(&layer.digest),
+        1,
+        "upstream GETs of the blob ({caches:?})"
+    );
+    assert!(
+        caches.get("PEER").copied().unwrap_or(0) >= 1,
+        "no replica streamed from the owner: {caches:?}"
+    );
+}
+
+/// The replica downloading a blob for the cluster is killed (SIGKILL) half way: the
+/// clients of the other replicas still get the whole, correct blob (each replica
+/// resumes from the upstream with Range from what it has), and the shared store
+/// holds no partial object.
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_owner_mid_download_fails_no_client_of_another_replica() {
+    // About 4 s for the blob.
+    let mut slow = SlowCluster::start(8 << 20).await;
+    let layer = slow.img.largest_layer().clone();
+    let (registry, img) = (&slow.registry, &slow.img);
+    let replicas = &mut slow.replicas;
+
+    let progress: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let gets: Vec<(usize, tokio::task::JoinHandle<_>)> = (0..12)
+        .map(|i| {
+            let r = i % 3;
+            let url = blob_url(&replicas[r], &img.repo, &layer.digest);
+            (r, tokio::spawn(hashed_get(url, progress[r].clone())))
+        })
+        .collect();
+    // The owner's clients are the only ones not told PEER; which replica owns the
+    // digest is up to the rendezvous hash, so it is read from the answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress.iter().any(|p| p.load(Ordering::Relaxed) < 4 << 20) {
+        assert!(
+            Instant::now() < deadline,
+            "the download did not start within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peer_counts: Vec<f64> =
+        futures_util::future::join_all(replicas.iter().map(|r| cache_results(r, "peer"))).await;
+    let owner = peer_counts
+        .iter()
+        .position(|&n| n == 0.0)
+        .unwrap_or_else(|| panic!("every replica streamed from a peer: {peer_counts:?}"));
+    assert_eq!(
+        peer_counts.iter().filter(|&&n| n == 0.0).count(),
+        1,
+        "one owner: {peer_counts:?}"
+    );
+    let at_kill: Vec<u64> = progress
+        .iter()
+        .map(|p| p.load(Ordering::Relaxed) >> 20)
+        .collect();
+    replicas[owner].stop();
+    eprintln!(
+        "killed the owner (replica {owner}) of a 32 MiB blob with MiB received per replica's clients at {at_kill:?}"
+    );
+
+    for (r, g) in gets {
+        let outcome = tokio::time::timeout(Duration::from_secs(120), g)
+            .await
+            .expect("every GET ends within 120 s")
+            .unwrap();
+        if r == owner {
+            continue;
+        }
+        let (status, x_cache, digest) =
+            outcome.unwrap_or_else(|e| panic!("a client of replica {r}: {e}"));
+        assert_eq!(status, 200);
+        assert_eq!(
+            digest, layer.digest,
+            "a client of replica {r} got wrong bytes ({x_cache})"
+        );
+    }
+    let upstream_gets = registry.blob_gets(&layer.digest);
+    eprintln!(
+        "upstream GETs of the blob: {upstream_gets} (the owner's, then the survivors' resumptions)"
+    );
+    assert!(
+        (2..=3).contains(&upstream_gets),
+        "upstream GETs: {upstream_gets}"
+    );
+
+    let store = shared(&slow.azurite);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .stat(&layer.digest.parse().unwrap())
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a survivor did not copy the blob to the shared store"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_only_whole_objects(&store).await;
+}
+
+/// `ferry_cache_results_total{kind="blob",result=...}` on `ferry`.
+async fn cache_results(ferry: &Ferry, result: &str) -> f64 {
+    let m = get(&format!("{}/metrics", ferry.url()), &[]).await;
+    let needle = format!("ferry_cache_results_total{{kind=\"blob\",result=\"{result}\"}} ");
+    String::from_utf8_lossy(&m.body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A rolling restart of three replicas, one at a time, while skopeo pulls in a loop
+/// through the replicas that are up (as a Service routes to ready pods): no pull fails,
+/// including those of images nobody pulled before (forwarded to an owner that may be
+/// the one stopping, or started by it and cut by its shutdown).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_fails_no_pull() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    // Enough images that pulls of ones nobody pulled before go on through all three
+    // restarts: those are forwarded to owners, which may be the replica stopping.
+    let images: Vec<PushedImage> = (0..80)
+        .map(|i| push_image(&registry, &format!("team/app{i}"), "v1", &[300_000]))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas = cluster(&azurite, &registry.url(), dir.path(), 3).await;
+
+    // The addresses a Service would route to: the replicas that are up.
+    let up = Arc::new(std::sync::Mutex::new(
+        replicas
+            .iter()
+            .map(|r| r.addr().to_owned())
+            .collect::<Vec<_>>(),
+    ));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let puller = {
+        let (up, stop, images) = (up.clone(), stop.clone(), images.clone());
+        let dest_root = dir.path().join("pulled");
+        std::fs::create_dir_all(&dest_root).unwrap();
+        tokio::task::spawn_blocking(move || {
+            let (mut pulls, mut failures) = (0usize, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while !stop.load(Ordering::Relaxed) && pulls < 400 && Instant::now() < deadline {
+                let addr = {
+                    let up = up.lock().unwrap();
+                    up[pulls % up.len()].clone()
+                };
+                let img = &images[pulls % images.len()];
+                let dest = dest_root.join(pulls.to_string());
+                let mut cmd = ferry_testkit::skopeo::copy();
+                cmd.arg(format!("docker://{addr}/local/{}", img.reference()))
+                    .arg(format!("dir:{}", dest.display()));
+                let out = ferry_testkit::process::run_with_timeout(cmd, Duration::from_secs(60));
+                let whole = out.status.success()
+                    && img.blobs().iter().all(|b| {
+                        std::fs::read(dest.join(crate::harness::digest_hex(&b.digest)))
+                            .is_ok_and(|bytes| bytes == b.bytes)
+                    });
+                if !whole {
+                    failures.push(format!(
+                        "pull {pulls} of {} via {addr}: {}",
+                        img.reference(),
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                let _ = std::fs::remove_dir_all(&dest);
+                pulls += 1;
+            }
+            (pulls, failures)
+        })
+    };
+
+    for (i, replica) in replicas.iter_mut().enumerate() {
+        // Out of the Service first (a pod going away stops being ready), then SIGTERM:
+        // what it is serving drains; then started again, and back once it sees all.
+        let addr = replica.addr().to_owned();
+        up.lock().unwrap().retain(|a| *a != addr);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        replica.restart();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(replica, "ferry_peers_live").await != "3" {
+            assert!(
+                Instant::now() < deadline,
+                "restarted replica {i} does not see the others"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        up.lock().unwrap().push(replica.addr().to_owned());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (pulls, failures) = puller.await.unwrap();
+    eprintln!(
+        "rolling restart of 3 replicas: {pulls} skopeo pulls, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {pulls} pulls failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(pulls >= 12, "only {pulls} pulls ran during the restart");
+    let peer_served: f64 =
+        futures_util::future::join_all(replicas.iter().map(|r| cache_results(r, "peer")))
+            .await
+            .iter()
+            .sum();
+    eprintln!("blobs streamed from an owner since the last restarts: {peer_served}");
+}
+
+/// The peer port answers only replicas: without the cluster's secret, or with another,
+/// nothing is served (401 with OCI error JSON, logged), and it is not a registry.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_peer_port_refuses_whoever_lacks_the_secret() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/app", "v1", &[100_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = cluster(&azurite, &registry.url(), dir.path(), 2).await;
+    let peer_port = |r: &Ferry| -> String {
+        let log = r.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("peer port listening on http://"))
+            .expect("peer port logged");
+        let after = line.rsplit("http://").next().unwrap();
+        after.split_whitespace().next().unwrap().to_owned()
+    };
+    let port = peer_port(&replicas[0]);
+    let layer = &img.layers[0];
+    let url = format!(
+        "http://{port}/peer/v1/blobs/local/{}/team/app",
+        layer.digest
+    );
+    let client = crate::harness::http::client();
+    for auth in [
+        None,
+        Some("Bearer wrong-secret-wrong-secret-00"),
+        Some("Basic dTpw"),
+    ] {
+        let mut req = client.get(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{auth:?}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("UNAUTHORIZED"), "{auth:?}: {body}");
+    }
+    let r = client
+        .get(format!("http://{port}/peer/v1/id"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "the id is not given away either");
+    // With the secret, the client API is still not there: only replicas' paths.
+    let r = client
+        .get(format!(
+            "http://{port}/v2/local/team/app/blobs/{}",
+            layer.digest
+        ))
+        .header("authorization", "Bearer 0123456789abcdef0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // Nothing was fetched for any of it.
+    assert_eq!(registry.blob_gets(&layer.digest), 0);
+    assert!(
+        replicas[0]
+            .log()
+            .contains("request without the cluster's secret refused")
+    );
+}
+
+/// The local tier is a bounded cache of the shared store: a replica keeps at most
+/// `local_max_size` on its disk, and what it evicted it serves again from the shared
+/// store, with the upstream gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_tier_stays_within_local_max_size_and_refills_from_the_shared_store() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let images: Vec<PushedImage> = (0..4)
+        .map(|i| push_image(&registry, &format!("team/app{i}"), "v1", &[900_000]))
+        .collect();
+    let link = FaultProxy::start(registry.addr());
+    let dir = tempfile::tempdir().unwrap();
+    // `[storage]` is the builder's table: the bound comes from the environment.
+    let a = replica_builder(&azurite, &link.url(), dir.path(), "a", "")
+        .env("FERRY_STORAGE_LOCAL_MAX_SIZE", "2MiB")
+        .start();
+    for img in &images {
+        pull_image(&a.url(), img).await;
+    }
+    let store = shared(&azurite);
+    for img in &images {
+        wait_until_shared(&store, img).await;
+    }
+    let limit = 2 << 20;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let used: u64 = metric(&a, "ferry_store_bytes").await.parse().unwrap();
+        if used <= limit {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the local tier holds {used} bytes, over local_max_size {limit}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    link.set_mode(Mode::Refuse);
+    for img in &images {
+        let caches = pull_image(&a.url(), img).await;
+        assert!(
+            caches[1..].iter().all(|c| c == "HIT" || c == "SHARED"),
+            "{}: {caches:?}",
+            img.reference()
+        );
+    }
 }

@@ -9,7 +9,7 @@ use ferry_oci::Digest;
 use super::observe::counted_body;
 use super::{ApiError, build, content_headers};
 use crate::metrics::Kind;
-use crate::proxy::{ByteRange, Proxy, Target};
+use crate::proxy::{Blob, ByteRange, Proxy, Target};
 
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`, with single `Range` requests.
 pub async fn get(
@@ -19,12 +19,22 @@ pub async fn get(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, ApiError> {
-    let range = headers
-        .get(http::header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(ByteRange::parse);
+    let range = range(headers);
     let blob = proxy.blob(target, digest, range, !head).await?;
     proxy.metrics().cache_result(Kind::Blob, blob.cache);
+    Ok(respond(proxy, blob, head))
+}
+
+/// The `Range` a request asks for, if it asks for one Ferry serves.
+pub fn range(headers: &HeaderMap) -> Option<ByteRange> {
+    headers
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ByteRange::parse)
+}
+
+/// A blob's answer: status, headers and the body (none for a `HEAD`).
+pub fn respond(proxy: &Arc<Proxy>, blob: Blob, head: bool) -> Response {
     let (status, length) = match blob.range {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, end + 1 - start),
         None => (StatusCode::OK, blob.size),
@@ -48,5 +58,5 @@ pub async fn get(
         Some(stream) if !head => counted_body(proxy, blob.cache, stream),
         _ => Body::empty(),
     };
-    Ok(build(b, body))
+    build(b, body)
 }

@@ -30,6 +30,8 @@ pub enum ApiError {
     Pagination(String),
     #[error(transparent)]
     Access(#[from] access::Error),
+    #[error("the peer port answers only replicas of this cluster (bearer secret missing or wrong)")]
+    NotAPeer,
 }
 
 /// The failure as logged: attached to the response so the logging layer reports it
@@ -53,6 +55,7 @@ impl ApiError {
             ApiError::TagInvalid(_) => ("MANIFEST_UNKNOWN", StatusCode::NOT_FOUND),
             ApiError::Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
             ApiError::UnknownEndpoint => ("UNSUPPORTED", StatusCode::NOT_FOUND),
+            ApiError::NotAPeer => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
             ApiError::Pagination(_) => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST),
             ApiError::Access(e) => match e {
                 access::Error::AuthRequired { .. } | access::Error::BadCredentials { .. } => {
@@ -72,7 +75,11 @@ impl ApiError {
                 P::Pagination(_) => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST),
                 P::ManifestInvalid { .. } => ("MANIFEST_INVALID", StatusCode::BAD_GATEWAY),
                 P::UpstreamDigestMismatch { .. } => ("DIGEST_INVALID", StatusCode::BAD_GATEWAY),
-                P::UpstreamBroken { .. } => ("UNAVAILABLE", StatusCode::BAD_GATEWAY),
+                P::UpstreamBroken { .. } | P::Peer(_) => ("UNAVAILABLE", StatusCode::BAD_GATEWAY),
+                // The shared store unreachable: try again, like an upstream that is.
+                P::Storage(e) if matches!(**e, ferry_storage::Error::ObjectStore(_)) => {
+                    ("UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE)
+                }
                 P::Storage(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
                 P::Upstream(u) => match u {
                     U::Unreachable { .. } | U::Offline { .. } => {

@@ -12,6 +12,7 @@ mod manifests;
 mod observe;
 mod page;
 mod path;
+pub mod peer;
 mod referrers;
 mod tags;
 

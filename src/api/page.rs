@@ -121,7 +121,11 @@ fn render(
         .filter(|t| {
             matches!(
                 t.0,
-                CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Offline
+                CacheStatus::Hit
+                    | CacheStatus::Shared
+                    | CacheStatus::Peer
+                    | CacheStatus::Stale
+                    | CacheStatus::Offline
             )
         })
         .map(|t| t.1)
@@ -219,6 +223,44 @@ fn render(
         out.push_str("</tr>");
     }
     out.push_str("</table></section>");
+
+    // Several replicas: the shared store's health and the replicas this one sees.
+    if let Some(up) = proxy.shared_store_answers() {
+        out.push_str("<section><h2>Replicas</h2><p>Shared store: ");
+        out.push_str(if up {
+            "<span class=\"ok\">answering</span>"
+        } else {
+            "<span class=\"bad\">failing</span> <span class=\"muted\">(resting; serving from this replica's store and the upstreams)</span>"
+        });
+        out.push_str("</p>");
+        match proxy.peers() {
+            None => out.push_str(
+                "<p class=\"muted\">no [cluster]: misses are not sent to other replicas</p>",
+            ),
+            Some(peers) => {
+                let others = peers.others();
+                write!(
+                    out,
+                    "<table><tr><th>Replica</th><th>Peer address</th></tr><tr><td><code>{}</code> (this one)</td><td></td></tr>",
+                    Esc(peers.id())
+                )?;
+                for m in others.iter() {
+                    write!(
+                        out,
+                        "<tr><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                        Esc(&m.id),
+                        m.addr
+                    )?;
+                }
+                write!(
+                    out,
+                    "</table><p class=\"muted\">{} replicas answering on the peer port; each digest is fetched by one of them</p>",
+                    others.len() + 1
+                )?;
+            }
+        }
+        out.push_str("</section>");
+    }
 
     // Most pulled.
     out.push_str("<section><h2>Most pulled images</h2>");

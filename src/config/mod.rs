@@ -101,6 +101,21 @@ pub struct Config {
     pub cluster: Option<Cluster>,
 }
 
+impl Config {
+    /// The quota of the store under `storage_root`: `[storage] max_size` and
+    /// `min_free`, except that with a shared store `local_max_size` bounds this
+    /// replica's local tier (`max_size` is then the shared store's).
+    pub fn local_quota(&self) -> Quota {
+        match self.shared {
+            Some(_) => Quota {
+                max_size: self.local_max_size,
+                ..self.quota
+            },
+            None => self.quota,
+        }
+    }
+}
+
 /// `[storage.shared]`: an Azure Blob Storage container or an S3 bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SharedStore {

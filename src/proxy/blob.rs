@@ -2,6 +2,7 @@
 //! from the upstream and streamed to every requester while it is stored.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use ferry_oci::Digest;
 
 use ferry_storage::Error as StorageError;
 
-use super::inflight::{Joined, Leader, State};
+use super::inflight::{Joined, Leader, State, Via};
 use super::{CacheStatus, Error, Proxy, Result, Target};
 
 /// How many times one blob download is resumed after its connection broke.
@@ -94,10 +95,35 @@ impl Proxy {
         range: Option<ByteRange>,
         want_body: bool,
     ) -> Result<Blob> {
+        self.blob_for(Asker::Client, t, digest, range, want_body)
+            .await
+    }
+
+    /// [`Proxy::blob`] for another replica, which asks because it sees this one as the
+    /// digest's owner: never forwarded to a replica again (see `crate::peers`).
+    pub async fn blob_for_peer(
+        self: &Arc<Self>,
+        t: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<Blob> {
+        self.blob_for(Asker::Peer, t, digest, range, true).await
+    }
+
+    async fn blob_for(
+        self: &Arc<Self>,
+        asker: Asker,
+        t: &Target,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        want_body: bool,
+    ) -> Result<Blob> {
         // Leased from before the lookup until the body is done or dropped, so that
         // eviction (`crate::server::housekeeping`) never deletes a blob a response is using.
         let lease = self.store.blobs.lease(digest);
-        let mut blob = self.blob_unleased(t, digest, range, want_body).await?;
+        let mut blob = self
+            .blob_unleased(asker, t, digest, range, want_body)
+            .await?;
         if let Some(body) = blob.body.take() {
             blob.body = Some(
                 body.map(move |chunk| {
@@ -112,6 +138,7 @@ impl Proxy {
 
     async fn blob_unleased(
         self: &Arc<Self>,
+        asker: Asker,
         t: &Target,
         digest: &Digest,
         range: Option<ByteRange>,
@@ -125,14 +152,27 @@ impl Proxy {
         if !want_body {
             return self.head_uncached_blob(t, digest, range).await;
         }
-        let (fetch, cache) = match self.inflight.join_or_start(&t.repo, digest, || {
-            matches!(self.store.stored_size(digest), Ok(Some(_)))
-        }) {
+        // Another replica's request is never forwarded: it came to the owner.
+        let owner = match asker {
+            Asker::Client => self.peers.as_ref().and_then(|p| p.owner(digest)),
+            Asker::Peer => None,
+        };
+        let via = if owner.is_some() {
+            Via::Owner
+        } else {
+            Via::Direct
+        };
+        let joined =
+            self.inflight
+                .join_or_start(&t.repo, digest, via, asker == Asker::Client, || {
+                    matches!(self.store.stored_size(digest), Ok(Some(_)))
+                });
+        let (fetch, cache) = match joined {
             Joined::Follower(f) => (f, CacheStatus::Joined),
             Joined::Leader(f, leader) => {
                 let (proxy, t, d) = (self.clone(), t.clone(), digest.clone());
                 // Spawned, not awaited: the fetch outlives a client that goes away.
-                tokio::spawn(async move { proxy.run_fetch(t, d, leader).await });
+                tokio::spawn(async move { proxy.run_fetch(t, d, owner, leader).await });
                 (f, CacheStatus::Miss)
             }
             Joined::Stored => {
@@ -144,8 +184,8 @@ impl Proxy {
         // A fetch that is only being written to the store serves from local bytes.
         let cache = if cache == CacheStatus::Joined && fetch.is_verified() {
             CacheStatus::Hit
-        } else if cache == CacheStatus::Miss && fetch.is_from_shared() {
-            CacheStatus::Shared
+        } else if cache == CacheStatus::Miss {
+            fetch.origin().unwrap_or(cache)
         } else {
             cache
         };
@@ -239,8 +279,14 @@ impl Proxy {
 
     /// The fetch task: downloads `digest`, publishing progress to readers, and stores it
     /// if and only if it verifies.
-    async fn run_fetch(self: Arc<Self>, t: Target, digest: Digest, leader: Leader) {
-        match self.fetch_into_store(&t, &digest, &leader).await {
+    async fn run_fetch(
+        self: Arc<Self>,
+        t: Target,
+        digest: Digest,
+        owner: Option<SocketAddr>,
+        leader: Leader,
+    ) {
+        match self.fetch_into_store(&t, &digest, owner, &leader).await {
             Ok((size, file, source)) => {
                 leader.finish(State::Done { size, file });
                 if source == Source::Upstream {
@@ -262,6 +308,7 @@ impl Proxy {
         &self,
         t: &Target,
         digest: &Digest,
+        owner: Option<SocketAddr>,
         leader: &Leader,
     ) -> Result<(u64, Arc<std::fs::File>, Source)> {
         let up = &t.upstream;
@@ -274,19 +321,20 @@ impl Proxy {
         // broke off) is continued from its bytes rather than started over.
         let d = digest.clone();
         let mut ing = self.blocking(move |s| s.blobs.ingest_resumable(&d)).await?;
-        let mut source = match self.shared_blob(t, digest).await {
-            Some(size) => Source::Shared { size },
-            None => Source::Upstream,
+        let mut source = match (self.shared_blob(t, digest).await, owner) {
+            (Some(size), _) => Source::Shared { size },
+            (None, Some(addr)) => Source::Peer(addr),
+            (None, None) => Source::Upstream,
         };
         let mut body = match self.first_body(source, &mut ing, t, digest).await {
             Err(e) if source != Source::Upstream => {
-                self.shared_failed("reading a blob", &e);
+                self.source_failed(source, t, digest, &e);
                 source = Source::Upstream;
                 self.first_body(source, &mut ing, t, digest).await?
             }
             r => r?,
         };
-        leader.reading_shared(source != Source::Upstream);
+        leader.reading_from(source.cache_status());
         let size = body.size;
         ing.expect_size(size)?;
         let mut ingest = Some(ing);
@@ -336,8 +384,8 @@ impl Proxy {
             }
             resumes += 1;
             if source != Source::Upstream {
-                self.shared_failed("reading a blob", &reason);
-                tracing::info!(repo = %t.repo.name, %digest, written, size, "resuming from the upstream a blob the shared store broke off");
+                self.source_failed(source, t, digest, &reason);
+                tracing::info!(repo = %t.repo.name, %digest, written, size, "resuming from the upstream");
                 source = Source::Upstream;
             } else {
                 tracing::warn!(upstream = up.name(), repo = %t.repo.name, %digest, written, size, error = %reason, "upstream connection broke mid-blob; resuming with a Range request");
@@ -362,8 +410,9 @@ impl Proxy {
             .map_err(|e| match e {
                 Error::Storage(se) => match &*se {
                     StorageError::DigestMismatch { .. } if source != Source::Upstream => {
-                        // Verified when it was copied there: damaged since.
-                        tracing::error!(repo = %t.repo.name, %digest, "the shared store holds a blob that does not match its digest; nothing stored");
+                        // Verified when it was stored there: damaged since (or a peer
+                        // that is not what it claims).
+                        tracing::error!(repo = %t.repo.name, %digest, ?source, "bytes from the shared store or a peer do not match their digest; nothing stored");
                         Error::Storage(se)
                     }
                     StorageError::DigestMismatch { .. } => {
@@ -446,6 +495,40 @@ impl Proxy {
                     size,
                 }))
             }
+            Source::Peer(addr) => {
+                let Some(peers) = &self.peers else {
+                    return Ok(None);
+                };
+                let resp = peers
+                    .blob(addr, t.upstream.name(), t.repo.name.as_str(), digest, from)
+                    .await
+                    .map_err(|e| Error::Peer(e.to_string()))?;
+                let (skip, size) = match resp.status() {
+                    StatusCode::PARTIAL_CONTENT => match content_range(resp.headers()) {
+                        Some((start, total)) if start == from => (0, total),
+                        _ => return Ok(None),
+                    },
+                    _ => match content_length(resp.headers()) {
+                        Some(total) => (from, total),
+                        None => return Ok(None),
+                    },
+                };
+                let counted = self.metrics.peer_bytes().clone();
+                Ok(Some(Body {
+                    bytes: resp
+                        .bytes_stream()
+                        .map(move |chunk| match chunk {
+                            Ok(c) => {
+                                counted.inc_by(c.len() as u64);
+                                Ok(c)
+                            }
+                            Err(e) => Err(format!("peer {addr}: {e}")),
+                        })
+                        .boxed(),
+                    skip,
+                    size,
+                }))
+            }
             Source::Shared { size } => {
                 let Some(tier) = self.shared_tier() else {
                     return Ok(None);
@@ -481,7 +564,48 @@ enum Source {
     Shared {
         size: u64,
     },
+    /// The replica that owns the digest.
+    Peer(SocketAddr),
     Upstream,
+}
+
+impl Source {
+    /// What the client of the request that started the fetch is told.
+    fn cache_status(self) -> CacheStatus {
+        match self {
+            Source::Shared { .. } => CacheStatus::Shared,
+            Source::Peer(_) => CacheStatus::Peer,
+            Source::Upstream => CacheStatus::Miss,
+        }
+    }
+}
+
+/// Who asks for a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asker {
+    Client,
+    /// Another replica, which sees this one as the owner.
+    Peer,
+}
+
+impl Proxy {
+    /// `source` (not the upstream) failed: noted; the fetch goes on from the upstream.
+    fn source_failed(
+        &self,
+        source: Source,
+        t: &Target,
+        digest: &Digest,
+        e: &dyn std::fmt::Display,
+    ) {
+        match source {
+            Source::Shared { .. } => self.shared_failed("reading a blob", e),
+            Source::Peer(addr) => {
+                self.metrics.peer_error();
+                tracing::warn!(peer = %addr, repo = %t.repo.name, %digest, error = %e, "the owning replica could not give the blob; fetching from the upstream");
+            }
+            Source::Upstream => {}
+        }
+    }
 }
 
 /// A body being read: its bytes (a failure already put in words), how many of its
@@ -627,27 +751,12 @@ async fn ranged(
         r => r?,
     };
     match resp.status() {
-        StatusCode::PARTIAL_CONTENT => {
-            // `Content-Range: bytes <from>-<end>/<total>`
-            let range = resp
-                .headers()
-                .get(http::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let parsed = range.strip_prefix("bytes ").and_then(|r| {
-                let (span, total) = r.split_once('/')?;
-                Some((
-                    span.split('-').next()?.parse::<u64>().ok()?,
-                    total.parse::<u64>().ok()?,
-                ))
-            });
-            match parsed {
-                Some((start, total)) if start == from => Ok(Some((resp, 0, total))),
-                _ => Ok(None),
-            }
-        }
+        StatusCode::PARTIAL_CONTENT => match content_range(resp.headers()) {
+            Some((start, total)) if start == from => Ok(Some((resp, 0, total))),
+            _ => Ok(None),
+        },
         StatusCode::OK => {
-            let total = content_length(&resp)
+            let total = content_length(resp.headers())
                 .ok_or_else(|| t.upstream.protocol("blob GET without Content-Length"))?;
             Ok(Some((resp, from, total)))
         }
@@ -673,18 +782,25 @@ async fn upstream_blob(
             digest: digest.clone(),
         });
     }
-    let size = content_length(&resp).ok_or_else(|| {
+    let size = content_length(resp.headers()).ok_or_else(|| {
         t.upstream
             .protocol(&format!("blob {method} without Content-Length"))
     })?;
     Ok((resp, size))
 }
 
-fn content_length(resp: &crate::upstream::Response) -> Option<u64> {
-    resp.headers()
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// The first byte and the total of `Content-Range: bytes <from>-<end>/<total>`.
+fn content_range(headers: &HeaderMap) -> Option<(u64, u64)> {
+    let range = headers.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
+    let (span, total) = range.strip_prefix("bytes ")?.split_once('/')?;
+    Some((span.split('-').next()?.parse().ok()?, total.parse().ok()?))
 }
 
 /// Resolves an optional range against `size`.

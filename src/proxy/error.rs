@@ -32,6 +32,10 @@ pub enum Error {
         digest: Digest,
         detail: String,
     },
+    /// Another replica could not give a blob (the asker then fetches it itself: this
+    /// reaches a client only if that fails too).
+    #[error("{0}")]
+    Peer(String),
     #[error("requested range is not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error("invalid pagination: {0}")]

@@ -27,7 +27,16 @@ use ferry_storage::Repo;
 
 use super::Error;
 
-type Key = (Repo, Digest);
+/// How a fetch gets its bytes, as far as joining it is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// From the shared store or the upstream.
+    Direct,
+    /// From the replica that owns the digest (see `crate::peers`).
+    Owner,
+}
+
+type Key = (Repo, Digest, Via);
 
 type Fetches = Arc<Mutex<HashMap<Key, Arc<Fetch>>>>;
 
@@ -78,8 +87,9 @@ pub enum State {
 
 pub struct Fetch {
     tx: watch::Sender<State>,
-    /// Whether the bytes come from the shared store rather than the upstream.
-    from_shared: std::sync::atomic::AtomicBool,
+    /// Where the bytes come from, as the leader's client reports it: shared store,
+    /// owner or upstream (set once, before the first byte).
+    origin: std::sync::OnceLock<crate::cache_status::CacheStatus>,
 }
 
 impl Inflight {
@@ -91,19 +101,29 @@ impl Inflight {
         }
     }
 
-    /// Joins the running fetch of `key`, or registers a new one (unless `is_stored`
-    /// says the blob arrived since the caller last looked).
+    /// Joins a running fetch of `digest` in `repo`, or registers a new one that gets its
+    /// bytes `via` (unless `is_stored` says the blob arrived since the caller last
+    /// looked). A fetch from the owner is joined only if `join_owner` (a request from a
+    /// peer must not wait on a fetch that may be waiting on that peer).
     pub fn join_or_start(
         &self,
         repo: &Repo,
         digest: &Digest,
+        via: Via,
+        join_owner: bool,
         is_stored: impl FnOnce() -> bool,
     ) -> Joined {
-        let key = (repo.clone(), digest.clone());
+        let key = |via| (repo.clone(), digest.clone(), via);
         let mut fetches = self.fetches.lock().expect("inflight lock");
-        if let Some(f) = fetches.get(&key) {
+        let joinable = [Some(Via::Direct), join_owner.then_some(Via::Owner)];
+        if let Some(f) = joinable
+            .into_iter()
+            .flatten()
+            .find_map(|v| fetches.get(&key(v)))
+        {
             return Joined::Follower(f.clone());
         }
+        let key = key(via);
         // Checked under the lock: a leader removes its entry only after storing, so
         // either the entry or the stored blob is visible here.
         if is_stored() {
@@ -112,7 +132,7 @@ impl Inflight {
         let (tx, _) = watch::channel(State::Starting);
         let fetch = Arc::new(Fetch {
             tx: tx.clone(),
-            from_shared: Default::default(),
+            origin: Default::default(),
         });
         fetches.insert(key.clone(), fetch.clone());
         self.running.inc();
@@ -129,14 +149,12 @@ impl Inflight {
         )
     }
 
-    /// The running fetch of `key`, if any.
+    /// A running fetch of `digest` in `repo`, if any.
     pub fn get(&self, repo: &Repo, digest: &Digest) -> Option<Arc<Fetch>> {
-        let key = (repo.clone(), digest.clone());
-        self.fetches
-            .lock()
-            .expect("inflight lock")
-            .get(&key)
-            .cloned()
+        let fetches = self.fetches.lock().expect("inflight lock");
+        [Via::Direct, Via::Owner]
+            .into_iter()
+            .find_map(|v| fetches.get(&(repo.clone(), digest.clone(), v)).cloned())
     }
 }
 
@@ -145,11 +163,9 @@ impl Leader {
         self.tx.send_replace(state);
     }
 
-    /// Notes that the bytes come from the shared store (before publishing any).
-    pub fn reading_shared(&self, yes: bool) {
-        self.fetch
-            .from_shared
-            .store(yes, std::sync::atomic::Ordering::Relaxed);
+    /// Notes where the bytes come from (before publishing any).
+    pub fn reading_from(&self, origin: crate::cache_status::CacheStatus) {
+        let _ = self.fetch.origin.set(origin);
     }
 
     /// Whether readers have started receiving bytes (so a failure now can only cut
@@ -207,9 +223,9 @@ impl Fetch {
         }
     }
 
-    /// Whether the bytes come from the shared store (known once [`Fetch::started`]).
-    pub fn is_from_shared(&self) -> bool {
-        self.from_shared.load(std::sync::atomic::Ordering::Relaxed)
+    /// Where the bytes come from (known once [`Fetch::started`]).
+    pub fn origin(&self) -> Option<crate::cache_status::CacheStatus> {
+        self.origin.get().copied()
     }
 
     /// Whether every byte has arrived and matched the digest: what is left is only

@@ -98,6 +98,8 @@ pub struct Proxy {
     blob_store: Arc<dyn BlobStore>,
     /// `[storage.shared]`: the store replicas share, behind the local one (see [`shared`]).
     shared: Option<Arc<shared::SharedTier>>,
+    /// `[cluster]`: the other replicas, and which one owns a digest.
+    peers: Option<Arc<crate::peers::Peers>>,
     settings: arc_swap::ArcSwap<Settings>,
     /// `[[pin]]` images: reported by `status`, never evicted.
     pins: Vec<crate::config::Pin>,
@@ -111,7 +113,7 @@ impl Proxy {
     pub fn new(config: &Config, store: Store) -> Result<Proxy, upstream::Error> {
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new(store.clone()));
-        metrics.set_store_max(config.quota.max_size);
+        metrics.set_store_max(config.local_quota().max_size);
         let upstreams = config
             .upstreams
             .iter()
@@ -120,6 +122,7 @@ impl Proxy {
         Ok(Proxy {
             blob_store: Arc::new(FsBackend::new(store.clone())),
             shared: None,
+            peers: None,
             store,
             settings: arc_swap::ArcSwap::from_pointee(Settings {
                 upstreams,
@@ -138,6 +141,17 @@ impl Proxy {
         let metrics = self.metrics.shared_store().clone();
         self.shared = Some(Arc::new(shared::SharedTier::new(shared, metrics)));
         self
+    }
+
+    /// Sends misses to the replica that owns the digest (see `crate::peers`).
+    pub fn with_peers(mut self, peers: Arc<crate::peers::Peers>) -> Proxy {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// The cluster this replica is in, if any.
+    pub fn peers(&self) -> Option<&Arc<crate::peers::Peers>> {
+        self.peers.as_ref()
     }
 
     pub fn store(&self) -> &Store {

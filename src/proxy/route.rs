@@ -26,6 +26,25 @@ impl Proxy {
         self.settings.load().route(name, ns)
     }
 
+    /// The repository `repo` at the upstream named `upstream` (a request between
+    /// replicas, which names both as the asker routed them).
+    pub fn target_of(&self, upstream: &str, repo: RepoName) -> Result<Target> {
+        let settings = self.settings.load();
+        let up = settings
+            .upstreams
+            .iter()
+            .find(|u| u.name() == upstream)
+            .ok_or_else(|| Error::NoUpstream {
+                requested: upstream.to_string(),
+                registries: settings
+                    .upstreams
+                    .iter()
+                    .map(|u| u.name().to_string())
+                    .collect(),
+            })?;
+        Ok(target(up, repo))
+    }
+
     /// Routes an image as a user names it (`ferry prefetch`, `[[pin]]`) the way a pull
     /// of it is routed: the registry it starts with is the `ns` a mirror sends.
     pub fn route_image(&self, image: &ImageName) -> Result<Target> {

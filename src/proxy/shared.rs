@@ -111,6 +111,12 @@ impl SharedTier {
 }
 
 impl Proxy {
+    /// Whether the shared store answers (`None`: none is configured).
+    pub fn shared_store_answers(&self) -> Option<bool> {
+        self.shared_tier()
+            .map(|t| t.resting_until.load(Ordering::Relaxed) == 0)
+    }
+
     /// Notes a failure of the shared store (it rests; see [`SharedTier::failed`]).
     pub(super) fn shared_failed(&self, what: &str, e: &dyn std::fmt::Display) {
         if let Some(tier) = self.shared_tier() {

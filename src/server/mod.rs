@@ -33,6 +33,8 @@ pub enum ServeError {
     },
     #[error("cannot set up upstream clients: {0}")]
     Upstream(#[from] upstream::Error),
+    #[error("[cluster]: {0}")]
+    Cluster(String),
     #[error("cannot open the shared store: {0}")]
     SharedStore(#[from] crate::shared_store::OpenError),
     #[error("cannot listen on {addr}: {source}")]
@@ -89,7 +91,33 @@ pub(crate) async fn serve_and_report(
         proxy = proxy.with_shared(opened.clone());
         shared_store = Some((opened, shared.eviction_grace));
     }
+    // `ferry prefetch`'s in-process server is no replica: it forwards to none.
+    let cluster = match audience {
+        Audience::Clients => config.cluster.as_ref(),
+        Audience::Operator => None,
+    };
+    let peers = match cluster {
+        Some(c) => Some(Arc::new(
+            crate::peers::Peers::new(c, proxy.metrics().peers_live().clone())
+                .map_err(ServeError::Cluster)?,
+        )),
+        None => None,
+    };
+    if let Some(p) = &peers {
+        proxy = proxy.with_peers(p.clone());
+    }
     let proxy = Arc::new(proxy);
+    let peer_listener = match cluster {
+        Some(c) => Some(
+            tokio::net::TcpListener::bind(c.listen)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: c.listen,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -114,27 +142,21 @@ pub(crate) async fn serve_and_report(
     let access = Arc::new(access::Gate::new(&config));
     on_listening(addr, access.internal_token());
     let pins = refresh_pins(pins, addr, access.internal_token());
-    // With a shared store, the local store is this replica's tier, bounded by
-    // `local_max_size`; `max_size` is the shared store's.
-    let local_quota = match config.shared {
-        Some(_) => config::Quota {
-            max_size: config.local_max_size,
-            ..config.quota
-        },
-        None => config.quota,
-    };
-    // `max_size` bounds the shared store, kept by one replica at a time.
-    let shared_maintenance = shared_store.map(|(store, grace)| {
-        Arc::new(shared_maintenance::SharedMaintenance::new(
-            store,
-            config.quota.max_size,
-            grace,
-            proxy.metrics().shared_store().clone(),
-        ))
-    });
+    // `max_size` bounds the shared store, kept by one replica at a time (not by
+    // `ferry prefetch`'s short-lived server).
+    let shared_maintenance = shared_store
+        .filter(|_| matches!(audience, Audience::Clients))
+        .map(|(store, grace)| {
+            Arc::new(shared_maintenance::SharedMaintenance::new(
+                store,
+                config.quota.max_size,
+                grace,
+                proxy.metrics().shared_store().clone(),
+            ))
+        });
     let housekeeping = housekeeping::Housekeeping::start(
         proxy.clone(),
-        local_quota,
+        config.local_quota(),
         config.scrub_rate,
         shared_maintenance,
     );
@@ -156,6 +178,19 @@ pub(crate) async fn serve_and_report(
             .handle(axum_server::Handle::with_control(control.clone()))
             .serve(app.clone().into_make_service()),
     );
+    if let Some(l) = peer_listener {
+        tracing::info!(
+            replica = peers.as_ref().map_or("", |p| p.id()),
+            "peer port listening on http://{}",
+            l.local_addr()?
+        );
+        servers.spawn(
+            axum_server::from_tcp(l.into_std()?)?
+                .handle(axum_server::Handle::with_control(control.clone()))
+                .serve(api::peer::router(proxy.clone()).into_make_service()),
+        );
+    }
+    let membership = peers.as_ref().map(|p| p.start());
     if let Some(t) = tls {
         servers.spawn(t.serve(
             app,
@@ -183,6 +218,9 @@ pub(crate) async fn serve_and_report(
     };
     let started = Instant::now();
     reloader.abort();
+    if let Some(m) = membership {
+        m.abort();
+    }
     for p in pins {
         p.abort();
     }

@@ -221,6 +221,9 @@ impl Reloader {
             quota: running.quota,
             scrub_rate: running.scrub_rate,
             pins: running.pins.clone(),
+            shared: running.shared.clone(),
+            local_max_size: running.local_max_size,
+            cluster: running.cluster.clone(),
             ..new
         };
         self.running.store(Arc::new(applied));
@@ -254,6 +257,15 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     if running.pins != new.pins {
         out.push("pin");
+    }
+    if running.shared != new.shared {
+        out.push("storage.shared");
+    }
+    if running.local_max_size != new.local_max_size {
+        out.push("storage.local_max_size");
+    }
+    if running.cluster != new.cluster {
+        out.push("cluster");
     }
     out
 }

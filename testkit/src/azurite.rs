@@ -7,13 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::process::ChildGuard;
 use base64::Engine as _;
 use sha2::Digest as _;
 
-use crate::testserver::{on_free_port, request, spawn_answering};
+use crate::testserver::{Restartable, request, spawn_answering};
 
 /// Azurite's one account and its published development key (the same in every
 /// installation; not a secret).
@@ -23,10 +23,7 @@ pub const KEY: &str =
 
 /// A running `azurite-blob`.
 pub struct Azurite {
-    port: u16,
-    // Dropped first: the process goes before its data directory.
-    process: Option<ChildGuard>,
-    dir: tempfile::TempDir,
+    server: Restartable,
 }
 
 /// `azurite-blob` on `port` keeping its data in `dir`, once it answers.
@@ -63,12 +60,8 @@ fn binary() -> PathBuf {
 impl Azurite {
     /// Starts one and waits until it answers.
     pub fn start() -> Azurite {
-        let dir = crate::temp_dir("ferry-azurite");
-        let (port, process) = on_free_port("azurite", |port| spawn(port, dir.path()));
         Azurite {
-            port,
-            process: Some(process),
-            dir,
+            server: Restartable::start("azurite", spawn),
         }
     }
 
@@ -76,26 +69,22 @@ impl Azurite {
     /// its metadata in a database it saves every few seconds, so a killed Azurite
     /// forgets writes it acknowledged (Azure itself does not).
     pub fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.terminate(Duration::from_secs(10));
-        }
+        self.server.stop();
     }
 
     /// Starts it again on the same port and data (after [`Azurite::stop`]).
     pub fn restart(&mut self) {
-        self.stop();
-        let process = spawn(self.port, self.dir.path()).expect("azurite restarts");
-        self.process = Some(process);
+        self.server.restart();
     }
 
     /// The account's endpoint (path style: the account is the first segment).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.server.port())
     }
 
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     /// An account SAS for blobs (every container and object), signed with `key`
@@ -163,7 +152,7 @@ impl Azurite {
             ("Authorization", auth.as_str()),
         ];
         request(
-            self.port,
+            self.server.port(),
             method,
             &format!("/{ACCOUNT}{path}?{query}"),
             &headers,

@@ -9,11 +9,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use crate::process::ChildGuard;
 
-use crate::testserver::{on_free_port, request, spawn_answering};
+use crate::testserver::{Restartable, request, spawn_answering};
 
 /// The access key tests sign with; moto accepts any.
 pub const KEY_ID: &str = "FERRYTESTKEYID";
@@ -21,10 +20,7 @@ pub const SECRET: &str = "ferry-test-secret-access-key-0123456789";
 
 /// A running `moto_server`.
 pub struct Moto {
-    port: u16,
-    // Dropped first: the process goes before its log directory.
-    process: Option<ChildGuard>,
-    dir: tempfile::TempDir,
+    server: Restartable,
 }
 
 /// `moto_server` on `port`, once it answers.
@@ -53,43 +49,40 @@ fn binary() -> PathBuf {
 impl Moto {
     /// Starts one and waits until it answers.
     pub fn start() -> Moto {
-        let dir = crate::temp_dir("ferry-moto");
-        let (port, process) = on_free_port("moto", |port| spawn(port, dir.path()));
         Moto {
-            port,
-            process: Some(process),
-            dir,
+            server: Restartable::start("moto", spawn),
         }
     }
 
-    /// Stops it: the store becomes unreachable, and forgets everything.
+    /// Stops it (SIGTERM): the store becomes unreachable. moto forgets everything.
     pub fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.terminate(Duration::from_secs(10));
-        }
+        self.server.stop();
     }
 
     /// Starts it again on the same port, empty (after [`Moto::stop`]).
     pub fn restart(&mut self) {
-        self.stop();
-        let process = spawn(self.port, self.dir.path()).expect("moto restarts");
-        self.process = Some(process);
+        self.server.restart();
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.server.port())
     }
 
     /// Creates `bucket` (S3 creates none on a first write).
     pub fn create_bucket(&self, bucket: &str) {
-        let (status, body) = request(self.port, "PUT", &format!("/{bucket}"), &[]);
+        let (status, body) = request(self.server.port(), "PUT", &format!("/{bucket}"), &[]);
         assert_eq!(status, 200, "create bucket {bucket}: {body}");
     }
 
     /// The multipart uploads started in `bucket` and neither completed nor aborted
     /// (ListMultipartUploads), as S3's XML answer.
     pub fn open_uploads(&self, bucket: &str) -> String {
-        let (status, body) = request(self.port, "GET", &format!("/{bucket}?uploads"), &[]);
+        let (status, body) = request(
+            self.server.port(),
+            "GET",
+            &format!("/{bucket}?uploads"),
+            &[],
+        );
         assert_eq!(status, 200, "list uploads of {bucket}: {body}");
         body
     }

@@ -55,3 +55,48 @@ pub fn request(port: u16, method: &str, target: &str, headers: &[(&str, &str)]) 
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_owned())
 }
+
+/// A server process on a fixed port and data directory, which a test can stop (the
+/// store becomes unreachable) and start again.
+pub struct Restartable {
+    port: u16,
+    // Dropped first: the process goes before its directory.
+    process: Option<ChildGuard>,
+    dir: tempfile::TempDir,
+    what: &'static str,
+    spawn: fn(u16, &Path) -> Option<ChildGuard>,
+}
+
+impl Restartable {
+    /// `spawn` on a free port with a new directory, once it answers.
+    pub fn start(what: &'static str, spawn: fn(u16, &Path) -> Option<ChildGuard>) -> Restartable {
+        let dir = crate::temp_dir(&format!("ferry-{what}"));
+        let (port, process) = on_free_port(what, |port| spawn(port, dir.path()));
+        Restartable {
+            port,
+            process: Some(process),
+            dir,
+            what,
+            spawn,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops it with SIGTERM (waiting up to 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        let process = (self.spawn)(self.port, self.dir.path())
+            .unwrap_or_else(|| panic!("{} restarts", self.what));
+        self.process = Some(process);
+    }
+}
