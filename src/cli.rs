@@ -121,8 +121,16 @@ pub enum Command {
         #[arg(long, env = "FERRY_CONFIG")]
         config: Option<PathBuf>,
         /// Drop what is damaged (it is fetched again on the next pull).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "shared")]
         repair: bool,
+        /// Check the shared store ([storage.shared]) instead: read-only, safe while
+        /// replicas run.
+        #[arg(long)]
+        shared: bool,
+        /// With --shared: compare sizes with the records only, without reading every
+        /// byte.
+        #[arg(long, requires = "shared")]
+        sizes_only: bool,
     },
     /// Write the files that point nodes at Ferry, one entry per registry it serves
     /// (every upstream's `registry` and every cache-rule source): containerd
@@ -157,6 +165,9 @@ pub enum Command {
         /// Keep blobs stored or used more recently than this (e.g. 1h, 30m, 0s).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
+        /// Refused, saying why: the shared store is kept by the replicas' own eviction.
+        #[arg(long)]
+        shared: bool,
     },
 }
 

@@ -179,9 +179,28 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Fsck { config, repair } => {
+        Command::Fsck {
+            config,
+            repair,
+            shared: false,
+            ..
+        } => {
             let config = Config::load(config.as_deref(), &env)?;
             ferry::ops::maintenance::fsck(&config.storage_root, repair)?;
+            Ok(())
+        }
+        Command::Fsck {
+            config,
+            shared: true,
+            sizes_only,
+            ..
+        } => {
+            let config = Config::load(config.as_deref(), &env)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(ferry::ops::maintenance::fsck_shared(
+                config.shared.as_ref(),
+                !sizes_only,
+            ))?;
             Ok(())
         }
         Command::NodeConfig {
@@ -210,7 +229,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Gc { config, grace } => {
+        Command::Gc { shared: true, .. } => {
+            Err(ferry::ops::maintenance::MaintenanceError::SharedGc.into())
+        }
+        Command::Gc { config, grace, .. } => {
             let config = Config::load(config.as_deref(), &env)?;
             ferry::ops::maintenance::gc(&config.storage_root, grace)?;
             Ok(())

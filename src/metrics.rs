@@ -227,6 +227,14 @@ pub struct SharedStoreMetrics {
     pub read: Counter,
     /// `ferry_shared_store{direction="written"}`: bytes this replica copied to it.
     pub written: Counter,
+    /// `ferry_shared_evictions`: units (images, lone blobs) this replica evicted from
+    /// the shared store.
+    pub evictions: Counter,
+    /// `ferry_shared_evicted_bytes`: bytes they held.
+    pub evicted_bytes: Counter,
+    /// `ferry_shared_maintenance_lease`: 1 while this replica holds the shared store's
+    /// maintenance lease (it runs the shared quota and eviction).
+    pub lease_held: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -371,7 +379,26 @@ impl Metrics {
             errors: Counter::default(),
             read: direction("read"),
             written: direction("written"),
+            evictions: Counter::default(),
+            evicted_bytes: Counter::default(),
+            lease_held: Gauge::default(),
         };
+        r.register(
+            "ferry_shared_evictions",
+            "Images and lone blobs this replica evicted from the shared store",
+            shared.evictions.clone(),
+        );
+        r.register_with_unit(
+            "ferry_shared_evicted",
+            "Bytes this replica evicted from the shared store",
+            Unit::Bytes,
+            shared.evicted_bytes.clone(),
+        );
+        r.register(
+            "ferry_shared_maintenance_lease",
+            "1 while this replica holds the shared store's maintenance lease (it runs the shared quota and eviction)",
+            shared.lease_held.clone(),
+        );
         r.register_with_unit(
             "ferry_shared_store",
             "Blob and manifest bytes read from the shared store and copied to it by this replica",

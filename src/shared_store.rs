@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use azure_core::credentials::TokenCredential;
 use ferry_storage::backend::{
-    AzureAuth, AzureStore, Backend, CONNECT_TIMEOUT, ObjectBackend, READ_TIMEOUT, S3Auth, S3Store,
+    AzureAuth, AzureStore, CONNECT_TIMEOUT, ObjectBackend, READ_TIMEOUT, S3Auth, S3Store,
 };
 use object_store::aws::AwsCredential;
 use object_store::azure::{AzureAccessKey, AzureCredential as Bearer, split_sas};
@@ -33,7 +33,7 @@ pub enum OpenError {
 
 /// The configured shared store. Makes no request: an unreachable store is found, and
 /// reported, when it is first used.
-pub fn open(cfg: &SharedStore) -> Result<Arc<dyn Backend>, OpenError> {
+pub fn open(cfg: &SharedStore) -> Result<Arc<ObjectBackend>, OpenError> {
     // The same client as an upstream's, so `resolve` pins the store's name (TLS still
     // verified against it), `ca_file` is trusted and `proxy` carries the requests,
     // the credential's (Entra, AWS's chain) included.

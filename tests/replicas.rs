@@ -739,6 +739,212 @@ async fn metric(ferry: &Ferry, name: &str) -> String {
         .to_owned()
 }
 
+/// `ferry <args>` with `config`: (exit success, stdout, stderr).
+fn ferry_cli(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Ferry::cli_command()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Three replicas with a shared `max_size` smaller than what they pull: the shared
+/// store ends within it, evicted by one replica alone (the lease holder), whole images
+/// at a time, so every image still there pulls byte-identical through a fresh replica
+/// with the upstream gone; `ferry fsck --shared` reads it as clean while the replicas
+/// run, then finds an object deleted and one with wrong bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_keep_the_shared_store_within_its_quota_one_at_a_time() {
+    const MAX: u64 = 5 << 20;
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let link = FaultProxy::start(registry.addr());
+    let images: Vec<PushedImage> = (0..4)
+        .map(|i| {
+            push_image(
+                &registry,
+                &format!("team/app{i}"),
+                "v1",
+                &[1 << 20, 1 << 20],
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    // A short grace period: what the test pulled a second ago may go (in production,
+    // ten minutes: what a replica may still be streaming).
+    let start = |name: &str| {
+        replica_builder(
+            &azurite,
+            &link.url(),
+            dir.path(),
+            name,
+            "eviction_grace = \"1s\"\n",
+        )
+        .env("FERRY_STORAGE_MAX_SIZE", "5MiB")
+        .start()
+    };
+    let replicas = [start("a"), start("b"), start("c")];
+    let store = shared(&azurite);
+    for (i, img) in images.iter().enumerate() {
+        pull_image(&replicas[i % 3].url(), img).await;
+        wait_until_shared(&store, img).await;
+    }
+    let total: u64 = images
+        .iter()
+        .map(|img| {
+            img.blobs()
+                .iter()
+                .map(|b| b.bytes.len() as u64)
+                .sum::<u64>()
+                + img.manifest.len() as u64
+        })
+        .sum();
+    assert!(total > MAX, "the images ({total} bytes) fit the quota");
+
+    // Replicas check every 10 s (`server::shared_maintenance::TICK`); a pass logs
+    // when it is done.
+    let passes = || -> Vec<usize> {
+        replicas
+            .iter()
+            .map(|r| r.log().matches("shared store eviction: evicted").count())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let used = loop {
+        let used = store.usage().await.unwrap().bytes;
+        if used <= MAX && passes().iter().any(|&n| n > 0) {
+            break used;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shared store still holds {used} bytes (max_size {MAX}) after 40 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let evicting = passes();
+    assert_eq!(
+        evicting.iter().filter(|&&n| n > 0).count(),
+        1,
+        "eviction passes per replica: {evicting:?}"
+    );
+    let mut holders = Vec::new();
+    for r in &replicas {
+        holders.push(metric(r, "ferry_shared_maintenance_lease").await);
+    }
+    assert_eq!(
+        holders.iter().filter(|h| *h == "1").count(),
+        1,
+        "lease held per replica: {holders:?}"
+    );
+    let evictor = &replicas[evicting.iter().position(|&n| n > 0).unwrap()];
+    assert_ne!(metric(evictor, "ferry_shared_evictions_total").await, "0");
+    assert_ne!(
+        metric(evictor, "ferry_shared_evicted_bytes_total").await,
+        "0"
+    );
+
+    // Whole images went: each is either all there or has no manifest left.
+    let mut cached = Vec::new();
+    for img in &images {
+        let manifest: ferry_oci::Digest = img.manifest_digest.parse().unwrap();
+        let mut present = Vec::new();
+        for b in img.blobs() {
+            present.push(
+                store
+                    .stat(&b.digest.parse().unwrap())
+                    .await
+                    .unwrap()
+                    .is_some(),
+            );
+        }
+        if store.stat(&manifest).await.unwrap().is_some() {
+            assert!(
+                present.iter().all(|&p| p),
+                "{}: a blob of a cached manifest was deleted: {present:?}",
+                img.repo
+            );
+            cached.push(img);
+        }
+    }
+    assert!(
+        !cached.is_empty() && cached.len() < images.len(),
+        "{} of {} images still cached ({used} bytes)",
+        cached.len(),
+        images.len()
+    );
+
+    // The upstream gone, a replica with an empty disk serves every image still cached.
+    link.set_mode(Mode::Refuse);
+    let d = start("d");
+    for img in &cached {
+        let caches = pull_image(&d.url(), img).await;
+        assert!(
+            caches[1..].iter().all(|c| c == "SHARED"),
+            "{}: {caches:?}",
+            img.repo
+        );
+    }
+
+    // The check, while the replicas run.
+    let (ok, out, err) = ferry_cli(d.config_path(), &["fsck", "--shared"]);
+    assert!(ok, "fsck --shared on a clean store:\n{out}\n{err}");
+    assert!(out.contains("0 problem(s)"), "{out}");
+    // A layer deleted, another overwritten with wrong bytes of its size.
+    let (gone, bad) = (&cached[0].blobs()[0], &cached[0].blobs()[1]);
+    // Straight to Azurite (Put Blob, Delete Blob), as a stray tool or a bit flip would.
+    let url = |digest: &str| {
+        let path = store.blob_path(&digest.parse().unwrap());
+        let sas = Azurite::account_sas(KEY);
+        format!("{}/{CONTAINER}/{path}?{sas}", azurite.endpoint())
+    };
+    let http = reqwest::Client::new();
+    let deleted = http.delete(url(&gone.digest)).send().await.unwrap();
+    assert_eq!(deleted.status(), 202);
+    let wrong = vec![0u8; bad.bytes.len()];
+    let put = http
+        .put(url(&bad.digest))
+        .header("x-ms-blob-type", "BlockBlob")
+        .body(wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let (ok, out, err) = ferry_cli(d.config_path(), &["fsck", "--shared"]);
+    assert!(!ok, "fsck --shared passed a damaged store:\n{out}");
+    assert!(out.contains("2 problem(s)"), "{out}");
+    assert!(
+        out.contains("records without objects: 1") && out.contains(&gone.digest),
+        "{out}"
+    );
+    assert!(
+        out.contains("bytes do not match the digest: 1") && out.contains(&bad.digest),
+        "{out}"
+    );
+    assert!(
+        err.contains("problem(s) found in the shared store"),
+        "{err}"
+    );
+    // Sizes only: the missing object, not the wrong bytes.
+    let (_, out, _) = ferry_cli(d.config_path(), &["fsck", "--shared", "--sizes-only"]);
+    assert!(
+        out.contains("1 problem(s)") && !out.contains(&bad.digest),
+        "{out}"
+    );
+    // gc refuses the shared store, saying why.
+    let (ok, _, err) = ferry_cli(d.config_path(), &["gc", "--shared"]);
+    assert!(
+        !ok && err.contains("does not run on the shared store"),
+        "{err}"
+    );
+}
+
 /// Three replicas in a cluster on Azurite, in front of an upstream that sends
 /// `rate` bytes per second and holds one image with a 32 MiB layer.
 struct SlowCluster {

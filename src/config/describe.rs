@@ -150,8 +150,9 @@ impl SharedStore {
             .as_ref()
             .map_or("its public endpoint".to_string(), |u| u.to_string());
         format!(
-            "{what}, prefix \"{}\" at {endpoint}; auth: {auth}",
-            self.prefix
+            "{what}, prefix \"{}\" at {endpoint}; auth: {auth}; eviction grace {}",
+            self.prefix,
+            humantime::format_duration(self.eviction_grace)
         )
     }
 }

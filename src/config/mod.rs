@@ -130,6 +130,9 @@ pub struct SharedStore {
     pub resolve: Vec<(String, IpAddr)>,
     pub ca_pem: Option<Vec<u8>>,
     pub proxy: Option<Url>,
+    /// `eviction_grace`: content used (or written) this recently is never evicted from
+    /// the shared store (`ferry_storage::backend::EVICTION_GRACE` by default).
+    pub eviction_grace: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

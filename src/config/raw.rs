@@ -116,6 +116,7 @@ pub(super) struct RawShared {
     pub(super) resolve: BTreeMap<String, Spanned<String>>,
     pub(super) ca_file: Option<Spanned<String>>,
     pub(super) proxy: Option<Spanned<String>>,
+    pub(super) eviction_grace: Option<Spanned<String>>,
 }
 
 /// `[storage.shared] auth`, tagged by `kind` like an upstream's.

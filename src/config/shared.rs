@@ -186,6 +186,19 @@ fn validate_store(
         src,
         files,
     )?;
+    let eviction_grace = match r.eviction_grace {
+        None => ferry_storage::backend::EVICTION_GRACE,
+        Some(g) => humantime::parse_duration(g.get_ref()).map_err(|e| {
+            src.error(
+                Some(g.span()),
+                format!(
+                    "{}: `{}` is not a duration like 10m ({e})",
+                    here("eviction_grace"),
+                    g.get_ref()
+                ),
+            )
+        })?,
+    };
     Ok(SharedStore {
         location,
         prefix,
@@ -193,6 +206,7 @@ fn validate_store(
         resolve,
         ca_pem: None,
         proxy,
+        eviction_grace,
     })
 }
 
@@ -320,6 +334,31 @@ mod tests {
             &c.shared.unwrap().location,
             StoreLocation::S3 { region, credential: S3Credential::Environment, .. } if region == "us-east-1"
         ));
+    }
+
+    /// `eviction_grace`: ten minutes unless set; a duration, or refused by name.
+    #[test]
+    fn eviction_grace() {
+        let s3 = "[storage.shared]\nkind = \"s3\"\nbucket = \"ferry\"\n";
+        let c = parse(&format!("{s3}{UP}")).unwrap();
+        let grace = c.shared.as_ref().unwrap().eviction_grace;
+        assert_eq!(grace, ferry_storage::backend::EVICTION_GRACE);
+        assert!(
+            c.describe().contains("eviction grace 10m"),
+            "{}",
+            c.describe()
+        );
+        let c = parse(&format!("{s3}eviction_grace = \"90s\"\n{UP}")).unwrap();
+        assert_eq!(
+            c.shared.unwrap().eviction_grace,
+            std::time::Duration::from_secs(90)
+        );
+        let e = parse(&format!("{s3}eviction_grace = \"soon\"\n{UP}")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("storage.shared: eviction_grace: `soon`"),
+            "{e}"
+        );
     }
 
     /// Each mistake is refused with the key and the line of the table it is in.

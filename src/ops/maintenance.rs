@@ -28,6 +28,18 @@ pub enum MaintenanceError {
         "{0} problem(s) found in the store; `ferry fsck --repair` drops what is damaged (it is fetched again on the next pull)"
     )]
     Problems(usize),
+    #[error("--shared checks [storage.shared], which the configuration does not have")]
+    NoSharedStore,
+    #[error("{0}")]
+    SharedStore(#[from] crate::shared_store::OpenError),
+    #[error(
+        "{0} problem(s) found in the shared store; replicas verify what they read from it (a damaged object is fetched again from the upstream, never served), and records without objects are dropped by the shared eviction; delete a damaged object's blob by hand to have it fetched again"
+    )]
+    SharedProblems(usize),
+    #[error(
+        "ferry gc does not run on the shared store: the replicas keep it within [storage] max_size themselves, one at a time under the maintenance lease, sparing what was used within eviction_grace; a gc from outside could not tell a blob a replica has just uploaded, and not yet recorded or linked, from garbage. `ferry fsck --shared` checks it (read-only, while replicas run); `ferry gc` without --shared cleans this replica's local tier, with the server stopped"
+    )]
+    SharedGc,
 }
 
 fn open(root: &Path, as_found: bool) -> Result<Store, MaintenanceError> {
@@ -77,5 +89,23 @@ pub fn gc(root: &Path, grace: Duration) -> Result<GcReport, MaintenanceError> {
         humantime::format_duration(grace),
         report.kept_in_use,
     );
+    Ok(report)
+}
+
+/// Checks the shared store (read-only; replicas may run meanwhile), printing the
+/// report. An error when problems were found.
+pub async fn fsck_shared(
+    shared: Option<&crate::config::SharedStore>,
+    rehash: bool,
+) -> Result<ferry_storage::backend::SharedFsckReport, MaintenanceError> {
+    let shared = shared.ok_or(MaintenanceError::NoSharedStore)?;
+    let store = crate::shared_store::open(shared)?;
+    let report = store
+        .fsck_shared(rehash, ferry_storage::now_millis())
+        .await?;
+    print!("{report}");
+    if !report.is_clean() {
+        return Err(MaintenanceError::SharedProblems(report.problems()));
+    }
     Ok(report)
 }

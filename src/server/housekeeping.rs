@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 use crate::bytesize::Human;
 use crate::config::Quota;
 use crate::proxy::Proxy;
+use crate::server::shared_maintenance::SharedMaintenance;
 
 pub const FLUSH_EVERY: Duration = Duration::from_secs(60);
 pub const TICK: Duration = Duration::from_secs(10);
@@ -85,12 +86,21 @@ pub struct Housekeeping {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     scrub: Option<JoinHandle<()>>,
+    /// The shared store's lease and quota task.
+    shared: Option<JoinHandle<()>>,
 }
 
 impl Housekeeping {
     /// Starts the task on `proxy`'s store, and the scrub at `scrub_rate` bytes a
     /// second unless that is 0.
-    pub fn start(proxy: Arc<Proxy>, quota: Quota, scrub_rate: u64) -> Housekeeping {
+    /// With `shared`, this replica's access times go to the shared store too, and
+    /// its quota task runs beside (see [`super::shared_maintenance`]).
+    pub fn start(
+        proxy: Arc<Proxy>,
+        quota: Quota,
+        scrub_rate: u64,
+        shared: Option<Arc<SharedMaintenance>>,
+    ) -> Housekeeping {
         let wake = Arc::new(Notify::new());
         if quota.is_set() {
             let wake = wake.clone();
@@ -105,8 +115,16 @@ impl Housekeeping {
             tracing::info!(rate = %format!("{}/s", Human(scrub_rate)), "scrub: re-hashing stored blobs in the background");
             tokio::spawn(scrub(proxy.clone(), scrub_rate, stopped.clone()))
         });
-        let task = tokio::spawn(run(proxy, quota, wake, stopped));
-        Housekeeping { stop, task, scrub }
+        let shared_task = shared
+            .clone()
+            .and_then(|s| s.start(proxy.clone(), stopped.clone()));
+        let task = tokio::spawn(run(proxy, quota, wake, stopped, shared));
+        Housekeeping {
+            stop,
+            task,
+            scrub,
+            shared: shared_task,
+        }
     }
 
     /// Stops the task, flushing access times first, and the scrub.
@@ -119,6 +137,11 @@ impl Housekeeping {
             && let Err(e) = scrub.await
         {
             tracing::warn!(error = %e, "scrub ended abnormally");
+        }
+        if let Some(shared) = self.shared
+            && let Err(e) = shared.await
+        {
+            tracing::warn!(error = %e, "shared store maintenance ended abnormally");
         }
     }
 }
@@ -143,12 +166,14 @@ async fn run(
     quota: Quota,
     wake: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
+    shared: Option<Arc<SharedMaintenance>>,
 ) {
+    let shared = shared.as_deref();
     // A stop during the check (it reads every blob's size) need not wait for it.
     tokio::select! {
         _ = startup_check(&proxy) => {}
         _ = stopped.changed() => {
-            flush_access(&proxy).await;
+            flush_access(&proxy, shared).await;
             return;
         }
     }
@@ -167,7 +192,7 @@ async fn run(
             _ = stopped.changed() => break,
         }
         if last_flush.elapsed() >= FLUSH_EVERY {
-            flush_access(&proxy).await;
+            flush_access(&proxy, shared).await;
             last_flush = Instant::now();
         }
         if !quota.is_set() {
@@ -234,7 +259,7 @@ async fn run(
             }
         }
     }
-    flush_access(&proxy).await;
+    flush_access(&proxy, shared).await;
 }
 
 /// The scrub: passes over every stored blob at `rate` bytes a second, until `stopped`.
@@ -356,9 +381,14 @@ async fn startup_check(proxy: &Arc<Proxy>) {
     }
 }
 
-async fn flush_access(proxy: &Arc<Proxy>) {
-    match on_store(proxy, |s| s.flush_access()).await {
-        Some(Ok(n)) if n > 0 => tracing::debug!(blobs = n, "access times written to the index"),
+async fn flush_access(proxy: &Arc<Proxy>, shared: Option<&SharedMaintenance>) {
+    match on_store(proxy, |s| s.flush_access_entries()).await {
+        Some(Ok(used)) if !used.is_empty() => {
+            tracing::debug!(blobs = used.len(), "access times written to the index");
+            if let Some(shared) = shared {
+                shared.record_access(used).await;
+            }
+        }
         Some(Err(e)) => tracing::warn!(error = %e, "could not write access times"),
         _ => {}
     }

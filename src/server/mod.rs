@@ -6,6 +6,7 @@
 pub mod connections;
 pub mod housekeeping;
 pub mod reload;
+pub mod shared_maintenance;
 pub mod shutdown;
 pub mod signals;
 pub mod tls;
@@ -84,8 +85,11 @@ pub(crate) async fn serve_and_report(
             error,
         })?;
     let mut proxy = proxy::Proxy::new(&config, store)?;
+    let mut shared_store = None;
     if let Some(shared) = &config.shared {
-        proxy = proxy.with_shared(crate::shared_store::open(shared)?);
+        let opened = crate::shared_store::open(shared)?;
+        proxy = proxy.with_shared(opened.clone());
+        shared_store = Some((opened, shared.eviction_grace));
     }
     // `ferry prefetch`'s in-process server is no replica: it forwards to none.
     let cluster = match audience {
@@ -138,8 +142,24 @@ pub(crate) async fn serve_and_report(
     let access = Arc::new(access::Gate::new(&config));
     on_listening(addr, access.internal_token());
     let pins = refresh_pins(pins, addr, access.internal_token());
-    let housekeeping =
-        housekeeping::Housekeeping::start(proxy.clone(), config.local_quota(), config.scrub_rate);
+    // `max_size` bounds the shared store, kept by one replica at a time (not by
+    // `ferry prefetch`'s short-lived server).
+    let shared_maintenance = shared_store
+        .filter(|_| matches!(audience, Audience::Clients))
+        .map(|(store, grace)| {
+            Arc::new(shared_maintenance::SharedMaintenance::new(
+                store,
+                config.quota.max_size,
+                grace,
+                proxy.metrics().shared_store().clone(),
+            ))
+        });
+    let housekeeping = housekeeping::Housekeeping::start(
+        proxy.clone(),
+        config.local_quota(),
+        config.scrub_rate,
+        shared_maintenance,
+    );
     let app = api::router(proxy.clone(), access.clone());
     // One control over both listeners: one drain, one count of open connections;
     // and one tracker: one bound on them, the same timeouts.

@@ -66,8 +66,13 @@
 //!   the recorded time and the new one, so replicas flushing their in-memory stamps in
 //!   any order keep least-recently-used order right.
 //!
-//! Leases, in-memory access stamps and the byte count stay where they are
-//! ([`Blobs`](crate::Blobs)): they describe this process, not the store.
+//! - **One maintainer at a time.** Quota and eviction of a store several processes
+//!   share run in one of them at a time: the one holding the store's maintenance lease
+//!   ([`MetaStore::take_maintenance_lease`], a conditional write with an expiry; a
+//!   filesystem store, which one process opens, grants it always).
+//!
+//! Leases on blobs being served, in-memory access stamps and the byte count stay where
+//! they are ([`Blobs`](crate::Blobs)): they describe this process, not the store.
 
 #[cfg(test)]
 mod emulators;
@@ -78,6 +83,7 @@ mod suite;
 
 use std::collections::BTreeSet;
 use std::io;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -86,7 +92,8 @@ use crate::{BlobRecord, Digest, ManifestRecord, Repo, Result, Tag, TagRecord};
 
 pub use fs::FsBackend;
 pub use object::{
-    AzureAuth, AzureStore, CONNECT_TIMEOUT, ObjectBackend, READ_TIMEOUT, S3Auth, S3Store,
+    AzureAuth, AzureStore, CONNECT_TIMEOUT, EVICTION_GRACE, ObjectBackend, Pinned, READ_TIMEOUT,
+    S3Auth, S3Store, SharedEvictReport, SharedFsckReport, SharedUsage,
 };
 
 /// A whole backend: blobs and records in one store (what a shared store is).
@@ -240,6 +247,26 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
         artifact_type: Option<&str>,
         index: &[u8],
     ) -> Result<()>;
+
+    /// Takes the store's maintenance lease for `holder` (an id unique to one process)
+    /// until `now_ms + ttl` (milliseconds since the epoch; `now_ms` is the caller's
+    /// clock, so that tests need not wait), or renews it if `holder` has it. Granted
+    /// when no one holds it, when `holder` does, or when the holder's lease expired;
+    /// refused while another holder's lease runs, and when another process took it in
+    /// between (the write is conditional: of two takers, one wins). A holder whose
+    /// lease expired and was taken over learns it at its next renewal: refused. Quota
+    /// and eviction on a shared store run only under it, so on one replica at a time.
+    /// A store only one process opens grants it always.
+    async fn take_maintenance_lease(
+        &self,
+        holder: &str,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<bool>;
+
+    /// Gives the maintenance lease up, if `holder` still has it, so another process
+    /// may take it at once rather than after its expiry.
+    async fn release_maintenance_lease(&self, holder: &str) -> Result<()>;
 
     /// Waits until every write so far is durable (a backend whose every write is
     /// durable when it returns has nothing to wait for). Writers call it where a crash

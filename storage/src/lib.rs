@@ -195,12 +195,19 @@ impl Store {
     /// Writes the access times noted since the last flush into the index (see
     /// [`AccessTimes`]); how many were written.
     pub fn flush_access(&self) -> Result<usize> {
-        let mut n = 0;
+        Ok(self.flush_access_entries()?.len())
+    }
+
+    /// [`Store::flush_access`], returning what it wrote: (digest, size, seconds since
+    /// the epoch) of each stored blob used since the last flush (a replica passes them
+    /// on to the shared store's records).
+    pub fn flush_access_entries(&self) -> Result<Vec<(Digest, u64, u64)>> {
+        let mut n = Vec::new();
         for (d, at_ms) in self.blobs.access_times().take_dirty() {
             match self.blobs.size_of(&d)? {
                 Some(size) => {
                     self.index.record_access(&d, size, at_ms / 1000)?;
-                    n += 1;
+                    n.push((d, size, at_ms / 1000));
                 }
                 // Lookups of blobs not stored (misses) are stamped too: forgotten here,
                 // or the map would keep every digest ever asked for.

@@ -26,6 +26,7 @@
 //! | `meta/repos/<upstream>/<name>/_listed`        | the upstream's tag list       |
 //! | `meta/repos/<upstream>/<name>/_links/<alg>/<hex>` | empty: `<digest>` is linked |
 //! | `meta/repos/<upstream>/<name>/_referrers/<alg>/<hex>/<query>` | a referrers answer |
+//! | `meta/lease/maintenance`                      | who runs eviction, until when |
 //!
 //! Repository name components start with a letter or digit, so `_tags`, `_links`... never
 //! collide with one, and `r` never sees `r/sub`'s records by a shared prefix (listing is
@@ -390,6 +391,10 @@ impl ObjectBackend {
                 .into_iter()
                 .chain(Self::digest_parts(d)),
         )
+    }
+
+    fn lease_path(&self) -> Path {
+        self.path(["meta", "lease", "maintenance"].map(PathPart::from))
     }
 
     fn blobs_dir(&self) -> Path {
@@ -949,6 +954,66 @@ impl MetaStore for ObjectBackend {
     async fn flush(&self) -> Result<()> {
         Ok(())
     }
+
+    /// The lease is one object, `meta/lease/maintenance`, created with
+    /// `If-None-Match: *`, and renewed, taken over (expired) or released with
+    /// `If-Match` on the ETag it was read at: of two replicas racing for it, one write
+    /// wins and the other is told (a conflict: not granted).
+    async fn take_maintenance_lease(
+        &self,
+        holder: &str,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let path = self.lease_path();
+        let etag = match self.get_bytes(&path).await? {
+            None => None,
+            Some((bytes, etag)) => {
+                // An unreadable record holds nothing: taken over, as an expired one.
+                if let Ok(rec) = serde_json::from_slice::<LeaseRecord>(&bytes)
+                    && rec.holder != holder
+                    && rec.expires_ms > now_ms
+                {
+                    return Ok(false);
+                }
+                Some(etag.ok_or_else(|| no_etag(&path))?)
+            }
+        };
+        let rec = LeaseRecord {
+            holder: holder.to_owned(),
+            expires_ms: now_ms.saturating_add(ttl.as_millis() as u64),
+        };
+        let bytes = serde_json::to_vec(&rec).expect("records serialize");
+        Ok(self.put_if(&path, etag.as_deref(), bytes).await?.is_some())
+    }
+
+    /// Marks the lease expired (conditionally: a lease another process took in
+    /// between is left alone).
+    async fn release_maintenance_lease(&self, holder: &str) -> Result<()> {
+        let path = self.lease_path();
+        let Some((rec, etag)) = self.get_json::<LeaseRecord>(&path).await? else {
+            return Ok(());
+        };
+        if rec.holder != holder {
+            return Ok(());
+        }
+        let expired = LeaseRecord {
+            expires_ms: 0,
+            ..rec
+        };
+        let bytes = serde_json::to_vec(&expired).expect("records serialize");
+        let etag = etag.ok_or_else(|| no_etag(&path))?;
+        let _ = self.put_if(&path, Some(&etag), bytes).await?;
+        Ok(())
+    }
+}
+
+/// The maintenance lease's record: who holds it, until when.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LeaseRecord {
+    holder: String,
+    /// Milliseconds since the epoch, by the holder's clock.
+    expires_ms: u64,
 }
 
 #[cfg(test)]
@@ -969,6 +1034,7 @@ mod tests {
     }
 
     crate::backend::suite::backend_suite!(backend);
+    crate::backend::suite::lease_suite!(backend);
 
     fn pattern(len: usize) -> Bytes {
         (0..len)
@@ -1237,5 +1303,7 @@ mod tests {
 
 #[cfg(test)]
 mod figures;
+mod maintenance;
+pub use maintenance::{EVICTION_GRACE, Pinned, SharedEvictReport, SharedFsckReport, SharedUsage};
 #[cfg(test)]
 mod s3_tests;

@@ -52,6 +52,20 @@ macro_rules! backend_suite {
 }
 pub(crate) use backend_suite;
 
+/// The maintenance lease's cases, for the backends several processes share (the
+/// filesystem backend grants the lease always: one process has it open).
+macro_rules! lease_suite {
+    ($make:path) => {
+        $crate::backend::suite::backend_suite!(@cases $make;
+            lease_one_holder_at_a_time,
+            lease_expires_and_is_taken_over,
+            lease_renewed_by_its_holder_and_released,
+            lease_racing_takers_one_wins,
+        );
+    };
+}
+pub(crate) use lease_suite;
+
 /// Bytes that cross several of the filesystem backend's read chunks, in a pattern
 /// where a misplaced chunk shows.
 fn pattern(len: usize) -> Bytes {
@@ -399,4 +413,100 @@ pub async fn meta_referrers<M: MetaStore>(m: &M) {
         .unwrap();
     let got = m.referrers(&r, &subject, None).await.unwrap();
     assert_eq!(got.as_deref(), Some(&b"all, newer"[..]));
+}
+
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// A clock the lease cases run, so that expiry needs no waiting.
+const T0: u64 = 1_000_000_000_000;
+
+pub async fn lease_one_holder_at_a_time<M: MetaStore>(m: &M) {
+    assert!(m.take_maintenance_lease("a", T0, LEASE_TTL).await.unwrap());
+    assert!(
+        !m.take_maintenance_lease("b", T0 + 1000, LEASE_TTL)
+            .await
+            .unwrap(),
+        "a second holder while the first one's lease runs"
+    );
+    assert!(
+        !m.take_maintenance_lease("b", T0 + 59_999, LEASE_TTL)
+            .await
+            .unwrap()
+    );
+}
+
+pub async fn lease_expires_and_is_taken_over<M: MetaStore>(m: &M) {
+    assert!(m.take_maintenance_lease("a", T0, LEASE_TTL).await.unwrap());
+    let expired = T0 + LEASE_TTL.as_millis() as u64 + 1;
+    assert!(
+        m.take_maintenance_lease("b", expired, LEASE_TTL)
+            .await
+            .unwrap(),
+        "an expired lease is taken over"
+    );
+    // The old holder's renewal finds it lost.
+    assert!(
+        !m.take_maintenance_lease("a", expired + 1, LEASE_TTL)
+            .await
+            .unwrap()
+    );
+    // Its release leaves the new holder's lease alone.
+    m.release_maintenance_lease("a").await.unwrap();
+    assert!(
+        !m.take_maintenance_lease("c", expired + 2, LEASE_TTL)
+            .await
+            .unwrap()
+    );
+    assert!(
+        m.take_maintenance_lease("b", expired + 3, LEASE_TTL)
+            .await
+            .unwrap()
+    );
+}
+
+pub async fn lease_renewed_by_its_holder_and_released<M: MetaStore>(m: &M) {
+    assert!(m.take_maintenance_lease("a", T0, LEASE_TTL).await.unwrap());
+    // Renewed before it expires: it runs from the renewal.
+    let renewed = T0 + 50_000;
+    assert!(
+        m.take_maintenance_lease("a", renewed, LEASE_TTL)
+            .await
+            .unwrap()
+    );
+    let after_first_expiry = T0 + LEASE_TTL.as_millis() as u64 + 1;
+    assert!(
+        !m.take_maintenance_lease("b", after_first_expiry, LEASE_TTL)
+            .await
+            .unwrap(),
+        "the renewal did not extend the lease"
+    );
+    // Released: another holder takes it at once.
+    m.release_maintenance_lease("a").await.unwrap();
+    assert!(
+        m.take_maintenance_lease("b", renewed + 1, LEASE_TTL)
+            .await
+            .unwrap()
+    );
+}
+
+pub async fn lease_racing_takers_one_wins<M: MetaStore>(m: &M) {
+    // Many rounds of eight takers at once on a free (then expired) lease: one wins each.
+    for round in 0..5u64 {
+        let now = T0 + round * 2 * LEASE_TTL.as_millis() as u64;
+        let takers: Vec<_> = (0..8)
+            .map(|i| {
+                let holder = format!("r{round}-{i}");
+                async move {
+                    m.take_maintenance_lease(&holder, now, LEASE_TTL)
+                        .await
+                        .unwrap()
+                }
+            })
+            .collect();
+        let granted = futures_util::future::join_all(takers).await;
+        assert_eq!(
+            granted.iter().filter(|g| **g).count(),
+            1,
+            "round {round}: {granted:?}"
+        );
+    }
 }

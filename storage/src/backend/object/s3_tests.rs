@@ -26,6 +26,7 @@ fn backend() -> (Moto, ObjectBackend) {
 }
 
 crate::backend::suite::backend_suite!(backend);
+crate::backend::suite::lease_suite!(backend);
 
 fn pattern(len: usize) -> Bytes {
     (0..len)
