@@ -202,8 +202,10 @@ impl Peers {
             .flatten()
             .filter(|m| m.id != self.id)
             .collect();
-        others.sort_by_key(|m| m.addr);
+        // One replica reachable at two addresses (two names for it) counts once.
+        others.sort_by(|a, b| a.id.cmp(&b.id).then(a.addr.cmp(&b.addr)));
         others.dedup_by(|a, b| a.id == b.id);
+        others.sort_by_key(|m| m.addr);
         let before = self.others.load();
         if **before != others {
             tracing::info!(replicas = others.len() + 1, others = ?others.iter().map(|m| m.addr.to_string()).collect::<Vec<_>>(), "cluster members changed");
@@ -314,5 +316,77 @@ impl Peers {
             http::header::AUTHORIZATION,
             format!("Bearer {}", self.secret.current().expose()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(dir: &std::path::Path, port: u16) -> Peers {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+        let source = SecretSource::file(&secret);
+        source.read().unwrap();
+        let cluster = Cluster {
+            peers: vec![format!("127.0.0.1:{port}")],
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            secret: source,
+        };
+        Peers::new(&cluster, Gauge::default()).unwrap()
+    }
+
+    /// Three replicas that see each other agree on every digest's owner, each owns
+    /// about a third, and one leaving moves only the digests it owned.
+    #[test]
+    fn replicas_agree_on_owners_and_share_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let rs: Vec<Peers> = (0..3).map(|i| replica(dir.path(), 5001 + i)).collect();
+        let addr = |i: usize| -> SocketAddr { format!("127.0.0.1:{}", 5001 + i).parse().unwrap() };
+        let see = |rs: &[Peers], alive: &[usize]| {
+            for &i in alive {
+                let others = alive
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|&j| Member {
+                        addr: addr(j),
+                        id: rs[j].id().to_owned(),
+                    })
+                    .collect();
+                rs[i].others.store(Arc::new(others));
+            }
+        };
+        see(&rs, &[0, 1, 2]);
+        let digests: Vec<Digest> = (0..300)
+            .map(|n| Digest::sha256_of(format!("{n}").as_bytes()))
+            .collect();
+        let owner = |i: usize, d: &Digest| rs[i].owner(d).map_or(addr(i), |a| a);
+        let mut owned = [0usize; 3];
+        let before: Vec<SocketAddr> = digests.iter().map(|d| owner(0, d)).collect();
+        for (d, o) in digests.iter().zip(&before) {
+            assert!(
+                (0..3).all(|i| owner(i, d) == *o),
+                "replicas disagree on {d}"
+            );
+            owned[o.port() as usize - 5001] += 1;
+        }
+        assert!(
+            owned.iter().all(|&n| (60..=140).contains(&n)),
+            "shares: {owned:?}"
+        );
+        // Replica 2 goes: what 0 and 1 owned stays theirs.
+        see(&rs, &[0, 1]);
+        for (d, o) in digests.iter().zip(&before) {
+            let now = owner(0, d);
+            assert_eq!(now, owner(1, d));
+            if *o != addr(2) {
+                assert_eq!(now, *o, "{d} moved although its owner stayed");
+            }
+        }
+        // The secret is checked; a wrong or missing one is refused.
+        assert!(rs[0].admits(Some(b"Bearer 0123456789abcdef0123456789abcdef")));
+        assert!(!rs[0].admits(Some(b"Bearer 0123456789abcdef0123456789abcdee")));
+        assert!(!rs[0].admits(Some(b"0123456789abcdef0123456789abcdef")));
+        assert!(!rs[0].admits(None));
     }
 }
