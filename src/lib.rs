@@ -17,8 +17,10 @@
 //!   arguments of every command.
 //! - [`api`] asks [`access`] who may pull what and calls [`proxy`].
 //! - [`proxy`] routes (by the upstreams and [`cache_rules`] of the config) and
-//!   fetches through [`upstream`]; both count into [`metrics`], which labels answers
-//!   by [`cache_status`].
+//!   fetches through [`upstream`]; with several replicas it also reads and writes the
+//!   shared store [`shared_store`] opens and asks the replica [`peers`] names as a
+//!   digest's owner; all of them count into [`metrics`], which labels answers by
+//!   [`cache_status`].
 //! - Leaves: [`config`], read and validated once into a [`config::Config`] that
 //!   nothing changes afterwards (with the types it holds, e.g. [`config::pattern`]
 //!   and [`config::htpasswd`], which [`access`] is built from); [`cache_rules`]
