@@ -1367,3 +1367,61 @@ async fn a_tag_asked_of_three_replicas_at_once_is_fetched_once() {
     assert_eq!(upstream_gets, 1, "upstream manifest GETs ({caches:?})");
     assert!(caches.contains_key("PEER"), "{caches:?}");
 }
+
+/// A replica killed (SIGKILL) while it copies a blob it fetched to the shared store:
+/// nothing partial is visible there (the blocks it staged are never committed), and
+/// the next replica to fetch the blob copies it whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_while_copying_leaves_no_partial_object() {
+    let azurite = Azurite::start();
+    azurite.create_container(CONTAINER);
+    let registry = Registry::start(RegistryAuth::None);
+    let img = push_image(&registry, "team/big", "v1", &[64 << 20]);
+    let layer = img.largest_layer().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = replica(&azurite, &registry.url(), dir.path(), "a");
+    let store = shared(&azurite);
+    let digest: ferry_oci::Digest = layer.digest.parse().unwrap();
+    let name = store.blob_path(&digest).to_string();
+    let got = get(&blob_url(&a, &img.repo, &layer.digest), &[]).await;
+    assert_eq!(got.status, 200);
+    // The copy starts once the blob is stored here, in blocks of 8 MiB committed
+    // together at the end: kill the replica once some are staged.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let staged = loop {
+        let blocks = azurite
+            .uncommitted_blocks(CONTAINER, &name)
+            .map_or(0, |x| x.matches("<Block>").count());
+        if blocks > 0 {
+            break blocks;
+        }
+        assert!(
+            Instant::now() < deadline && store.stat(&digest).await.unwrap().is_none(),
+            "the copy never staged a block to kill it in the middle of"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    a.stop();
+    let visible = store.stat(&digest).await.unwrap();
+    eprintln!("killed during the copy, {staged} block(s) of 8 MiB staged: visible {visible:?}");
+    assert!(
+        visible.is_none_or(|size| size == layer.size),
+        "a partial object is visible: {visible:?} of {}",
+        layer.size
+    );
+    assert_only_whole_objects(&store).await;
+
+    // The next replica to miss fetches it and copies it whole.
+    let b = replica(&azurite, &registry.url(), dir.path(), "b");
+    let got = get(&blob_url(&b, &img.repo, &layer.digest), &[]).await;
+    assert_eq!(crate::harness::sha256_digest(&got.body), layer.digest);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.stat(&digest).await.unwrap() != Some(layer.size) {
+        assert!(
+            Instant::now() < deadline,
+            "the blob never reached the shared store whole"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_only_whole_objects(&store).await;
+}

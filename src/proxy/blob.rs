@@ -286,11 +286,14 @@ impl Proxy {
         owner: Option<SocketAddr>,
         leader: Leader,
     ) {
+        // From before the blob is stored until it is copied to the shared store: the
+        // local tier's eviction may run the moment it is stored.
+        let lease = self.store.blobs.lease(&digest);
         match self.fetch_into_store(&t, &digest, owner, &leader).await {
             Ok((size, file, source)) => {
                 leader.finish(State::Done { size, file });
                 if source == Source::Upstream {
-                    self.share_blob(&t, &digest, size);
+                    self.share_blob(&t, &digest, size, lease);
                 }
             }
             Err(e) => {

@@ -29,7 +29,7 @@ use bytes::Bytes;
 
 use ferry_oci::{Digest, Tag};
 use ferry_storage::backend::{self, Backend};
-use ferry_storage::{ManifestRecord, TagRecord};
+use ferry_storage::{Lease, ManifestRecord, TagRecord};
 
 use super::{Proxy, Result, Target};
 use crate::metrics::SharedStoreMetrics;
@@ -145,8 +145,9 @@ impl Proxy {
         Some(size)
     }
 
-    /// Copies blob `d`, just stored locally, to the shared store, in the background.
-    pub(super) fn share_blob(&self, t: &Target, d: &Digest, size: u64) {
+    /// Copies blob `d`, just stored locally, to the shared store, in the background;
+    /// `lease` keeps the local copy until it is read.
+    pub(super) fn share_blob(&self, t: &Target, d: &Digest, size: u64, lease: Lease) {
         let Some(tier) = self.shared_tier().cloned() else {
             return;
         };
@@ -154,17 +155,19 @@ impl Proxy {
             return;
         };
         let (local, repo, d) = (self.blob_store.clone(), t.repo.clone(), d.clone());
-        // Leased: eviction leaves the local copy alone while it is read.
-        let lease = self.store.blobs.lease(&d);
         tokio::spawn(async move {
+            // Held since the fetch began: eviction never takes the local copy before
+            // it is read here.
             let _lease = lease;
             let copied = async {
                 if shared.stat(&d).await? != Some(size) {
+                    let Some(mut body) = local.read_range(&d, 0, size).await? else {
+                        // Only an operator can have removed it: nothing to copy, and no
+                        // fault of the shared store's.
+                        tracing::debug!(digest = %d, "local copy gone before it was shared");
+                        return Ok(());
+                    };
                     let mut w = shared.writer(&d, Some(size)).await?;
-                    let mut body = local
-                        .read_range(&d, 0, size)
-                        .await?
-                        .ok_or_else(|| std::io::Error::other("local copy evicted"))?;
                     use futures_util::StreamExt;
                     while let Some(chunk) = body.next().await {
                         let chunk = chunk?;
