@@ -51,6 +51,12 @@ async fn readyz_is_503_while_the_store_is_read_only_and_200_again_after() {
 
     let r = get(&readyz, &[]).await;
     assert_eq!(r.status, 200, "writable again: {}", r.text());
+    // The log line may follow the answer by a moment on a busy machine.
+    ferry.wait_for_log(
+        mark,
+        &["ready: the store is writable again"],
+        std::time::Duration::from_secs(10),
+    );
     let not_ready = ferry.log_lines(mark, &["not ready"]);
     assert_eq!(
         not_ready.len(),
