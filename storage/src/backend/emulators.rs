@@ -44,3 +44,10 @@ impl MotoStore for Moto {
         }
     }
 }
+
+/// Every object in `b`'s container or bucket, whatever its prefix.
+pub async fn everything(b: &super::ObjectBackend) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    let all: Vec<_> = b.store().list(None).try_collect().await.unwrap();
+    all.into_iter().map(|m| m.location.to_string()).collect()
+}

@@ -1018,8 +1018,8 @@ struct LeaseRecord {
 
 #[cfg(test)]
 mod tests {
-    use super::super::emulators::{Azurite, AzuriteStore};
-    use super::super::suite::read;
+    use super::super::emulators::{Azurite, AzuriteStore, everything};
+    use super::super::suite::{pattern, read};
     use super::*;
 
     /// Small blocks, so that the suite's blobs of a few hundred KiB are block uploads.
@@ -1035,19 +1035,6 @@ mod tests {
 
     crate::backend::suite::backend_suite!(backend);
     crate::backend::suite::lease_suite!(backend);
-
-    fn pattern(len: usize) -> Bytes {
-        (0..len)
-            .map(|i| (i % 251) as u8)
-            .collect::<Vec<u8>>()
-            .into()
-    }
-
-    /// Every object in the container, whatever its prefix.
-    async fn everything(b: &ObjectBackend) -> Vec<String> {
-        let all: Vec<_> = b.store().list(None).try_collect().await.unwrap();
-        all.into_iter().map(|m| m.location.to_string()).collect()
-    }
 
     /// What the suite cannot see: a blob of several blocks that is refused, or
     /// abandoned, had its blocks staged in Azurite, and none of them became readable.

@@ -68,7 +68,7 @@ pub(crate) use lease_suite;
 
 /// Bytes that cross several of the filesystem backend's read chunks, in a pattern
 /// where a misplaced chunk shows.
-fn pattern(len: usize) -> Bytes {
+pub(super) fn pattern(len: usize) -> Bytes {
     (0..len)
         .map(|i| (i % 251) as u8)
         .collect::<Vec<u8>>()

@@ -4,11 +4,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use object_store::ObjectStoreExt;
 
-use super::super::emulators::{KEY_ID, Moto, MotoStore, SECRET};
-use super::super::suite::read;
+use super::super::emulators::{KEY_ID, Moto, MotoStore, SECRET, everything};
+use super::super::suite::{pattern, read};
 use super::super::{BlobStore, MetaStore, Swap, put_blob};
 use super::{ObjectBackend, S3Auth, S3Store};
 use crate::{Digest, Error, Repo, Tag, TagRecord};
@@ -27,19 +26,6 @@ fn backend() -> (Moto, ObjectBackend) {
 
 crate::backend::suite::backend_suite!(backend);
 crate::backend::suite::lease_suite!(backend);
-
-fn pattern(len: usize) -> Bytes {
-    (0..len)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-/// Every object in the bucket, whatever its prefix.
-async fn everything(b: &ObjectBackend) -> Vec<String> {
-    let all: Vec<_> = b.store().list(None).try_collect().await.unwrap();
-    all.into_iter().map(|m| m.location.to_string()).collect()
-}
 
 /// The multipart uploads still open in the bucket, once none is (an abandoned
 /// writer aborts its upload in a task of its own), or after 10 s.
