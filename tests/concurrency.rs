@@ -190,22 +190,7 @@ async fn clients_asking_for_one_tag_at_once_cause_one_upstream_manifest_get() {
     proxy.set_mode(Mode::Throttle(512));
     let before = registry.count_requests("GET", "/manifests/v1");
     let url = crate::support::manifest_url(&ferry, "team/app", "v1");
-    let gets: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (url, accept) = (url.clone(), img.media_type.clone());
-            tokio::spawn(async move { crate::support::get(&url, &[accept.as_str()]).await })
-        })
-        .collect();
-    let mut caches = std::collections::BTreeMap::<String, usize>::new();
-    for g in gets {
-        let m = tokio::time::timeout(Duration::from_secs(60), g)
-            .await
-            .expect("every GET within 60 s")
-            .unwrap();
-        assert_eq!(m.status, 200, "{}", m.text());
-        assert_eq!(m.body, img.manifest, "manifest bytes");
-        *caches.entry(m.x_cache().to_owned()).or_default() += 1;
-    }
+    let caches = crate::support::manifest_gets_at_once(vec![url; CLIENTS], &img).await;
     let upstream_gets = registry.count_requests("GET", "/manifests/v1") - before;
     assert_eq!(upstream_gets, 1, "upstream manifest GETs ({caches:?})");
     assert_eq!(caches.get("MISS"), Some(&1), "{caches:?}");

@@ -1349,23 +1349,10 @@ async fn a_tag_asked_of_three_replicas_at_once_is_fetched_once() {
     let slow = SlowCluster::start(512).await;
     let (registry, img) = (&slow.registry, &slow.img);
     let before = registry.count_requests("GET", "/manifests/v1");
-    let gets: Vec<_> = (0..24)
-        .map(|i| {
-            let url = manifest_url(&slow.replicas[i % 3], &img.repo, &img.tag);
-            let accept = img.media_type.clone();
-            tokio::spawn(async move { get(&url, &[accept.as_str()]).await })
-        })
+    let urls = (0..24)
+        .map(|i| manifest_url(&slow.replicas[i % 3], &img.repo, &img.tag))
         .collect();
-    let mut caches = std::collections::BTreeMap::<String, usize>::new();
-    for g in gets {
-        let m = tokio::time::timeout(Duration::from_secs(60), g)
-            .await
-            .expect("every GET within 60 s")
-            .unwrap();
-        assert_eq!(m.status, 200, "{}", m.text());
-        assert_eq!(m.body, img.manifest);
-        *caches.entry(m.x_cache().to_owned()).or_default() += 1;
-    }
+    let caches = crate::support::manifest_gets_at_once(urls, img).await;
     let upstream_gets = registry.count_requests("GET", "/manifests/v1") - before;
     assert_eq!(upstream_gets, 1, "upstream manifest GETs ({caches:?})");
     assert!(caches.contains_key("PEER"), "{caches:?}");

@@ -326,3 +326,29 @@ pub async fn pull_image(ferry_url: &str, img: &crate::harness::images::PushedIma
     }
     caches
 }
+
+/// GETs `img`'s manifest from every one of `urls` at once (a URL may repeat), each
+/// answer checked to be its exact bytes; how many answers had each `X-Cache`.
+pub async fn manifest_gets_at_once(
+    urls: Vec<String>,
+    img: &crate::harness::images::PushedImage,
+) -> std::collections::BTreeMap<String, usize> {
+    let gets: Vec<_> = urls
+        .into_iter()
+        .map(|url| {
+            let accept = img.media_type.clone();
+            tokio::spawn(async move { get(&url, &[accept.as_str()]).await })
+        })
+        .collect();
+    let mut caches = std::collections::BTreeMap::<String, usize>::new();
+    for g in gets {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(60), g)
+            .await
+            .expect("every GET within 60 s")
+            .unwrap();
+        assert_eq!(m.status, 200, "{}", m.text());
+        assert_eq!(m.body, img.manifest, "manifest bytes");
+        *caches.entry(m.x_cache().to_owned()).or_default() += 1;
+    }
+    caches
+}
